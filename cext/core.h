@@ -1,0 +1,131 @@
+/* core.h: the machine's internal structures, shared by the C files of the core.
+ *
+ * Locking: one mutex (m->lock) guards everything below: pmaps, the frame table, the swap
+ * map and the counters. The pagers, the reclaim thread and Python callers all take it.
+ * Nothing here ever touches a registered guest address: data moves through the machine
+ * view (an unregistered mapping of the whole memfd) or through heap buffers. */
+#ifndef UVM_CORE_H
+#define UVM_CORE_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <pthread.h>
+#include "uvm.h"
+
+#define PG UVM_PAGE_SIZE
+#define MAX_VMS 256
+#define MAX_PAGERS 64
+#define EVICT_BATCH 32          /* victims per eviction round */
+#define FAULT_AROUND_MAX 64
+
+/* A pmap entry (one per PPN, 8 bytes):
+ *   bits 0..2   state (PM_*)
+ *   bits 3..15  PM_SWAPPED: stored length in bytes (1..4096; 4096 = stored raw)
+ *   bits 16..63 PM_RESIDENT: index in the frame table; PM_SWAPPED: first swap unit */
+typedef uint64_t pte_t;
+#define PTE_STATE(e) ((int)((e) & 7))
+#define PTE_LEN(e) ((uint32_t)(((e) >> 3) & 0x1fff))
+#define PTE_VAL(e) ((e) >> 16)
+#define PTE_MAKE(state, len, val) ((pte_t)(state) | ((pte_t)(len) << 3) | ((pte_t)(val) << 16))
+
+/* A frame table entry names the page that holds a resident frame: (vm slot << 40) | ppn. */
+#define FT_MAKE(slot, ppn) (((uint64_t)(slot) << 40) | (ppn))
+#define FT_SLOT(e) ((int)((e) >> 40))
+#define FT_PPN(e) ((e) & ((1ull << 40) - 1))
+
+struct vm {
+    int slot;
+    uint64_t npages;
+    uint64_t base;          /* home MPN of PPN 0 */
+    char *guest;            /* the registered guest mapping */
+    pte_t *pmap;
+    int stopped;            /* 0, or errno: faults of a stopped VM are poisoned */
+    struct uvm_vm_stats st;
+};
+
+struct swap {
+    int fd;
+    char *path;             /* NULL when unlinked */
+    uint64_t units;         /* capacity in UVM_SWAP_UNIT units */
+    uint64_t *bitmap;       /* 1 bit per unit: 1 = in use */
+    uint64_t next;          /* next-fit cursor */
+    uint64_t used_units;
+    uint64_t pages, bytes;  /* pages stored and their stored bytes */
+    int debug;
+};
+
+struct machine {
+    pthread_mutex_t lock;
+    int memfd, uffd, stopfd;
+    int user_mode;
+    char *view;             /* machine view: the whole memfd, unregistered */
+    uint64_t view_pages;
+    uint64_t mpn_next;      /* MPN slices are handed out by bump allocation ... */
+    struct { uint64_t base, npages; } holes[MAX_VMS];   /* ... and reused from holes */
+    int nholes;
+
+    uint64_t nframes;       /* M */
+    uint64_t nresident;
+    uint64_t *frames;       /* frame table: nresident live entries */
+
+    struct vm *vms[MAX_VMS];
+    int nvms;
+    struct swap swap;
+
+    int fault_around;
+    uint64_t rng;
+    char *zbuf;             /* FAULT_AROUND_MAX zero pages */
+    char *cbuf;             /* staging: CBUF_READ, CBUF_PAGE, then the eviction cluster */
+
+    int npagers;
+    pthread_t pagers[MAX_PAGERS];
+    int pager_cpu[MAX_PAGERS];
+    int closing;
+    int hold;               /* INJECT_PAGER_HOLD */
+    pthread_cond_t hold_cv;
+
+    int reclaim;
+    pthread_t reclaimer;
+    pthread_cond_t reclaim_cv;
+    uint64_t low_water, high_water;
+
+    int64_t inject_write, inject_read;
+    struct uvm_machine_stats st;
+};
+
+#define CBUF_READ(m) ((m)->cbuf)
+#define CBUF_PAGE(m) ((m)->cbuf + PG)
+#define CBUF_CLUSTER(m) ((m)->cbuf + 2 * PG)
+#define CBUF_PAGES (2 + EVICT_BATCH)
+
+/* frame.c */
+int frame_add(struct machine *m, struct vm *v, uint64_t ppn);
+void frame_remove(struct machine *m, uint64_t idx);
+uint64_t rng_next(uint64_t *s);
+char *frame_addr(struct machine *m, struct vm *v, uint64_t ppn);
+int frame_punch(struct machine *m, struct vm *v, uint64_t ppn, uint64_t n);
+
+/* swap.c */
+int swap_open(struct swap *s, const char *path, const char *dir, uint64_t bytes, int debug);
+void swap_close(struct swap *s);
+int64_t swap_alloc(struct swap *s, uint32_t units);
+void swap_unalloc(struct swap *s, uint64_t unit, uint32_t n);
+void swap_free(struct swap *s, uint64_t unit, uint32_t len);
+int swap_write(struct machine *m, uint64_t unit, const char *buf, size_t len);
+int swap_read(struct machine *m, uint64_t unit, uint32_t len, char *page);
+int page_compress(const char *page, char *out);
+uint32_t swap_units(uint32_t len);
+
+/* evict.c */
+int evict_pages(struct machine *m, const uint64_t *ft_entries, int n, int background);
+int ensure_free(struct machine *m, uint64_t need);
+void reclaim_kick(struct machine *m);
+void *reclaim_main(void *arg);
+
+/* pager.c */
+int pager_start(struct machine *m, const int *cpus);
+void pager_stop(struct machine *m);
+int uffd_poison(struct machine *m, char *addr, uint64_t len);
+int uffd_wake(struct machine *m, char *addr, uint64_t len);
+
+#endif

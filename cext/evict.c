@@ -1,0 +1,193 @@
+/* evict.c: demand paging out. Victims are chosen at random among resident frames, as the
+ * paper's swap daemon does: a host that guessed at the guest's working set would fight
+ * the guest's own replacement policy. Eviction of a page:
+ *   1. MADV_DONTNEED on the guest address: from now on a guest touch faults (MINOR) and
+ *      waits for the pager, which waits for m->lock, which we hold;
+ *   2. compress the frame (read through the machine view) into the cluster buffer;
+ *   3. write the whole batch with one pwrite when the swap map has a run for it;
+ *   4. punch the home frame out of the memfd and record the slot in the pmap.
+ * A page whose write fails stays resident in the memfd, untouched (its next touch is a
+ * MINOR fault, served with CONTINUE): nothing is lost. Callers hold m->lock. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include "core.h"
+
+struct victim {
+    struct vm *v;
+    uint64_t ppn;
+    uint32_t len;       /* stored length; 0 = all zero */
+    uint64_t off;       /* offset of its bytes in the cluster buffer */
+    int64_t unit;       /* first swap unit, or -1 */
+};
+
+/* marks a victim's page as paged out and frees its frame. */
+static void victim_commit(struct machine *m, struct victim *x, int background)
+{
+    frame_punch(m, x->v, x->ppn, 1);
+    frame_remove(m, PTE_VAL(x->v->pmap[x->ppn]));
+    if (x->len == 0) {
+        x->v->pmap[x->ppn] = PTE_MAKE(PM_ZERO, 0, 0);
+        x->v->st.swapouts_zero++;
+        m->st.swapouts_zero++;
+    } else {
+        x->v->pmap[x->ppn] = PTE_MAKE(PM_SWAPPED, x->len, (uint64_t)x->unit);
+        x->v->st.swapped++;
+        x->v->st.swapouts++;
+        m->st.swapouts++;
+        m->swap.pages++;
+        m->swap.bytes += x->len;
+    }
+    if (background)
+        m->st.evict_background++;
+    else
+        m->st.evict_fault_path++;
+}
+
+/* writes each victim to its own slot; returns the first error or 0. */
+static int write_each(struct machine *m, struct victim *xs, int n)
+{
+    int err = 0;
+    for (int i = 0; i < n; i++) {
+        struct victim *x = &xs[i];
+        if (x->len == 0)
+            continue;
+        int64_t u = swap_alloc(&m->swap, swap_units(x->len));
+        int r = u < 0 ? (int)u : swap_write(m, (uint64_t)u, CBUF_CLUSTER(m) + x->off, x->len);
+        if (r < 0) {
+            if (u >= 0)
+                swap_unalloc(&m->swap, (uint64_t)u, swap_units(x->len));
+            m->st.swap_errors += r != -ENOSPC;
+            x->unit = -1;
+            err = err ? err : r;
+            continue;
+        }
+        x->unit = u;
+    }
+    return err;
+}
+
+/* evicts up to n resident pages named by frame table entries; returns how many were
+ * evicted, or -errno when none could be (-ENOSPC: swap full, -EIO: write error). */
+int evict_pages(struct machine *m, const uint64_t *ents, int n, int background)
+{
+    struct victim xs[EVICT_BATCH];
+    uint64_t off = 0, total = 0;
+    int k = 0;
+    for (int i = 0; i < n && k < EVICT_BATCH; i++) {
+        struct vm *v = m->vms[FT_SLOT(ents[i])];
+        uint64_t ppn = FT_PPN(ents[i]);
+        if (!v || PTE_STATE(v->pmap[ppn]) != PM_RESIDENT)
+            continue;
+        madvise(v->guest + ppn * PG, PG, MADV_DONTNEED);
+        struct victim *x = &xs[k++];
+        x->v = v;
+        x->ppn = ppn;
+        x->off = off;
+        x->unit = -1;
+        x->len = (uint32_t)page_compress(frame_addr(m, v, ppn), CBUF_CLUSTER(m) + off);
+        off += (uint64_t)swap_units(x->len) * UVM_SWAP_UNIT;
+        total += swap_units(x->len);
+    }
+    int err = 0;
+    int64_t u = total ? swap_alloc(&m->swap, (uint32_t)total) : -1;
+    if (u >= 0) {
+        /* one contiguous run: the cluster buffer is laid out unit by unit, write it at once */
+        err = swap_write(m, (uint64_t)u, CBUF_CLUSTER(m), total * UVM_SWAP_UNIT);
+        if (err) {
+            m->st.swap_errors++;
+            swap_unalloc(&m->swap, (uint64_t)u, (uint32_t)total);
+        } else {
+            for (int i = 0; i < k; i++)
+                if (xs[i].len)
+                    xs[i].unit = u + (int64_t)(xs[i].off / UVM_SWAP_UNIT);
+        }
+    } else if (total) {
+        err = write_each(m, xs, k);
+    }
+    int done = 0;
+    for (int i = 0; i < k; i++) {
+        if (xs[i].len == 0 || xs[i].unit >= 0) {
+            victim_commit(m, &xs[i], background);
+            done++;
+        }
+    }
+    return done ? done : (err ? err : -EAGAIN);
+}
+
+/* picks n distinct random resident frames into ents; returns how many. */
+static int pick_random(struct machine *m, uint64_t *ents, int n)
+{
+    if ((uint64_t)n > m->nresident)
+        n = (int)m->nresident;
+    int k = 0;
+    while (k < n) {
+        uint64_t e = m->frames[rng_next(&m->rng) % m->nresident];
+        int dup = 0;
+        for (int j = 0; j < k; j++)
+            dup |= ents[j] == e;
+        if (!dup)
+            ents[k++] = e;
+    }
+    return k;
+}
+
+/* makes at least need frames free, evicting random victims; returns 0 or -errno. */
+int ensure_free(struct machine *m, uint64_t need)
+{
+    while (m->nframes - m->nresident < need) {
+        uint64_t ents[EVICT_BATCH];
+        uint64_t want = need - (m->nframes - m->nresident);
+        int n = pick_random(m, ents, want < 8 ? 8 : (want > EVICT_BATCH ? EVICT_BATCH : (int)want));
+        if (n == 0)
+            return -ENOMEM;
+        int r = evict_pages(m, ents, n, 0);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* wakes the reclaim thread if free frames ran below the low water mark. */
+void reclaim_kick(struct machine *m)
+{
+    if (m->reclaim && m->nframes - m->nresident < m->low_water)
+        pthread_cond_signal(&m->reclaim_cv);
+}
+
+/* the background reclaim thread: keeps free frames between the low and high water marks,
+ * so most faults find a free frame without evicting on the fault path. */
+void *reclaim_main(void *arg)
+{
+    struct machine *m = arg;
+    pthread_mutex_lock(&m->lock);
+    while (!m->closing) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        if (m->nframes - m->nresident >= m->low_water || m->hold) {
+            pthread_cond_timedwait(&m->reclaim_cv, &m->lock, &ts);
+            continue;
+        }
+        while (!m->closing && !m->hold && m->nframes - m->nresident < m->high_water) {
+            uint64_t ents[EVICT_BATCH];
+            int n = pick_random(m, ents, EVICT_BATCH);
+            if (n == 0 || evict_pages(m, ents, n, 1) < 0) {
+                /* swap full or failing: let the fault path report it; retry later */
+                pthread_cond_timedwait(&m->reclaim_cv, &m->lock, &ts);
+                break;
+            }
+            /* let waiting pagers in between batches */
+            pthread_mutex_unlock(&m->lock);
+            pthread_mutex_lock(&m->lock);
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}

@@ -1,0 +1,57 @@
+/* frame.c: the frame table (which guest page holds each resident machine frame), the
+ * machine view, and hole punching. Callers hold m->lock. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include "core.h"
+
+/* xorshift64*: a fast generator for random victims and sampling. */
+uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* returns the machine-view address of the home frame of (v, ppn). */
+char *frame_addr(struct machine *m, struct vm *v, uint64_t ppn)
+{
+    return m->view + (v->base + ppn) * PG;
+}
+
+/* records that (v, ppn) now holds a frame; returns 0, or -ENOMEM if the budget is full. */
+int frame_add(struct machine *m, struct vm *v, uint64_t ppn)
+{
+    if (m->nresident >= m->nframes)
+        return -ENOMEM;
+    uint64_t idx = m->nresident++;
+    m->frames[idx] = FT_MAKE(v->slot, ppn);
+    v->pmap[ppn] = PTE_MAKE(PM_RESIDENT, 0, idx);
+    v->st.resident++;
+    return 0;
+}
+
+/* forgets frame table entry idx (the caller sets the page's new pmap state). */
+void frame_remove(struct machine *m, uint64_t idx)
+{
+    uint64_t last = --m->nresident;
+    struct vm *owner = m->vms[FT_SLOT(m->frames[idx])];
+    owner->st.resident--;
+    if (idx != last) {
+        uint64_t e = m->frames[last];
+        m->frames[idx] = e;
+        m->vms[FT_SLOT(e)]->pmap[FT_PPN(e)] = PTE_MAKE(PM_RESIDENT, 0, idx);
+    }
+}
+
+/* frees the memfd pages behind n home frames from (v, ppn); returns 0 or -errno. */
+int frame_punch(struct machine *m, struct vm *v, uint64_t ppn, uint64_t n)
+{
+    if (fallocate(m->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)((v->base + ppn) * PG), (off_t)(n * PG)))
+        return -errno;
+    return 0;
+}

@@ -1,0 +1,231 @@
+/* machine.c: machine memory (one memfd and its unregistered machine view), the
+ * userfaultfd, and the machine's life cycle. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include "core.h"
+#include "uffd.h"
+
+#define VIEW_BYTES (1ull << 40)     /* MPN space: 1 TiB of sparse memfd */
+
+/* opens a userfaultfd: /dev/userfaultfd, then the syscall, then user-mode-only (which any
+ * user may have); returns the fd or -errno, and sets *user_mode. */
+static int uffd_open(int *user_mode)
+{
+    int flags = O_CLOEXEC | O_NONBLOCK;
+    *user_mode = 0;
+    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+    if (dev >= 0) {
+        int fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+        close(dev);
+        if (fd >= 0)
+            return fd;
+    }
+    int fd = (int)syscall(SYS_userfaultfd, flags);
+    if (fd >= 0)
+        return fd;
+    fd = (int)syscall(SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY);
+    if (fd >= 0) {
+        *user_mode = 1;
+        return fd;
+    }
+    return -errno;
+}
+
+/* negotiates the features uvm needs; returns 0, or -ENOTSUP if the kernel lacks one. */
+static int uffd_setup(int fd)
+{
+    uint64_t need = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM |
+                    UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_POISON;
+    struct uffdio_api api = { .api = UFFD_API, .features = need };
+    if (ioctl(fd, UFFDIO_API, &api))
+        return errno == EINVAL ? -ENOTSUP : -errno;
+    return (api.features & need) == need ? 0 : -ENOTSUP;
+}
+
+/* creates a machine with cfg->frames frames of memory; returns 0 or -errno. */
+int machine_open(const struct uvm_config *cfg, struct machine **out)
+{
+    int r = -ENOMEM;
+    struct machine *m = calloc(1, sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->hold_cv, NULL);
+    pthread_cond_init(&m->reclaim_cv, NULL);
+    m->memfd = m->uffd = m->stopfd = -1;
+    m->view = MAP_FAILED;
+    m->nframes = cfg->frames;
+    m->fault_around = cfg->fault_around < 1 ? 1 : cfg->fault_around;
+    m->rng = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() ^ 1;
+    m->low_water = m->nframes / 128 < 2 ? 2 : (m->nframes / 128 > 512 ? 512 : m->nframes / 128);
+    m->high_water = 2 * m->low_water;
+    m->frames = calloc(m->nframes, sizeof *m->frames);
+    m->zbuf = aligned_alloc(PG, (size_t)FAULT_AROUND_MAX * PG);
+    m->cbuf = aligned_alloc(PG, (size_t)CBUF_PAGES * PG);
+    if (!m->frames || !m->zbuf || !m->cbuf)
+        goto fail;
+    memset(m->zbuf, 0, (size_t)FAULT_AROUND_MAX * PG);
+
+    if ((r = swap_open(&m->swap, cfg->swap_path, cfg->swap_dir, cfg->swap_bytes, cfg->debug)))
+        goto fail;
+    r = -errno;
+    m->memfd = memfd_create("uvm-machine", MFD_CLOEXEC);
+    if (m->memfd < 0 || ftruncate(m->memfd, (off_t)VIEW_BYTES))
+        goto fail;
+    m->view_pages = VIEW_BYTES / PG;
+    m->view = mmap(NULL, VIEW_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+                   m->memfd, 0);
+    if (m->view == MAP_FAILED)
+        goto fail;
+    m->stopfd = eventfd(0, EFD_CLOEXEC);
+    if (m->stopfd < 0)
+        goto fail;
+    if ((m->uffd = uffd_open(&m->user_mode)) < 0) {
+        r = m->uffd;
+        goto fail;
+    }
+    if ((r = uffd_setup(m->uffd)))
+        goto fail;
+
+    m->npagers = cfg->npagers < 1 ? 1 : (cfg->npagers > MAX_PAGERS ? MAX_PAGERS : cfg->npagers);
+    if ((r = pager_start(m, cfg->cpus)))
+        goto fail;
+    if (cfg->reclaim) {
+        if ((r = -pthread_create(&m->reclaimer, NULL, reclaim_main, m)))
+            goto fail;
+        pthread_setname_np(m->reclaimer, "uvm-reclaim");
+        m->reclaim = 1;
+    }
+    *out = m;
+    return 0;
+fail:
+    machine_close(m);
+    return r;
+}
+
+/* waits (briefly, bounded) until no fault event is pending, so pagers have answered every
+ * guest thread that was blocked when the machine began closing. */
+static void drain_faults(struct machine *m)
+{
+    for (int quiet = 0, i = 0; quiet < 3 && i < 200; i++) {
+        struct pollfd p = { m->uffd, POLLIN, 0 };
+        quiet = poll(&p, 1, 0) == 0 ? quiet + 1 : 0;
+        usleep(1000);
+    }
+}
+
+/* stops every thread, answers blocked guests with an error, and frees everything. Safe on
+ * a partly built machine. */
+void machine_close(struct machine *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->closing = 1;
+    m->hold = 0;
+    for (int i = 0; i < MAX_VMS; i++)
+        if (m->vms[i] && !m->vms[i]->stopped)
+            m->vms[i]->stopped = m->vms[i]->st.stopped = ESHUTDOWN;
+    pthread_cond_broadcast(&m->hold_cv);
+    pthread_cond_broadcast(&m->reclaim_cv);
+    pthread_mutex_unlock(&m->lock);
+    if (m->uffd >= 0 && m->npagers)
+        drain_faults(m);
+    for (int i = 0; i < MAX_VMS; i++)
+        if (m->vms[i])
+            vm_destroy(m, i, 1);
+    pager_stop(m);
+    if (m->reclaim)
+        pthread_join(m->reclaimer, NULL);
+    if (m->uffd >= 0)
+        close(m->uffd);
+    if (m->stopfd >= 0)
+        close(m->stopfd);
+    if (m->view != MAP_FAILED)
+        munmap(m->view, VIEW_BYTES);
+    if (m->memfd >= 0)
+        close(m->memfd);
+    swap_close(&m->swap);
+    free(m->frames);
+    free(m->zbuf);
+    free(m->cbuf);
+    pthread_cond_destroy(&m->hold_cv);
+    pthread_cond_destroy(&m->reclaim_cv);
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+}
+
+/* copies the machine's counters into st. */
+void machine_stats(struct machine *m, struct uvm_machine_stats *st)
+{
+    pthread_mutex_lock(&m->lock);
+    *st = m->st;
+    st->frames_total = m->nframes;
+    st->frames_used = m->nresident;
+    st->frames_free = m->nframes - m->nresident;
+    st->swap_capacity = m->swap.units * UVM_SWAP_UNIT;
+    st->swap_pages = m->swap.pages;
+    st->swap_bytes = m->swap.bytes;
+    st->swap_file_bytes = m->swap.used_units * UVM_SWAP_UNIT;
+    st->vms = 0;
+    st->pmap_bytes = 0;
+    for (int i = 0; i < MAX_VMS; i++) {
+        if (m->vms[i]) {
+            st->vms++;
+            st->pmap_bytes += m->vms[i]->npages * sizeof(pte_t);
+        }
+    }
+    st->frame_table_bytes = m->nframes * sizeof *m->frames;
+    st->swap_map_bytes = ((m->swap.units + 63) / 64 + 1) * 8;
+    st->uffd_user_mode = m->user_mode;
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* arms a fault injection point (see INJECT_* in uvm.h); returns 0 or -EINVAL. */
+int machine_inject(struct machine *m, int what, int64_t n)
+{
+    int r = 0;
+    pthread_mutex_lock(&m->lock);
+    if (what == INJECT_SWAP_WRITE)
+        m->inject_write = n;
+    else if (what == INJECT_SWAP_READ)
+        m->inject_read = n;
+    else if (what == INJECT_PAGER_HOLD) {
+        m->hold = n != 0;
+        pthread_cond_broadcast(&m->hold_cv);
+    } else
+        r = -EINVAL;
+    pthread_mutex_unlock(&m->lock);
+    return r;
+}
+
+/* sets how many pages one missing fault may fill (1 = no fault-around); returns 0 or -EINVAL. */
+int machine_set_fault_around(struct machine *m, int pages)
+{
+    if (pages < 1 || pages > FAULT_AROUND_MAX)
+        return -EINVAL;
+    pthread_mutex_lock(&m->lock);
+    m->fault_around = pages;
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+/* returns the pages the memfd really holds, as the kernel counts them (st_blocks). */
+uint64_t machine_memfd_pages(struct machine *m)
+{
+    struct stat st;
+    if (fstat(m->memfd, &st))
+        return 0;
+    return (uint64_t)st.st_blocks * 512 / PG;
+}

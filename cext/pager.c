@@ -1,0 +1,256 @@
+/* pager.c: the pager threads. Each reads userfaultfd events and serves them entirely in C,
+ * without the GIL, so a guest thread that faults while holding the GIL is still served.
+ *
+ * What a fault needs is decided by the page's pmap state, not by the fault's kind: a
+ * MISSING fault on a page that is already resident is a stale event (another fault filled
+ * it) and needs only a wake-up; a MINOR fault on a page that is no longer in the memfd
+ * (evicted meanwhile) needs a swap-in.
+ *
+ * A fault that cannot be served (swap full, swap I/O error, machine closing) stops the
+ * faulting VM: the page is poisoned with UFFDIO_POISON, so the guest thread takes SIGBUS,
+ * which guarded accessors and workloads turn into an error. Other VMs go on. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include "core.h"
+#include "uffd.h"
+
+#define MSGS_PER_READ 32
+
+/* issues a uffd ioctl, retrying while the kernel says EAGAIN; returns 0 or -errno. */
+static int uffd_ioctl(struct machine *m, unsigned long req, void *arg)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        if (ioctl(m->uffd, req, arg) == 0)
+            return 0;
+        if (errno != EAGAIN)
+            return -errno;
+        sched_yield();
+    }
+    return -EAGAIN;
+}
+
+/* wakes threads waiting on [addr, addr + len); returns 0 or -errno. */
+int uffd_wake(struct machine *m, char *addr, uint64_t len)
+{
+    struct uffdio_range r = { .start = (uint64_t)addr, .len = len };
+    return uffd_ioctl(m, UFFDIO_WAKE, &r);
+}
+
+/* makes [addr, addr + len) raise SIGBUS on access and wakes its waiters; returns 0 or -errno. */
+int uffd_poison(struct machine *m, char *addr, uint64_t len)
+{
+    struct uffdio_poison p = { .range = { .start = (uint64_t)addr, .len = len } };
+    int r = uffd_ioctl(m, UFFDIO_POISON, &p);
+    return r == -EEXIST ? uffd_wake(m, addr, len) : r;
+}
+
+/* fills n pages at addr with zeros; returns pages filled (the first may be all) or -errno. */
+static int64_t uffd_zero(struct machine *m, char *addr, uint64_t n)
+{
+    struct uffdio_zeropage z = { .range = { .start = (uint64_t)addr, .len = n * PG } };
+    int r = uffd_ioctl(m, UFFDIO_ZEROPAGE, &z);
+    if (r == 0)
+        return (int64_t)n;
+    return z.zeropage > 0 ? z.zeropage / PG : r;
+}
+
+/* stops VM v with errno err: from now on its faults are poisoned. */
+static void vm_stop(struct vm *v, int err)
+{
+    if (!v->stopped) {
+        v->stopped = err;
+        v->st.stopped = err;
+    }
+}
+
+/* serves a fault on a never-touched (or known-zero) page, filling absent neighbours in the
+ * same fault-around block while free frames last; returns 0 or -errno. */
+static int serve_zero(struct machine *m, struct vm *v, uint64_t ppn)
+{
+    int r = ensure_free(m, 1);
+    if (r < 0)
+        return r;
+    uint64_t lo = ppn, hi = ppn + 1;
+    if (m->fault_around > 1) {
+        uint64_t fa = (uint64_t)m->fault_around;
+        uint64_t blo = ppn - ppn % fa, bhi = blo + fa < v->npages ? blo + fa : v->npages;
+        uint64_t spare = m->nframes - m->nresident - 1;
+        while (lo > blo && hi - lo <= spare && PTE_STATE(v->pmap[lo - 1]) <= PM_NONE)
+            lo--;
+        while (hi < bhi && hi - lo <= spare && PTE_STATE(v->pmap[hi]) <= PM_NONE)
+            hi++;
+    }
+    int64_t n = uffd_zero(m, v->guest + lo * PG, hi - lo);
+    if (n == -EEXIST)
+        return uffd_wake(m, v->guest + ppn * PG, PG);
+    if (n < 0)
+        return (int)n;
+    for (uint64_t p = lo; p < lo + (uint64_t)n; p++) {
+        frame_add(m, v, p);
+        v->st.zero_fills++;
+        v->st.fault_around += p != ppn;
+    }
+    if (ppn >= lo + (uint64_t)n)     /* the ioctl stopped short of the faulting page */
+        return uffd_wake(m, v->guest + ppn * PG, PG);
+    return 0;
+}
+
+/* serves a fault on a page in the swap file; returns 0 or -errno (slot kept on error). */
+static int serve_swapin(struct machine *m, struct vm *v, uint64_t ppn)
+{
+    int r = ensure_free(m, 1);
+    if (r < 0)
+        return r;
+    pte_t e = v->pmap[ppn];
+    r = swap_read(m, PTE_VAL(e), PTE_LEN(e), CBUF_PAGE(m));
+    if (r < 0) {
+        m->st.swap_errors++;
+        return r;
+    }
+    struct uffdio_copy c = { .dst = (uint64_t)(v->guest + ppn * PG),
+                             .src = (uint64_t)CBUF_PAGE(m), .len = PG };
+    r = uffd_ioctl(m, UFFDIO_COPY, &c);
+    if (r < 0)
+        return r;
+    swap_free(&m->swap, PTE_VAL(e), PTE_LEN(e));
+    frame_add(m, v, ppn);
+    v->st.swapped--;
+    v->st.swapins++;
+    m->st.swapins++;
+    return 0;
+}
+
+/* serves a fault on a resident page: map it again (MINOR), unprotect (WP), or wake. */
+static int serve_resident(struct machine *m, struct vm *v, uint64_t ppn, uint64_t flags)
+{
+    char *a = v->guest + ppn * PG;
+    int r;
+    if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+        struct uffdio_writeprotect w = { .range = { (uint64_t)a, PG }, .mode = 0 };
+        r = uffd_ioctl(m, UFFDIO_WRITEPROTECT, &w);
+    } else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+        struct uffdio_continue c = { .range = { (uint64_t)a, PG }, .mode = 0 };
+        r = uffd_ioctl(m, UFFDIO_CONTINUE, &c);
+    } else {
+        r = -EEXIST;
+    }
+    return r == -EEXIST ? uffd_wake(m, a, PG) : r;
+}
+
+/* returns the VM whose guest mapping holds addr, or NULL. */
+static struct vm *vm_at(struct machine *m, uint64_t addr)
+{
+    for (int i = 0; i < MAX_VMS; i++) {
+        struct vm *v = m->vms[i];
+        if (v && addr >= (uint64_t)v->guest && addr < (uint64_t)v->guest + v->npages * PG)
+            return v;
+    }
+    return NULL;
+}
+
+/* handles one page fault message. */
+static void fault(struct machine *m, const struct uffd_msg *msg)
+{
+    uint64_t addr = msg->arg.pagefault.address & ~(uint64_t)(PG - 1);
+    uint64_t flags = msg->arg.pagefault.flags;
+    struct vm *v = vm_at(m, addr);
+    m->st.faults++;
+    if (!v) {                   /* its VM was destroyed: the retry finds no mapping */
+        uffd_wake(m, (char *)addr, PG);
+        return;
+    }
+    uint64_t ppn = (addr - (uint64_t)v->guest) / PG;
+    if (flags & UFFD_PAGEFAULT_FLAG_WP)
+        v->st.faults_wp++;
+    else if (flags & UFFD_PAGEFAULT_FLAG_MINOR)
+        v->st.faults_minor++;
+    else
+        v->st.faults_missing++;
+    int r = 0;
+    if (!v->stopped) {
+        switch (PTE_STATE(v->pmap[ppn])) {
+        case PM_NONE:
+        case PM_ZERO:
+            r = serve_zero(m, v, ppn);
+            break;
+        case PM_SWAPPED:
+            r = serve_swapin(m, v, ppn);
+            break;
+        default:
+            r = serve_resident(m, v, ppn, flags);
+        }
+        if (r < 0)
+            vm_stop(v, -r);
+    }
+    if (v->stopped)
+        uffd_poison(m, (char *)addr, PG);
+}
+
+/* the pager thread: reads every pending event, then serves them under the lock. */
+static void *pager_main(void *arg)
+{
+    struct machine *m = arg;
+    struct uffd_msg msgs[MSGS_PER_READ];
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (;;) {
+        struct pollfd p[2] = { { m->uffd, POLLIN, 0 }, { m->stopfd, POLLIN, 0 } };
+        if (poll(p, 2, -1) < 0)
+            continue;
+        if (p[1].revents)
+            break;
+        ssize_t n = read(m->uffd, msgs, sizeof msgs);
+        if (n <= 0)
+            continue;           /* another pager took them (EAGAIN) */
+        pthread_mutex_lock(&m->lock);
+        while (m->hold && !m->closing)
+            pthread_cond_wait(&m->hold_cv, &m->lock);
+        for (size_t i = 0; i < (size_t)n / sizeof msgs[0]; i++)
+            if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+                fault(m, &msgs[i]);
+        reclaim_kick(m);
+        pthread_mutex_unlock(&m->lock);
+    }
+    return NULL;
+}
+
+/* starts m->npagers pager threads, pinned to cpus[i] when cpus is given; returns 0 or -errno. */
+int pager_start(struct machine *m, const int *cpus)
+{
+    for (int i = 0; i < m->npagers; i++) {
+        int r = pthread_create(&m->pagers[i], NULL, pager_main, m);
+        if (r) {
+            m->npagers = i;
+            return -r;
+        }
+        char name[16];
+        snprintf(name, sizeof name, "uvm-pager%d", i);
+        pthread_setname_np(m->pagers[i], name);
+        if (cpus && cpus[i] >= 0) {
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET(cpus[i], &set);
+            pthread_setaffinity_np(m->pagers[i], sizeof set, &set);
+        }
+    }
+    return 0;
+}
+
+/* stops and joins the pager threads. */
+void pager_stop(struct machine *m)
+{
+    uint64_t one = 1;
+    if (m->stopfd >= 0 && write(m->stopfd, &one, sizeof one) < 0)
+        return;
+    for (int i = 0; i < m->npagers; i++)
+        pthread_join(m->pagers[i], NULL);
+    m->npagers = 0;
+}

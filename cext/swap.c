@@ -1,0 +1,186 @@
+/* swap.c: the compressed swap file. Space is kept in 256-byte units with a bitmap; a
+ * page takes as many contiguous units as its LZ4 block needs (16 when stored raw), and
+ * an all-zero page takes none. Callers hold m->lock. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "core.h"
+#include "lz4.h"
+
+#define UNITS_PER_PAGE (PG / UVM_SWAP_UNIT)
+#define POISON_BYTE 0xdb
+
+/* returns units needed to store len bytes. */
+uint32_t swap_units(uint32_t len)
+{
+    return (len + UVM_SWAP_UNIT - 1) / UVM_SWAP_UNIT;
+}
+
+/* opens a private swap file of the given capacity; returns 0 or -errno. */
+int swap_open(struct swap *s, const char *path, const char *dir, uint64_t bytes, int debug)
+{
+    memset(s, 0, sizeof *s);
+    s->debug = debug;
+    s->units = bytes / UVM_SWAP_UNIT;
+    s->bitmap = calloc((s->units + 63) / 64 + 1, 8);
+    if (!s->bitmap)
+        return -ENOMEM;
+    if (path) {
+        s->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (s->fd >= 0)
+            s->path = strdup(path);
+    } else {
+        s->fd = open(dir, O_RDWR | O_TMPFILE | O_EXCL | O_CLOEXEC, 0600);
+    }
+    if (s->fd < 0) {
+        int err = -errno;
+        free(s->bitmap);
+        s->bitmap = NULL;
+        return err;
+    }
+    return 0;
+}
+
+/* closes the swap file and removes it if it has a name. */
+void swap_close(struct swap *s)
+{
+    if (s->fd > 0)
+        close(s->fd);
+    if (s->path) {
+        unlink(s->path);
+        free(s->path);
+    }
+    free(s->bitmap);
+    memset(s, 0, sizeof *s);
+}
+
+static int bit_get(const uint64_t *b, uint64_t i) { return (b[i / 64] >> (i % 64)) & 1; }
+
+static void bits_set(uint64_t *b, uint64_t i, uint32_t n, int on)
+{
+    for (uint64_t j = i; j < i + n; j++) {
+        if (on)
+            b[j / 64] |= 1ull << (j % 64);
+        else
+            b[j / 64] &= ~(1ull << (j % 64));
+    }
+}
+
+/* finds a free run of n units at or after from, below end; returns its start or -1. */
+static int64_t run_find(const struct swap *s, uint64_t from, uint64_t end, uint32_t n)
+{
+    uint64_t run = 0;
+    for (uint64_t i = from; i < end; i++) {
+        if ((i % 64) == 0 && run == 0 && s->bitmap[i / 64] == ~0ull && i + 64 <= end) {
+            i += 63;            /* skip a full word */
+            continue;
+        }
+        run = bit_get(s->bitmap, i) ? 0 : run + 1;
+        if (run == n)
+            return (int64_t)(i + 1 - n);
+    }
+    return -1;
+}
+
+/* allocates n contiguous units, next-fit so consecutive writes cluster; returns the first
+ * unit, or -ENOSPC. */
+int64_t swap_alloc(struct swap *s, uint32_t n)
+{
+    if (s->used_units + n > s->units)
+        return -ENOSPC;
+    int64_t u = run_find(s, s->next, s->units, n);
+    if (u < 0)
+        u = run_find(s, 0, s->units, n);
+    if (u < 0)
+        return -ENOSPC;
+    bits_set(s->bitmap, (uint64_t)u, n, 1);
+    s->used_units += n;
+    s->next = (uint64_t)u + n;
+    return u;
+}
+
+/* returns n units to the free map (space allocated but never holding a page). */
+void swap_unalloc(struct swap *s, uint64_t unit, uint32_t n)
+{
+    bits_set(s->bitmap, unit, n, 0);
+    s->used_units -= n;
+}
+
+/* frees the units holding a stored page of len bytes (poisoning them under debug). */
+void swap_free(struct swap *s, uint64_t unit, uint32_t len)
+{
+    uint32_t n = swap_units(len);
+    swap_unalloc(s, unit, n);
+    s->pages--;
+    s->bytes -= len;
+    if (s->debug) {
+        char junk[PG];
+        memset(junk, POISON_BYTE, sizeof junk);
+        if (pwrite(s->fd, junk, (size_t)n * UVM_SWAP_UNIT, (off_t)(unit * UVM_SWAP_UNIT)) < 0)
+            s->debug = 0;       /* poisoning is best effort */
+    }
+}
+
+/* compresses a page into out (PG bytes); returns the stored length: 0 for an all-zero
+ * page, PG when stored raw (it would not save a unit), else the LZ4 block length. */
+int page_compress(const char *page, char *out)
+{
+    const uint64_t *w = (const uint64_t *)page;
+    size_t i = 0;
+    while (i < PG / 8 && w[i] == 0)
+        i++;
+    if (i == PG / 8)
+        return 0;
+    int n = LZ4_compress_default(page, out, PG, PG - 1);
+    if (n <= 0 || swap_units((uint32_t)n) >= UNITS_PER_PAGE) {
+        memcpy(out, page, PG);
+        return PG;
+    }
+    return n;
+}
+
+/* writes len bytes at unit; returns 0 or -errno (-EIO when injected). */
+int swap_write(struct machine *m, uint64_t unit, const char *buf, size_t len)
+{
+    if (m->inject_write > 0) {
+        m->inject_write--;
+        return -EIO;
+    }
+    off_t off = (off_t)(unit * UVM_SWAP_UNIT);
+    while (len > 0) {
+        ssize_t w = pwrite(m->swap.fd, buf, len, off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return w < 0 ? -errno : -EIO;
+        buf += w;
+        len -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}
+
+/* reads the page stored at unit (len bytes) and expands it into page; returns 0 or -errno. */
+int swap_read(struct machine *m, uint64_t unit, uint32_t len, char *page)
+{
+    if (m->inject_read > 0) {
+        m->inject_read--;
+        return -EIO;
+    }
+    char *buf = len == PG ? page : CBUF_READ(m);
+    size_t got = 0;
+    while (got < len) {
+        ssize_t r = pread(m->swap.fd, buf + got, len - got, (off_t)(unit * UVM_SWAP_UNIT + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return r < 0 ? -errno : -EIO;
+        got += (size_t)r;
+    }
+    if (len == PG)
+        return 0;
+    return LZ4_decompress_safe(buf, page, (int)len, PG) == PG ? 0 : -EIO;
+}

@@ -1,0 +1,96 @@
+/* uvm.h: the C core as Python sees it (this text is the cffi cdef, so plain declarations
+ * only). Functions return 0 (or a count) on success and -errno on failure. Every function
+ * takes the machine lock itself; none touches guest memory except the guarded workload
+ * loops, which run on the caller's thread as a guest would. */
+
+#define UVM_PAGE_SIZE 4096
+#define UVM_SWAP_UNIT 256
+
+/* pmap states of a guest page (PPN) */
+#define PM_NONE 0       /* never touched: the next touch gets a zeroed frame */
+#define PM_RESIDENT 1   /* in its home frame in machine memory */
+#define PM_SWAPPED 2    /* compressed in the swap file */
+#define PM_ZERO 3       /* known to be all zeros: costs neither a frame nor a slot */
+
+/* fault injection points (machine_inject) */
+#define INJECT_SWAP_WRITE 1  /* the next n swap writes fail with EIO */
+#define INJECT_SWAP_READ 2   /* the next n swap reads fail with EIO */
+#define INJECT_PAGER_HOLD 3  /* n = 1: pagers stop serving faults; n = 0: resume */
+
+struct machine;
+
+struct uvm_config {
+    uint64_t frames;        /* machine memory M, in pages */
+    uint64_t swap_bytes;    /* capacity of the swap file */
+    const char *swap_path;  /* NULL: an unlinked (O_TMPFILE) file in swap_dir */
+    const char *swap_dir;
+    int fault_around;       /* pages a missing fault may fill at once; 1 = off */
+    int npagers;            /* pager threads */
+    const int *cpus;        /* cpus[i] is pager i's CPU; NULL = not pinned */
+    int reclaim;            /* 1: a background thread keeps a few frames free */
+    int debug;              /* 1: fill freed swap space with a poison byte */
+};
+
+struct uvm_vm_stats {
+    uint64_t pages;
+    uint64_t resident;
+    uint64_t swapped;
+    uint64_t zero;              /* never touched, or known zero */
+    uint64_t faults_missing;
+    uint64_t faults_minor;
+    uint64_t faults_wp;
+    uint64_t zero_fills;        /* frames handed out zeroed */
+    uint64_t fault_around;      /* of those, neighbours filled ahead of a touch */
+    uint64_t swapins;
+    uint64_t swapouts;          /* pages written to the swap file */
+    uint64_t swapouts_zero;     /* evicted pages found all-zero: no slot used */
+    int64_t stopped;            /* 0, or the errno that stopped the VM */
+};
+
+struct uvm_machine_stats {
+    uint64_t frames_total;
+    uint64_t frames_used;
+    uint64_t frames_free;
+    uint64_t swap_capacity;     /* bytes */
+    uint64_t swap_pages;        /* pages holding a slot in the swap file */
+    uint64_t swap_bytes;        /* compressed bytes those pages occupy */
+    uint64_t swap_file_bytes;   /* bytes of the file in use (whole units) */
+    uint64_t swapins;
+    uint64_t swapouts;
+    uint64_t swapouts_zero;
+    uint64_t evict_fault_path;  /* evictions done by a pager to serve a fault */
+    uint64_t evict_background;  /* evictions done by the reclaim thread */
+    uint64_t swap_errors;
+    uint64_t faults;
+    uint64_t vms;
+    uint64_t pmap_bytes;        /* host memory for bookkeeping, by structure */
+    uint64_t frame_table_bytes;
+    uint64_t swap_map_bytes;
+    int uffd_user_mode;         /* 1: UFFD_USER_MODE_ONLY (unprivileged) */
+};
+
+int machine_open(const struct uvm_config *cfg, struct machine **out);
+void machine_close(struct machine *m);
+void machine_stats(struct machine *m, struct uvm_machine_stats *st);
+int machine_inject(struct machine *m, int what, int64_t n);
+int machine_set_fault_around(struct machine *m, int pages);
+uint64_t machine_memfd_pages(struct machine *m);
+
+int vm_create(struct machine *m, uint64_t pages, int *id, void **base);
+int vm_destroy(struct machine *m, int id, int keep_reservation);
+void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st);
+int vm_page_state(struct machine *m, int id, uint64_t ppn);
+int64_t vm_evict(struct machine *m, int id, const uint64_t *ppns, size_t n);
+int64_t vm_evict_random(struct machine *m, int id, uint64_t n);
+void vm_release_reservation(void *base, uint64_t pages);
+
+/* Guarded access: a SIGBUS/SIGSEGV (a stopped or destroyed VM) returns -EFAULT. */
+int guest_read(const void *src, void *dst, size_t n);
+int guest_write(void *dst, const void *src, size_t n);
+
+/* Workload loops: run on the calling thread, touching guest memory as a guest would.
+ * pattern: 0 sequential, 1 random, 2 zipf. Return ops done, or -EFAULT. */
+int64_t wl_fill(void *base, uint64_t first, uint64_t npages, uint64_t seed);
+int64_t wl_verify(void *base, uint64_t first, uint64_t npages, uint64_t seed, uint64_t *bad_page);
+int64_t wl_touch(void *base, uint64_t set_pages, int pattern, double write_fraction,
+                 uint64_t ops, uint64_t *rng);

@@ -1,0 +1,226 @@
+/* vm.c: guests. A VM's guest-physical memory is a MAP_SHARED mapping of its own slice of
+ * the memfd (PPN p lives at home MPN base + p), registered with userfaultfd for MISSING,
+ * MINOR and WP faults, with a pmap of one 8-byte entry per PPN. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include "core.h"
+#include "uffd.h"
+
+/* takes an MPN slice of n pages from a hole or the end of MPN space; returns base or -1. */
+static int64_t slice_alloc(struct machine *m, uint64_t n)
+{
+    for (int i = 0; i < m->nholes; i++) {
+        if (m->holes[i].npages >= n) {
+            uint64_t base = m->holes[i].base;
+            m->holes[i].base += n;
+            m->holes[i].npages -= n;
+            if (m->holes[i].npages == 0)
+                m->holes[i] = m->holes[--m->nholes];
+            return (int64_t)base;
+        }
+    }
+    if (m->mpn_next + n > m->view_pages)
+        return -1;
+    m->mpn_next += n;
+    return (int64_t)(m->mpn_next - n);
+}
+
+/* returns a slice to the holes (MAX_VMS holes always suffice: one per VM that existed). */
+static void slice_free(struct machine *m, uint64_t base, uint64_t n)
+{
+    if (base + n == m->mpn_next) {
+        m->mpn_next = base;
+        return;
+    }
+    if (m->nholes < MAX_VMS) {
+        m->holes[m->nholes].base = base;
+        m->holes[m->nholes].npages = n;
+        m->nholes++;
+    }
+}
+
+/* creates a VM of n pages; returns 0 and its slot and guest address, or -errno
+ * (-EMFILE: no VM slot left, -EFBIG: MPN space exhausted, -ESHUTDOWN: machine closing). */
+int vm_create(struct machine *m, uint64_t n, int *id, void **base)
+{
+    int r = 0, slot = -1;
+    struct vm *v = calloc(1, sizeof *v);
+    pte_t *pmap = calloc(n, sizeof *pmap);
+    pthread_mutex_lock(&m->lock);
+    if (!v || !pmap) {
+        r = -ENOMEM;
+        goto out;
+    }
+    if (m->closing) {
+        r = -ESHUTDOWN;
+        goto out;
+    }
+    for (int i = 0; i < MAX_VMS && slot < 0; i++)
+        if (!m->vms[i])
+            slot = i;
+    if (slot < 0) {
+        r = -EMFILE;
+        goto out;
+    }
+    int64_t b = slice_alloc(m, n);
+    if (b < 0) {
+        r = -EFBIG;
+        goto out;
+    }
+    v->slot = slot;
+    v->npages = n;
+    v->base = (uint64_t)b;
+    v->pmap = pmap;
+    v->st.pages = n;
+    frame_punch(m, v, 0, n);    /* a reused slice must hold nothing of its last owner */
+    v->guest = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+                    m->memfd, (off_t)(v->base * PG));
+    if (v->guest == MAP_FAILED) {
+        r = -errno;
+        slice_free(m, v->base, n);
+        goto out;
+    }
+    struct uffdio_register reg = {
+        .range = { (uint64_t)v->guest, n * PG },
+        .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP,
+    };
+    if (ioctl(m->uffd, UFFDIO_REGISTER, &reg)) {
+        r = -errno;
+        munmap(v->guest, n * PG);
+        slice_free(m, v->base, n);
+        goto out;
+    }
+    m->vms[slot] = v;
+    *id = slot;
+    *base = v->guest;
+    v = NULL;
+    pmap = NULL;
+out:
+    pthread_mutex_unlock(&m->lock);
+    free(v);
+    free(pmap);
+    return r;
+}
+
+/* destroys VM id: unmaps its memory (leaving an inaccessible reservation when asked, so
+ * stale pointers can never reach another VM's memory), frees its frames and swap slots;
+ * returns 0 or -ENOENT. */
+int vm_destroy(struct machine *m, int id, int keep_reservation)
+{
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    if (!v) {
+        pthread_mutex_unlock(&m->lock);
+        return -ENOENT;
+    }
+    if (keep_reservation)
+        mmap(v->guest, v->npages * PG, PROT_NONE,
+             MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    else
+        munmap(v->guest, v->npages * PG);
+    frame_punch(m, v, 0, v->npages);
+    for (uint64_t p = 0; p < v->npages; p++) {
+        pte_t e = v->pmap[p];
+        if (PTE_STATE(e) == PM_RESIDENT)
+            frame_remove(m, PTE_VAL(e));
+        else if (PTE_STATE(e) == PM_SWAPPED)
+            swap_free(&m->swap, PTE_VAL(e), PTE_LEN(e));
+    }
+    m->vms[id] = NULL;
+    slice_free(m, v->base, v->npages);
+    pthread_mutex_unlock(&m->lock);
+    free(v->pmap);
+    free(v);
+    return 0;
+}
+
+/* unmaps a reservation left by vm_destroy once nothing can reach it any more. */
+void vm_release_reservation(void *base, uint64_t pages)
+{
+    munmap(base, pages * PG);
+}
+
+/* copies VM id's counters into st (all zero if there is no such VM). */
+void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st)
+{
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    if (v) {
+        *st = v->st;
+        st->zero = v->npages - v->st.resident - v->st.swapped;
+    } else {
+        memset(st, 0, sizeof *st);
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* returns the pmap state of (id, ppn), or -ENOENT / -EINVAL. */
+int vm_page_state(struct machine *m, int id, uint64_t ppn)
+{
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    int r = !v ? -ENOENT : ppn >= v->npages ? -EINVAL : PTE_STATE(v->pmap[ppn]);
+    pthread_mutex_unlock(&m->lock);
+    return r;
+}
+
+/* evicts the listed pages of VM id (those resident); returns how many were evicted, or
+ * -errno if an eviction failed before any succeeded. */
+int64_t vm_evict(struct machine *m, int id, const uint64_t *ppns, size_t n)
+{
+    int64_t done = 0;
+    int err = 0;
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    if (!v)
+        err = -ENOENT;
+    for (size_t i = 0; v && i < n && !err; ) {
+        uint64_t ents[EVICT_BATCH];
+        int k = 0;
+        for (; i < n && k < EVICT_BATCH; i++) {
+            if (ppns[i] >= v->npages) {
+                err = -EINVAL;
+                break;
+            }
+            if (PTE_STATE(v->pmap[ppns[i]]) == PM_RESIDENT)
+                ents[k++] = FT_MAKE(v->slot, ppns[i]);
+        }
+        int r = k ? evict_pages(m, ents, k, 0) : 0;
+        if (r < 0)
+            err = r;
+        else
+            done += r;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return done ? done : err;
+}
+
+/* evicts up to n random resident pages of VM id; returns how many, or -errno. */
+int64_t vm_evict_random(struct machine *m, int id, uint64_t n)
+{
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    uint64_t *pick = v ? malloc((v->st.resident + 1) * sizeof *pick) : NULL;
+    uint64_t k = 0;
+    for (uint64_t p = 0; pick && p < v->npages; p++)
+        if (PTE_STATE(v->pmap[p]) == PM_RESIDENT)
+            pick[k++] = p;
+    for (uint64_t i = 0; i < k && i < n; i++) {     /* partial Fisher-Yates shuffle */
+        uint64_t j = i + rng_next(&m->rng) % (k - i);
+        uint64_t t = pick[i];
+        pick[i] = pick[j];
+        pick[j] = t;
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (!v)
+        return -ENOENT;
+    if (!pick)
+        return -ENOMEM;
+    int64_t r = vm_evict(m, id, pick, k < n ? k : n);
+    free(pick);
+    return r;
+}

@@ -1,0 +1,49 @@
+"""The exceptions uvm raises. User mistakes are ValueError (naming the argument or field);
+everything that goes wrong inside the emulator is a UvmError."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+
+class UvmError(Exception):
+    """Something went wrong in the emulator itself (not a bad argument)."""
+
+
+class UserfaultfdUnavailable(UvmError):
+    """This process may not use userfaultfd, or the kernel lacks a feature uvm needs."""
+
+
+class VMStopped(UvmError):
+    """A guest touched memory of a VM that was stopped (a fault that could not be served,
+    the VM destroyed or the machine closed)."""
+
+    def __init__(self, vm: str, reason: str) -> None:
+        super().__init__(f"VM {vm!r} is stopped: {reason}")
+        self.vm = vm
+        self.reason = reason
+
+
+class SwapFull(UvmError):
+    """An explicit eviction found no room in the swap file; nothing was lost."""
+
+
+def stop_reason(err: int) -> str:
+    """Explains the errno with which the pager stopped a VM."""
+    if err == errno.ENOSPC:
+        return "the swap file is full (a page had to be swapped out and there was no room)"
+    if err == errno.EIO:
+        return "I/O error on the swap file"
+    if err == errno.ESHUTDOWN:
+        return "the machine was closed"
+    if err == errno.ENOMEM:
+        return "no machine frame could be freed"
+    return f"pager error: {os.strerror(err)}"
+
+
+USERFAULTFD_HELP = (
+    "userfaultfd is not available to this process ({why}). uvm needs one of: run as root; "
+    "read-write access to /dev/userfaultfd (e.g. `sudo chmod 0666 /dev/userfaultfd`, or a "
+    "group with access); or `sudo sysctl vm.unprivileged_userfaultfd=1`."
+)

@@ -1,0 +1,282 @@
+"""The machine: a bounded pool of real memory (one memfd), the pager that backs guests
+with it, and the swap file behind it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from uvm._binding import ffi, lib
+from uvm.errors import USERFAULTFD_HELP, UserfaultfdUnavailable, UvmError
+from uvm.sizes import PAGE_SIZE, format_size, parse_pages, parse_size
+from uvm.stats import Snapshot, snapshot
+from uvm.vm import VM
+
+MACHINE_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_machine_stats").fields]
+SWAP_PER_MEMORY = 8     # default swap capacity, in multiples of machine memory
+FAULT_AROUND_MAX = 64
+INJECTIONS = {"swap-write": lib.INJECT_SWAP_WRITE, "swap-read": lib.INJECT_SWAP_READ,
+              "pager-hold": lib.INJECT_PAGER_HOLD}
+
+
+def _check_fault_around(pages: object) -> int:
+    if isinstance(pages, bool) or not isinstance(pages, int) or not 1 <= pages <= FAULT_AROUND_MAX:
+        raise ValueError(f"fault_around: must be an integer from 1 (off) to {FAULT_AROUND_MAX}, "
+                         f"got {pages!r}")
+    return pages
+
+
+def _pager_cpus(pagers: int | Sequence[int] | None) -> list[int]:
+    """Where pager threads run. Default: one per CPU this process may use, pinned, so a
+    faulting guest thread is served on its own CPU (~11 us here) instead of waking a pager
+    on another CPU (~100 us). A list pins one pager per entry; an int starts that many
+    unpinned (-1) pagers."""
+    if pagers is None:
+        return sorted(os.sched_getaffinity(0))
+    if isinstance(pagers, bool):
+        raise ValueError(f"pagers: expected a count or a list of CPUs, got {pagers!r}")
+    if isinstance(pagers, int):
+        if not 1 <= pagers <= 64:
+            raise ValueError(f"pagers: must be 1..64, got {pagers}")
+        return [-1] * pagers
+    cpus = list(pagers)
+    allowed = os.sched_getaffinity(0)
+    if not cpus or len(cpus) > 64 or any(not isinstance(c, int) or c not in allowed for c in cpus):
+        raise ValueError(f"pagers: every entry must be a CPU this process may run on "
+                         f"({sorted(allowed)}), got {pagers!r}")
+    return cpus
+
+
+class Machine:
+    """Machine memory of `memory` bytes (never more resident, as the memfd's st_blocks
+    shows from outside) backing any number of guests, overcommitted onto a compressed swap
+    file of `swap_size` bytes (default 8x memory). The swap file is created private (0600)
+    at `swap_file` and removed at close, or by default is an unlinked file in `swap_dir`
+    ($TMPDIR or /var/tmp)."""
+
+    def __init__(self, memory: int | str = "256MiB", *, swap_file: str | os.PathLike[str] | None = None,
+                 swap_size: int | str | None = None, swap_dir: str | os.PathLike[str] | None = None,
+                 fault_around: int = 1, pagers: int | Sequence[int] | None = None,
+                 reclaim: bool = True, debug: bool = False) -> None:
+        self._m: Any = None
+        frames = parse_pages(memory, "memory")
+        swap_bytes = (parse_size(swap_size, "swap_size") if swap_size is not None
+                      else SWAP_PER_MEMORY * frames * PAGE_SIZE)
+        if swap_bytes < PAGE_SIZE:
+            raise ValueError(f"swap_size: {swap_size!r} is smaller than one page")
+        _check_fault_around(fault_around)
+        cpus = _pager_cpus(pagers)
+        directory = os.fspath(swap_dir) if swap_dir is not None else os.environ.get("TMPDIR", "/var/tmp")
+        if swap_file is None and not os.path.isdir(directory):
+            raise ValueError(f"swap_dir: {directory!r} is not a directory")
+        path = os.fspath(swap_file) if swap_file is not None else None
+        if path is not None and os.path.exists(path):
+            raise ValueError(f"swap_file: {path!r} already exists (uvm creates its swap file "
+                             f"itself and removes it at close; pick a new path)")
+
+        keep = [ffi.new("char[]", s.encode()) for s in (path or "", directory)]
+        cfg = ffi.new("struct uvm_config *")
+        cfg.frames = frames
+        cfg.swap_bytes = swap_bytes
+        cfg.swap_path = keep[0] if path is not None else ffi.NULL
+        cfg.swap_dir = keep[1]
+        cfg.fault_around = fault_around
+        cfg.npagers = len(cpus)
+        cpu_arr = ffi.new("int[]", cpus)
+        cfg.cpus = cpu_arr
+        cfg.reclaim = int(reclaim)
+        cfg.debug = int(debug)
+        out = ffi.new("struct machine **")
+        r = lib.machine_open(cfg, out)
+        if r < 0:
+            raise self._open_error(-r, path or directory)
+        self._m = out[0]
+        self.frames = frames
+        self.memory = frames * PAGE_SIZE
+        self.swap_capacity = swap_bytes
+        self.swap_file = path
+        self._fault_around = fault_around
+        self._vms: dict[str, VM] = {}
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+
+    @staticmethod
+    def _open_error(err: int, swap_where: str) -> Exception:
+        if err in (errno.EPERM, errno.EACCES):
+            return UserfaultfdUnavailable(USERFAULTFD_HELP.format(why=os.strerror(err)))
+        if err == errno.ENOTSUP:
+            return UserfaultfdUnavailable(
+                "this kernel's userfaultfd lacks a feature uvm needs (MISSING, MINOR and WP "
+                "faults on shmem, and UFFDIO_POISON: Linux 6.6 or newer)")
+        if err in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.EROFS, errno.EOPNOTSUPP,
+                   errno.EISDIR):
+            return ValueError(f"swap file at {swap_where!r}: {os.strerror(err)}")
+        return OSError(err, f"machine could not be created: {os.strerror(err)}")
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_m", None) is not None:
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._m is None
+
+    def _handle(self) -> Any:
+        if self._m is None:
+            raise UvmError("the machine is closed")
+        return self._m
+
+    def close(self) -> None:
+        """Stops every workload and the pager, frees machine memory and removes the swap
+        file. A guest thread blocked in a fault gets an error, not a hang. Idempotent."""
+        if self._m is None:
+            return
+        with self._lock:
+            vms = list(self._vms.values())
+        for vm in vms:
+            for run in vm.runs:
+                run.stop()
+        for vm in vms:
+            for run in vm.runs:
+                run.wait(timeout=5.0)
+        m, self._m = self._m, None
+        # machine_close answers blocked guests, then tears every VM down behind a
+        # PROT_NONE reservation (stale memoryviews may still point there).
+        lib.machine_close(m)
+        for vm in vms:
+            vm._destroyed = True
+            vm._release_memory()
+        self._vms.clear()
+
+    # -- guests -----------------------------------------------------------------------
+
+    def create_vm(self, name: str, memory: int | str = "256MiB") -> VM:
+        """Creates a guest of `memory` bytes of guest-physical memory (may exceed machine
+        memory: the pager overcommits onto swap)."""
+        m = self._handle()
+        if not isinstance(name, str) or not name or not name.isprintable():
+            raise ValueError(f"name: expected a non-empty printable string, got {name!r}")
+        pages = parse_pages(memory, "memory")
+        with self._lock:
+            if name in self._vms:
+                raise ValueError(f"name: a VM called {name!r} already exists")
+            committed = sum(v.pages for v in self._vms.values())
+            backing = self.frames + self.swap_capacity // PAGE_SIZE
+            if committed + pages > backing:
+                raise ValueError(
+                    f"memory: VM {name!r} ({format_size(pages * PAGE_SIZE)}) cannot be backed: "
+                    f"machine memory {format_size(self.memory)} plus swap "
+                    f"{format_size(self.swap_capacity)} hold {format_size(backing * PAGE_SIZE)}, "
+                    f"and existing VMs already take {format_size(committed * PAGE_SIZE)}")
+            slot = ffi.new("int *")
+            base = ffi.new("void **")
+            r = lib.vm_create(m, pages, slot, base)
+            if r == -errno.EMFILE:
+                raise ValueError(f"name: too many VMs (at most {len(self._vms)} at once)")
+            if r in (-errno.EFBIG, -errno.ENOMEM):
+                raise ValueError(f"memory: no address space left for another "
+                                 f"{format_size(pages * PAGE_SIZE)} VM")
+            if r < 0:
+                raise OSError(-r, f"VM {name!r} could not be created: {os.strerror(-r)}")
+            vm = VM(self, name, slot[0], ffi.cast("char *", base[0]), pages)
+            self._vms[name] = vm
+        return vm
+
+    def destroy_vm(self, vm: VM | str) -> None:
+        """Stops the VM's workloads and frees all of its frames and swap slots."""
+        m = self._handle()
+        with self._lock:
+            key = vm if isinstance(vm, str) else getattr(vm, "name", None)
+            found = self._vms.get(key) if isinstance(key, str) else None
+            if found is None or (isinstance(vm, VM) and found is not vm):
+                raise ValueError(f"vm: {vm!r} is not a live VM of this machine")
+            del self._vms[found.name]
+        vm = found
+        for run in vm.runs:
+            run.stop()
+        for run in vm.runs:
+            run.wait(timeout=5.0)
+        vm._destroyed = True
+        released = vm._release_memory()
+        lib.vm_destroy(m, vm._slot, 0 if released else 1)
+
+    @property
+    def vms(self) -> list[VM]:
+        with self._lock:
+            return list(self._vms.values())
+
+    def vm(self, name: str) -> VM:
+        with self._lock:
+            if name not in self._vms:
+                raise KeyError(f"no VM called {name!r}")
+            return self._vms[name]
+
+    # -- knobs and counters -----------------------------------------------------------
+
+    @property
+    def fault_around(self) -> int:
+        """Pages one missing fault may fill (1 = off); settable while guests run."""
+        return self._fault_around
+
+    @fault_around.setter
+    def fault_around(self, pages: int) -> None:
+        lib.machine_set_fault_around(self._handle(), _check_fault_around(pages))
+        self._fault_around = pages
+
+    def inject_fault(self, kind: str, count: int = 1) -> None:
+        """Fault injection for tests and labs: 'swap-write' / 'swap-read' make the next
+        `count` swap writes / reads fail with EIO; 'pager-hold' with count 1 makes the
+        pagers stop serving faults (guests block) and with 0 resumes them."""
+        if kind not in INJECTIONS:
+            raise ValueError(f"kind: must be one of {sorted(INJECTIONS)}, got {kind!r}")
+        if count < 0:
+            raise ValueError(f"count: must be >= 0, got {count}")
+        lib.machine_inject(self._handle(), INJECTIONS[kind], count)
+
+    @property
+    def user_mode(self) -> bool:
+        """True when running unprivileged (UFFD_USER_MODE_ONLY): a syscall that touches
+        guest memory (e.g. read(2) into vm.memory) fails with EFAULT instead of faulting."""
+        return bool(self.stats()["uffd_user_mode"])
+
+    def stats(self) -> dict[str, Any]:
+        """Machine counters: frames total/used/free, swap use, compression ratio, ..."""
+        st = ffi.new("struct uvm_machine_stats *")
+        lib.machine_stats(self._handle(), st)
+        d: dict[str, Any] = {f: int(getattr(st, f)) for f in MACHINE_STAT_FIELDS}
+        d["compression_ratio"] = (d["swap_pages"] * PAGE_SIZE / d["swap_bytes"]
+                                  if d["swap_bytes"] else 1.0)
+        return d
+
+    def memfd_pages(self) -> int:
+        """Pages the kernel says the machine's memfd holds (from fstat st_blocks)."""
+        return int(lib.machine_memfd_pages(self._handle()))
+
+    def watch(self, seconds: float, every: float = 1.0) -> Iterator[Snapshot]:
+        """Yields a stats snapshot every `every` seconds for `seconds` seconds."""
+        if every <= 0:
+            raise ValueError(f"every: must be > 0, got {every}")
+        start = time.monotonic()
+        nxt = start
+        while True:
+            yield snapshot(self)
+            nxt += every
+            if nxt - start > seconds + 1e-9:
+                return
+            time.sleep(max(0.0, nxt - time.monotonic()))
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started

@@ -1,0 +1,142 @@
+"""A guest: its guest-physical memory, its counters, and the workloads running in it."""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from uvm._binding import ffi, lib
+from uvm.errors import SwapFull, VMStopped, stop_reason
+from uvm.sizes import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from uvm.machine import Machine
+    from workloads.base import Run, Workload
+
+PAGE_STATES = {lib.PM_NONE: "none", lib.PM_RESIDENT: "resident", lib.PM_SWAPPED: "swapped",
+               lib.PM_ZERO: "zero"}
+
+VM_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_vm_stats").fields]
+
+
+class VM:
+    """One guest. `memory` is a writable memoryview of all of its guest-physical memory:
+    Python, numpy or C may read and write it, and the pager serves every fault.
+
+    Touching `memory` of a stopped VM raises SIGBUS, which kills the process like any bad
+    memory access in C; code that must survive that uses `read`/`write` or a workload,
+    which turn it into VMStopped."""
+
+    def __init__(self, machine: Machine, name: str, slot: int, base: Any, pages: int) -> None:
+        self.machine = machine
+        self.name = name
+        self.pages = pages
+        self.size = pages * PAGE_SIZE
+        self._slot = slot
+        self._base = base
+        self._runs: list[Run] = []
+        self._destroyed = False
+        self._lock = threading.Lock()
+        self.memory = memoryview(ffi.buffer(base, self.size))
+
+    def __repr__(self) -> str:
+        return f"<VM {self.name!r} {self.size >> 20} MiB>"
+
+    @property
+    def address(self) -> int:
+        """The guest-physical memory's address in this process (PPN p at address + p * 4096)."""
+        return int(ffi.cast("uintptr_t", self._base))
+
+    def stats(self) -> dict[str, int]:
+        """Counters: pages, resident, swapped, zero, faults by kind, swap-ins, swap-outs..."""
+        st = ffi.new("struct uvm_vm_stats *")
+        if not self._destroyed:
+            lib.vm_stats(self.machine._m, self._slot, st)
+        return {f: int(getattr(st, f)) for f in VM_STAT_FIELDS}
+
+    @property
+    def stopped(self) -> str | None:
+        """None while the VM runs; otherwise why it was stopped."""
+        if self._destroyed:
+            return "the VM was destroyed"
+        err = self.stats()["stopped"]
+        return stop_reason(err) if err else None
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"offset/length: [{offset}, {offset + length}) is outside the VM's "
+                             f"{self.size} bytes")
+
+    def _raise_stopped(self) -> None:
+        raise VMStopped(self.name, self.stopped or "memory access failed")
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Reads guest memory; raises VMStopped instead of crashing if the VM is stopped."""
+        self._check_range(offset, length)
+        buf = ffi.new("char[]", length)
+        if lib.guest_read(self._base + offset, buf, length) < 0:
+            self._raise_stopped()
+        return ffi.buffer(buf, length)[:]
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Writes guest memory; raises VMStopped instead of crashing if the VM is stopped."""
+        self._check_range(offset, len(data))
+        if lib.guest_write(self._base + offset, ffi.from_buffer(data), len(data)) < 0:
+            self._raise_stopped()
+
+    def page_state(self, ppn: int) -> str:
+        """The pmap state of one page: 'none', 'resident', 'swapped' or 'zero'."""
+        r = lib.vm_page_state(self.machine._m, self._slot, ppn)
+        if r < 0:
+            raise ValueError(f"ppn: {ppn} is not a page of VM {self.name!r} ({self.pages} pages)")
+        return PAGE_STATES[r]
+
+    def evict(self, ppns: Iterable[int] | None = None) -> int:
+        """Pages the given PPNs (default: every resident page) out to swap, as the host's
+        swap daemon would; returns how many were evicted."""
+        pages = list(range(self.pages)) if ppns is None else list(ppns)
+        if any(not 0 <= p < self.pages for p in pages):
+            raise ValueError(f"ppns: every PPN must be in [0, {self.pages})")
+        arr = ffi.new("uint64_t[]", pages)
+        return self._evicted(lib.vm_evict(self.machine._m, self._slot, arr, len(pages)))
+
+    def evict_random(self, count: int) -> int:
+        """Pages out `count` resident pages chosen at random; returns how many."""
+        if count < 0:
+            raise ValueError(f"count: must be >= 0, got {count}")
+        return self._evicted(lib.vm_evict_random(self.machine._m, self._slot, count))
+
+    def _evicted(self, r: int) -> int:
+        if r == -errno.ENOSPC:
+            raise SwapFull(f"VM {self.name!r}: the swap file is full; the pages stay resident")
+        if r < 0:
+            raise OSError(-r, f"eviction failed: {errno.errorcode.get(-r, r)}")
+        return int(r)
+
+    def run(self, workload: Workload) -> Run:
+        """Starts a workload on its own named thread inside this VM; returns its Run."""
+        from workloads.base import Run
+
+        if self._destroyed:
+            raise VMStopped(self.name, "the VM was destroyed")
+        run = Run(self, workload)
+        with self._lock:
+            self._runs.append(run)
+        run.start()
+        return run
+
+    def _release_memory(self) -> bool:
+        """Releases `memory`; False if something still exports it (e.g. a numpy array), in
+        which case the address range must stay reserved so it never maps another VM."""
+        try:
+            self.memory.release()
+        except BufferError:
+            return False
+        return True
+
+    @property
+    def runs(self) -> list[Run]:
+        with self._lock:
+            return list(self._runs)

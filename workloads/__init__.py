@@ -1,0 +1,9 @@
+"""Toy guest programs that run inside uvm VMs (see base.py for how they run)."""
+
+from workloads.base import Run, Workload
+from workloads.memory import Fill, Verify
+from workloads.patterns import PATTERNS, Idle, WorkingSet
+
+KINDS: dict[str, type[Workload]] = {w.kind: w for w in (WorkingSet, Idle, Fill, Verify)}
+
+__all__ = ["Run", "Workload", "Fill", "Verify", "Idle", "WorkingSet", "PATTERNS", "KINDS"]

@@ -1,0 +1,119 @@
+"""Workloads: toy guest programs, and the Run that executes one inside a VM.
+
+A workload is a small object whose `step` does a few milliseconds of work (the heavy loops
+are C, with the GIL released) and returns how many operations it did, or None when it has
+finished. The Run calls `step` on its own named thread until the workload finishes or is
+stopped, keeps its progress (operations done, operations per second over the last second),
+and captures any error so that `join` re-raises it in the caller."""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from typing import TYPE_CHECKING, ClassVar
+
+from uvm.errors import VMStopped
+
+if TYPE_CHECKING:
+    from uvm.vm import VM
+
+RATE_WINDOW = 1.0   # seconds over which ops_per_s is measured
+
+
+class Workload(ABC):
+    """A toy guest program. Subclasses set `kind` (its name in scenario files)."""
+
+    kind: ClassVar[str]
+
+    def start(self, vm: VM) -> None:
+        """Called once on the caller's thread before the run starts: check that the
+        workload fits the VM (raise ValueError naming the field) and set up state."""
+
+    @abstractmethod
+    def step(self, vm: VM) -> int | None:
+        """Does a slice of work; returns operations done, or None when finished."""
+
+
+def check_guarded(vm: VM, result: int) -> int:
+    """Turns a guarded C loop's -EFAULT into VMStopped; returns the result otherwise."""
+    if result < 0:
+        raise VMStopped(vm.name, vm.stopped or "memory access failed")
+    return result
+
+
+class Run:
+    """One workload running in one VM on a thread of its own."""
+
+    def __init__(self, vm: VM, workload: Workload) -> None:
+        workload.start(vm)
+        self.vm = vm
+        self.workload = workload
+        self.ops = 0
+        self.error: BaseException | None = None
+        self.started = 0.0
+        self.finished: float | None = None
+        self._stop = threading.Event()
+        self._marks: deque[tuple[float, int]] = deque(maxlen=64)
+        self._thread = threading.Thread(target=self._main, name=f"uvm-guest-{vm.name}-{workload.kind}",
+                                        daemon=True)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.workload.kind} in {self.vm.name!r}: {self.ops} ops>"
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self._marks.append((self.started, 0))
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            while not self._stop.is_set():
+                n = self.workload.step(self.vm)
+                if n is None:
+                    break
+                self.ops += n
+                now = time.monotonic()
+                if now - self._marks[-1][0] >= 0.05:
+                    self._marks.append((now, self.ops))
+        except BaseException as e:  # captured, re-raised by join()
+            self.error = e
+        finally:
+            self.finished = time.monotonic()
+
+    @property
+    def done(self) -> bool:
+        return self.finished is not None
+
+    @property
+    def ops_per_s(self) -> float:
+        """Operations per second over about the last second (0 once finished)."""
+        if self.done or len(self._marks) < 2:
+            return 0.0
+        now_t, now_ops = self._marks[-1]
+        for t, ops in reversed(self._marks):
+            if now_t - t >= RATE_WINDOW:
+                break
+        return (now_ops - ops) / (now_t - t) if now_t > t else 0.0
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    def stop(self) -> None:
+        """Asks the workload to stop after its current step."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits for the run to end; returns whether it did. Never raises its error."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> int:
+        """Waits for the run to end and re-raises its error, if any; returns ops done."""
+        if not self.wait(timeout):
+            raise TimeoutError(f"{self!r} still running after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.ops

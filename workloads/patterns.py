@@ -1,0 +1,63 @@
+"""Workloads that touch memory in patterns: a working-set loop and an idle guest."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import ClassVar
+
+from uvm._binding import ffi, lib
+from uvm.sizes import PAGE_SIZE, parse_pages
+from uvm.vm import VM
+from workloads.base import Workload, check_guarded
+from workloads.memory import Fill
+
+PATTERNS = {"sequential": 0, "random": 1, "zipf": 2}
+OPS_PER_STEP = 4096
+
+
+class WorkingSet(Workload):
+    """Touches pages of a working set of `size` bytes forever (until stopped): one op is
+    one page touched, a write with probability `write_fraction`. Patterns: sequential,
+    random (uniform), zipf (s = 1: a few pages very hot, a long cold tail)."""
+
+    kind: ClassVar[str] = "working-set"
+
+    def __init__(self, size: int | str, pattern: str = "random", write_fraction: float = 0.5,
+                 seed: int | None = None) -> None:
+        self.set_pages = parse_pages(size, "size")
+        if pattern not in PATTERNS:
+            raise ValueError(f"pattern: must be one of {sorted(PATTERNS)}, got {pattern!r}")
+        if isinstance(write_fraction, bool) or not isinstance(write_fraction, (int, float)) \
+                or not 0.0 <= write_fraction <= 1.0:
+            raise ValueError(f"write_fraction: must be a number in [0, 1], got {write_fraction!r}")
+        self.pattern = pattern
+        self.write_fraction = float(write_fraction)
+        seed = int.from_bytes(os.urandom(8), "little") | 1 if seed is None else seed
+        self._rng = ffi.new("uint64_t[2]", [seed or 1, 0])
+
+    def start(self, vm: VM) -> None:
+        if self.set_pages > vm.pages:
+            raise ValueError(f"size: the working set ({self.set_pages * PAGE_SIZE} bytes) is "
+                             f"larger than VM {vm.name!r} ({vm.size} bytes)")
+
+    def step(self, vm: VM) -> int | None:
+        return check_guarded(vm, lib.wl_touch(vm._base, self.set_pages, PATTERNS[self.pattern],
+                                              self.write_fraction, OPS_PER_STEP, self._rng))
+
+
+class Idle(Fill):
+    """Touches (writes) `touch` bytes of memory once, then sleeps until stopped."""
+
+    kind: ClassVar[str] = "idle"
+    NAP = 0.1
+
+    def __init__(self, touch: int | str | None = None, seed: int = 1) -> None:
+        super().__init__(size=touch, seed=seed)
+
+    def step(self, vm: VM) -> int | None:
+        n = super().step(vm)
+        if n is None:
+            time.sleep(self.NAP)
+            return 0
+        return n
