@@ -17,6 +17,7 @@
 #define MAX_PAGERS 64
 #define EVICT_BATCH 32          /* victims per eviction round */
 #define FAULT_AROUND_MAX 64
+#define EVICT_RETRIES 3         /* write errors tolerated per ensure_free */
 
 /* A pmap entry (one per PPN, 8 bytes):
  *   bits 0..2   state (PM_*)

@@ -134,9 +134,11 @@ static int pick_random(struct machine *m, uint64_t *ents, int n)
     return k;
 }
 
-/* makes at least need frames free, evicting random victims; returns 0 or -errno. */
+/* makes at least need frames free, evicting random victims; returns 0 or -errno. A write
+ * error is retried with other victims a few times before it is reported. */
 int ensure_free(struct machine *m, uint64_t need)
 {
+    int failures = 0;
     while (m->nframes - m->nresident < need) {
         uint64_t ents[EVICT_BATCH];
         uint64_t want = need - (m->nframes - m->nresident);
@@ -144,7 +146,7 @@ int ensure_free(struct machine *m, uint64_t need)
         if (n == 0)
             return -ENOMEM;
         int r = evict_pages(m, ents, n, 0);
-        if (r < 0)
+        if (r < 0 && (r != -EIO || ++failures > EVICT_RETRIES))
             return r;
     }
     return 0;

@@ -144,7 +144,7 @@ void machine_close(struct machine *m)
         drain_faults(m);
     for (int i = 0; i < MAX_VMS; i++)
         if (m->vms[i])
-            vm_destroy(m, i, 1);
+            vm_destroy(m, i);
     pager_stop(m);
     if (m->reclaim)
         pthread_join(m->reclaimer, NULL);

@@ -77,12 +77,11 @@ int machine_set_fault_around(struct machine *m, int pages);
 uint64_t machine_memfd_pages(struct machine *m);
 
 int vm_create(struct machine *m, uint64_t pages, int *id, void **base);
-int vm_destroy(struct machine *m, int id, int keep_reservation);
+int vm_destroy(struct machine *m, int id);
 void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st);
 int vm_page_state(struct machine *m, int id, uint64_t ppn);
 int64_t vm_evict(struct machine *m, int id, const uint64_t *ppns, size_t n);
 int64_t vm_evict_random(struct machine *m, int id, uint64_t n);
-void vm_release_reservation(void *base, uint64_t pages);
 
 /* Guarded access: a SIGBUS/SIGSEGV (a stopped or destroyed VM) returns -EFAULT. */
 int guest_read(const void *src, void *dst, size_t n);

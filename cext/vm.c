@@ -106,10 +106,11 @@ out:
     return r;
 }
 
-/* destroys VM id: unmaps its memory (leaving an inaccessible reservation when asked, so
- * stale pointers can never reach another VM's memory), frees its frames and swap slots;
- * returns 0 or -ENOENT. */
-int vm_destroy(struct machine *m, int id, int keep_reservation)
+/* destroys VM id: frees its frames and swap slots, and leaves its address range as an
+ * inaccessible reservation that is never reused, so a stale pointer into it (a numpy array
+ * made from vm.memory, say) can neither crash on unmapped memory nor ever reach another
+ * VM's memory; returns 0 or -ENOENT. */
+int vm_destroy(struct machine *m, int id)
 {
     pthread_mutex_lock(&m->lock);
     struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
@@ -117,11 +118,8 @@ int vm_destroy(struct machine *m, int id, int keep_reservation)
         pthread_mutex_unlock(&m->lock);
         return -ENOENT;
     }
-    if (keep_reservation)
-        mmap(v->guest, v->npages * PG, PROT_NONE,
-             MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    else
-        munmap(v->guest, v->npages * PG);
+    mmap(v->guest, v->npages * PG, PROT_NONE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+         -1, 0);
     frame_punch(m, v, 0, v->npages);
     for (uint64_t p = 0; p < v->npages; p++) {
         pte_t e = v->pmap[p];
@@ -136,12 +134,6 @@ int vm_destroy(struct machine *m, int id, int keep_reservation)
     free(v->pmap);
     free(v);
     return 0;
-}
-
-/* unmaps a reservation left by vm_destroy once nothing can reach it any more. */
-void vm_release_reservation(void *base, uint64_t pages)
-{
-    munmap(base, pages * PG);
 }
 
 /* copies VM id's counters into st (all zero if there is no such VM). */

@@ -152,12 +152,9 @@ class Machine:
             for run in vm.runs:
                 run.wait(timeout=5.0)
         m, self._m = self._m, None
-        # machine_close answers blocked guests, then tears every VM down behind a
-        # PROT_NONE reservation (stale memoryviews may still point there).
-        lib.machine_close(m)
+        lib.machine_close(m)        # answers blocked guests, then destroys every VM
         for vm in vms:
-            vm._destroyed = True
-            vm._release_memory()
+            vm._retire()
         self._vms.clear()
 
     # -- guests -----------------------------------------------------------------------
@@ -208,9 +205,8 @@ class Machine:
             run.stop()
         for run in vm.runs:
             run.wait(timeout=5.0)
-        vm._destroyed = True
-        released = vm._release_memory()
-        lib.vm_destroy(m, vm._slot, 0 if released else 1)
+        vm._retire()
+        lib.vm_destroy(m, vm._slot)
 
     @property
     def vms(self) -> list[VM]:

@@ -127,14 +127,15 @@ class VM:
         run.start()
         return run
 
-    def _release_memory(self) -> bool:
-        """Releases `memory`; False if something still exports it (e.g. a numpy array), in
-        which case the address range must stay reserved so it never maps another VM."""
+    def _retire(self) -> None:
+        """Marks the VM destroyed and releases `memory` where nothing else holds it. Views
+        derived from it (numpy arrays) stay valid Python objects: the C core leaves the
+        range reserved and inaccessible, never reused."""
+        self._destroyed = True
         try:
             self.memory.release()
         except BufferError:
-            return False
-        return True
+            pass
 
     @property
     def runs(self) -> list[Run]:
