@@ -47,7 +47,8 @@ struct vm {
 struct swap {
     int fd;
     char *path;             /* NULL when unlinked */
-    uint64_t units;         /* capacity in UVM_SWAP_UNIT units */
+    uint64_t capacity;      /* nominal capacity in bytes */
+    uint64_t units;         /* usable UVM_SWAP_UNIT units (capacity plus slack) */
     uint64_t *bitmap;       /* 1 bit per unit: 1 = in use */
     uint64_t next;          /* next-fit cursor */
     uint64_t used_units;
@@ -91,6 +92,7 @@ struct machine {
     uint64_t low_water, high_water;
 
     int64_t inject_write, inject_read;
+    int inject_write_err;   /* EIO or ENOSPC */
     struct uvm_machine_stats st;
 };
 

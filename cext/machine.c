@@ -174,7 +174,7 @@ void machine_stats(struct machine *m, struct uvm_machine_stats *st)
     st->frames_total = m->nframes;
     st->frames_used = m->nresident;
     st->frames_free = m->nframes - m->nresident;
-    st->swap_capacity = m->swap.units * UVM_SWAP_UNIT;
+    st->swap_capacity = m->swap.capacity;
     st->swap_pages = m->swap.pages;
     st->swap_bytes = m->swap.bytes;
     st->swap_file_bytes = m->swap.used_units * UVM_SWAP_UNIT;
@@ -197,8 +197,10 @@ int machine_inject(struct machine *m, int what, int64_t n)
 {
     int r = 0;
     pthread_mutex_lock(&m->lock);
-    if (what == INJECT_SWAP_WRITE)
+    if (what == INJECT_SWAP_WRITE || what == INJECT_SWAP_FULL) {
         m->inject_write = n;
+        m->inject_write_err = what == INJECT_SWAP_FULL ? ENOSPC : EIO;
+    }
     else if (what == INJECT_SWAP_READ)
         m->inject_read = n;
     else if (what == INJECT_PAGER_HOLD) {

@@ -24,7 +24,11 @@ int swap_open(struct swap *s, const char *path, const char *dir, uint64_t bytes,
 {
     memset(s, 0, sizeof *s);
     s->debug = debug;
-    s->units = bytes / UVM_SWAP_UNIT;
+    /* Compressed pages take runs of 1..16 units, so free space fragments; an eighth more
+     * units than the nominal capacity absorbs that, so admission control (which counts
+     * raw pages) stays a promise the swap map can keep. The file is sparse either way. */
+    s->capacity = bytes;
+    s->units = bytes / UVM_SWAP_UNIT + bytes / UVM_SWAP_UNIT / 8;
     s->bitmap = calloc((s->units + 63) / 64 + 1, 8);
     if (!s->bitmap)
         return -ENOMEM;
@@ -40,6 +44,13 @@ int swap_open(struct swap *s, const char *path, const char *dir, uint64_t bytes,
         free(s->bitmap);
         s->bitmap = NULL;
         return err;
+    }
+    /* Reserve the space now, as a swap partition would: admission control promises every
+     * VM its pages a place, and a disk that fills up later must not break that promise. */
+    int r = posix_fallocate(s->fd, 0, (off_t)(s->units * UVM_SWAP_UNIT));
+    if (r && r != EOPNOTSUPP && r != EINVAL) {
+        swap_close(s);
+        return -r;
     }
     return 0;
 }
@@ -147,7 +158,7 @@ int swap_write(struct machine *m, uint64_t unit, const char *buf, size_t len)
 {
     if (m->inject_write > 0) {
         m->inject_write--;
-        return -EIO;
+        return -m->inject_write_err;
     }
     off_t off = (off_t)(unit * UVM_SWAP_UNIT);
     while (len > 0) {

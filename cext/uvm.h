@@ -16,6 +16,7 @@
 #define INJECT_SWAP_WRITE 1  /* the next n swap writes fail with EIO */
 #define INJECT_SWAP_READ 2   /* the next n swap reads fail with EIO */
 #define INJECT_PAGER_HOLD 3  /* n = 1: pagers stop serving faults; n = 0: resume */
+#define INJECT_SWAP_FULL 4   /* the next n swap writes fail with ENOSPC (device full) */
 
 struct machine;
 

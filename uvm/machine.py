@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from uvm._binding import ffi, lib
@@ -17,10 +18,10 @@ from uvm.stats import Snapshot, snapshot
 from uvm.vm import VM
 
 MACHINE_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_machine_stats").fields]
-SWAP_PER_MEMORY = 8     # default swap capacity, in multiples of machine memory
+SWAP_PER_MEMORY = 4     # default swap capacity, in multiples of machine memory
 FAULT_AROUND_MAX = 64
 INJECTIONS = {"swap-write": lib.INJECT_SWAP_WRITE, "swap-read": lib.INJECT_SWAP_READ,
-              "pager-hold": lib.INJECT_PAGER_HOLD}
+              "swap-full": lib.INJECT_SWAP_FULL, "pager-hold": lib.INJECT_PAGER_HOLD}
 
 
 def _check_fault_around(pages: object) -> int:
@@ -54,7 +55,7 @@ def _pager_cpus(pagers: int | Sequence[int] | None) -> list[int]:
 class Machine:
     """Machine memory of `memory` bytes (never more resident, as the memfd's st_blocks
     shows from outside) backing any number of guests, overcommitted onto a compressed swap
-    file of `swap_size` bytes (default 8x memory). The swap file is created private (0600)
+    file of `swap_size` bytes (default 4x memory), reserved on disk at creation. The swap file is created private (0600)
     at `swap_file` and removed at close, or by default is an unlinked file in `swap_dir`
     ($TMPDIR or /var/tmp)."""
 
@@ -63,6 +64,7 @@ class Machine:
                  fault_around: int = 1, pagers: int | Sequence[int] | None = None,
                  reclaim: bool = True, debug: bool = False) -> None:
         self._m: Any = None
+        self._call_lock = threading.Lock()
         frames = parse_pages(memory, "memory")
         swap_bytes = (parse_size(swap_size, "swap_size") if swap_size is not None
                       else SWAP_PER_MEMORY * frames * PAGE_SIZE)
@@ -93,7 +95,7 @@ class Machine:
         out = ffi.new("struct machine **")
         r = lib.machine_open(cfg, out)
         if r < 0:
-            raise self._open_error(-r, path or directory)
+            raise self._open_error(-r, path or directory, swap_bytes)
         self._m = out[0]
         self.frames = frames
         self.memory = frames * PAGE_SIZE
@@ -105,7 +107,7 @@ class Machine:
         self._started = time.monotonic()
 
     @staticmethod
-    def _open_error(err: int, swap_where: str) -> Exception:
+    def _open_error(err: int, swap_where: str, swap_bytes: int) -> Exception:
         if err in (errno.EPERM, errno.EACCES):
             return UserfaultfdUnavailable(USERFAULTFD_HELP.format(why=os.strerror(err)))
         if err == errno.ENOTSUP:
@@ -115,6 +117,9 @@ class Machine:
         if err in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.EROFS, errno.EOPNOTSUPP,
                    errno.EISDIR):
             return ValueError(f"swap file at {swap_where!r}: {os.strerror(err)}")
+        if err in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return ValueError(f"swap_size: no room for a {format_size(swap_bytes)} swap file at "
+                              f"{swap_where!r} ({os.strerror(err)})")
         return OSError(err, f"machine could not be created: {os.strerror(err)}")
 
     # -- life cycle -------------------------------------------------------------------
@@ -133,10 +138,13 @@ class Machine:
     def closed(self) -> bool:
         return self._m is None
 
-    def _handle(self) -> Any:
-        if self._m is None:
-            raise UvmError("the machine is closed")
-        return self._m
+    @contextmanager
+    def _core(self) -> Iterator[Any]:
+        """The C machine handle, held so that close() cannot free it during the call."""
+        with self._call_lock:
+            if self._m is None:
+                raise UvmError("the machine is closed")
+            yield self._m
 
     def close(self) -> None:
         """Stops every workload and the pager, frees machine memory and removes the swap
@@ -151,8 +159,9 @@ class Machine:
         for vm in vms:
             for run in vm.runs:
                 run.wait(timeout=5.0)
-        m, self._m = self._m, None
-        lib.machine_close(m)        # answers blocked guests, then destroys every VM
+        with self._call_lock:
+            m, self._m = self._m, None
+            lib.machine_close(m)    # answers blocked guests, then destroys every VM
         for vm in vms:
             vm._retire()
         self._vms.clear()
@@ -162,7 +171,6 @@ class Machine:
     def create_vm(self, name: str, memory: int | str = "256MiB") -> VM:
         """Creates a guest of `memory` bytes of guest-physical memory (may exceed machine
         memory: the pager overcommits onto swap)."""
-        m = self._handle()
         if not isinstance(name, str) or not name or not name.isprintable():
             raise ValueError(f"name: expected a non-empty printable string, got {name!r}")
         pages = parse_pages(memory, "memory")
@@ -179,7 +187,8 @@ class Machine:
                     f"and existing VMs already take {format_size(committed * PAGE_SIZE)}")
             slot = ffi.new("int *")
             base = ffi.new("void **")
-            r = lib.vm_create(m, pages, slot, base)
+            with self._core() as m:
+                r = lib.vm_create(m, pages, slot, base)
             if r == -errno.EMFILE:
                 raise ValueError(f"name: too many VMs (at most {len(self._vms)} at once)")
             if r in (-errno.EFBIG, -errno.ENOMEM):
@@ -193,7 +202,6 @@ class Machine:
 
     def destroy_vm(self, vm: VM | str) -> None:
         """Stops the VM's workloads and frees all of its frames and swap slots."""
-        m = self._handle()
         with self._lock:
             key = vm if isinstance(vm, str) else getattr(vm, "name", None)
             found = self._vms.get(key) if isinstance(key, str) else None
@@ -205,8 +213,9 @@ class Machine:
             run.stop()
         for run in vm.runs:
             run.wait(timeout=5.0)
-        vm._retire()
-        lib.vm_destroy(m, vm._slot)
+        with self._core() as m:
+            vm._retire()
+            lib.vm_destroy(m, vm._slot)
 
     @property
     def vms(self) -> list[VM]:
@@ -228,18 +237,22 @@ class Machine:
 
     @fault_around.setter
     def fault_around(self, pages: int) -> None:
-        lib.machine_set_fault_around(self._handle(), _check_fault_around(pages))
+        _check_fault_around(pages)
+        with self._core() as m:
+            lib.machine_set_fault_around(m, pages)
         self._fault_around = pages
 
     def inject_fault(self, kind: str, count: int = 1) -> None:
         """Fault injection for tests and labs: 'swap-write' / 'swap-read' make the next
-        `count` swap writes / reads fail with EIO; 'pager-hold' with count 1 makes the
+        `count` swap writes / reads fail with EIO, 'swap-full' the next `count` writes fail
+        with ENOSPC (the device is full); 'pager-hold' with count 1 makes the
         pagers stop serving faults (guests block) and with 0 resumes them."""
         if kind not in INJECTIONS:
             raise ValueError(f"kind: must be one of {sorted(INJECTIONS)}, got {kind!r}")
         if count < 0:
             raise ValueError(f"count: must be >= 0, got {count}")
-        lib.machine_inject(self._handle(), INJECTIONS[kind], count)
+        with self._core() as m:
+            lib.machine_inject(m, INJECTIONS[kind], count)
 
     @property
     def user_mode(self) -> bool:
@@ -250,7 +263,8 @@ class Machine:
     def stats(self) -> dict[str, Any]:
         """Machine counters: frames total/used/free, swap use, compression ratio, ..."""
         st = ffi.new("struct uvm_machine_stats *")
-        lib.machine_stats(self._handle(), st)
+        with self._core() as m:
+            lib.machine_stats(m, st)
         d: dict[str, Any] = {f: int(getattr(st, f)) for f in MACHINE_STAT_FIELDS}
         d["compression_ratio"] = (d["swap_pages"] * PAGE_SIZE / d["swap_bytes"]
                                   if d["swap_bytes"] else 1.0)
@@ -258,7 +272,8 @@ class Machine:
 
     def memfd_pages(self) -> int:
         """Pages the kernel says the machine's memfd holds (from fstat st_blocks)."""
-        return int(lib.machine_memfd_pages(self._handle()))
+        with self._core() as m:
+            return int(lib.machine_memfd_pages(m))
 
     def watch(self, seconds: float, every: float = 1.0) -> Iterator[Snapshot]:
         """Yields a stats snapshot every `every` seconds for `seconds` seconds."""

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from uvm._binding import ffi, lib
-from uvm.errors import SwapFull, VMStopped, stop_reason
+from uvm.errors import SwapFull, UvmError, VMStopped, stop_reason
 from uvm.sizes import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -52,16 +52,22 @@ class VM:
     def stats(self) -> dict[str, int]:
         """Counters: pages, resident, swapped, zero, faults by kind, swap-ins, swap-outs..."""
         st = ffi.new("struct uvm_vm_stats *")
-        if not self._destroyed:
-            lib.vm_stats(self.machine._m, self._slot, st)
+        try:
+            with self.machine._core() as m:     # destroy_vm holds it too: no slot reuse race
+                if self._destroyed:
+                    st.stopped = errno.ENOENT
+                else:
+                    lib.vm_stats(m, self._slot, st)
+        except UvmError:
+            st.stopped = errno.ESHUTDOWN
         return {f: int(getattr(st, f)) for f in VM_STAT_FIELDS}
 
     @property
     def stopped(self) -> str | None:
         """None while the VM runs; otherwise why it was stopped."""
-        if self._destroyed:
-            return "the VM was destroyed"
         err = self.stats()["stopped"]
+        if err == errno.ENOENT:
+            return "the VM was destroyed"
         return stop_reason(err) if err else None
 
     def _check_range(self, offset: int, length: int) -> None:
@@ -88,7 +94,8 @@ class VM:
 
     def page_state(self, ppn: int) -> str:
         """The pmap state of one page: 'none', 'resident', 'swapped' or 'zero'."""
-        r = lib.vm_page_state(self.machine._m, self._slot, ppn)
+        with self.machine._core() as m:
+            r = lib.vm_page_state(m, self._slot, ppn)
         if r < 0:
             raise ValueError(f"ppn: {ppn} is not a page of VM {self.name!r} ({self.pages} pages)")
         return PAGE_STATES[r]
@@ -100,13 +107,15 @@ class VM:
         if any(not 0 <= p < self.pages for p in pages):
             raise ValueError(f"ppns: every PPN must be in [0, {self.pages})")
         arr = ffi.new("uint64_t[]", pages)
-        return self._evicted(lib.vm_evict(self.machine._m, self._slot, arr, len(pages)))
+        with self.machine._core() as m:
+            return self._evicted(lib.vm_evict(m, self._slot, arr, len(pages)))
 
     def evict_random(self, count: int) -> int:
         """Pages out `count` resident pages chosen at random; returns how many."""
         if count < 0:
             raise ValueError(f"count: must be >= 0, got {count}")
-        return self._evicted(lib.vm_evict_random(self.machine._m, self._slot, count))
+        with self.machine._core() as m:
+            return self._evicted(lib.vm_evict_random(m, self._slot, count))
 
     def _evicted(self, r: int) -> int:
         if r == -errno.ENOSPC:
