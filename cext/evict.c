@@ -46,6 +46,15 @@ static void victim_commit(struct machine *m, struct victim *x, int background)
         m->st.evict_fault_path++;
 }
 
+/* returns whether (v, ppn) is among the first k victims. */
+static int victim_listed(const struct victim *xs, int k, const struct vm *v, uint64_t ppn)
+{
+    for (int i = 0; i < k; i++)
+        if (xs[i].v == v && xs[i].ppn == ppn)
+            return 1;
+    return 0;
+}
+
 /* writes each victim to its own slot; returns the first error or 0. */
 static int write_each(struct machine *m, struct victim *xs, int n)
 {
@@ -79,7 +88,7 @@ int evict_pages(struct machine *m, const uint64_t *ents, int n, int background)
     for (int i = 0; i < n && k < EVICT_BATCH; i++) {
         struct vm *v = m->vms[FT_SLOT(ents[i])];
         uint64_t ppn = FT_PPN(ents[i]);
-        if (!v || PTE_STATE(v->pmap[ppn]) != PM_RESIDENT)
+        if (!v || PTE_STATE(v->pmap[ppn]) != PM_RESIDENT || victim_listed(xs, k, v, ppn))
             continue;
         madvise(v->guest + ppn * PG, PG, MADV_DONTNEED);
         struct victim *x = &xs[k++];

@@ -47,10 +47,10 @@ int swap_open(struct swap *s, const char *path, const char *dir, uint64_t bytes,
     }
     /* Reserve the space now, as a swap partition would: admission control promises every
      * VM its pages a place, and a disk that fills up later must not break that promise. */
-    int r = posix_fallocate(s->fd, 0, (off_t)(s->units * UVM_SWAP_UNIT));
-    if (r && r != EOPNOTSUPP && r != EINVAL) {
+    if (fallocate(s->fd, 0, 0, (off_t)(s->units * UVM_SWAP_UNIT)) && errno != EOPNOTSUPP) {
+        int err = -errno;
         swap_close(s);
-        return -r;
+        return err;
     }
     return 0;
 }
