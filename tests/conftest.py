@@ -3,9 +3,6 @@ stops at once with the reason (it never skips itself into green)."""
 
 from __future__ import annotations
 
-import os
-import stat
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,47 +34,3 @@ def make_machine(tmp_path: Path) -> Iterator[Callable[..., uvm.Machine]]:
     yield make
     for m in made:
         m.close()
-
-
-def memfd_pages_from_outside() -> int:
-    """Resident pages of every uvm machine memfd in this process, from fstat(2) on
-    /proc/self/fd: the kernel's count, not uvm's."""
-    total = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:uvm-machine"):
-                total += os.stat(f"/proc/self/fd/{fd}").st_blocks * 512 // 4096
-        except OSError:
-            continue
-    return total
-
-
-class BudgetSampler:
-    """Samples a machine's resident frames on a thread while a test runs."""
-
-    def __init__(self, machine: uvm.Machine, frames: int) -> None:
-        self.machine = machine
-        self.frames = frames
-        self.max_seen = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="budget-sampler", daemon=True)
-
-    def _main(self) -> None:
-        while not self._stop.is_set():
-            self.max_seen = max(self.max_seen, memfd_pages_from_outside(),
-                                self.machine.stats()["frames_used"])
-            self.samples += 1
-            self._stop.wait(0.002)
-
-    def __enter__(self) -> BudgetSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def file_mode(path: str) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)

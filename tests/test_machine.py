@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import uvm
-from tests.conftest import file_mode, memfd_pages_from_outside
+from helpers import file_mode, memfd_pages_from_outside
 from uvm.sizes import parse_size
 from workloads import Fill
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import uvm
-from tests.conftest import BudgetSampler, memfd_pages_from_outside
+from helpers import BudgetSampler, memfd_pages_from_outside
 from workloads import Fill, Verify, WorkingSet
 
 MACHINE = "8MiB"
