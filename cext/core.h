@@ -125,6 +125,9 @@ int ensure_free(struct machine *m, uint64_t need);
 void reclaim_kick(struct machine *m);
 void *reclaim_main(void *arg);
 
+/* vm.c */
+void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st);
+
 /* pager.c */
 int pager_start(struct machine *m, const int *cpus);
 void pager_stop(struct machine *m);

@@ -55,3 +55,36 @@ int frame_punch(struct machine *m, struct vm *v, uint64_t ppn, uint64_t n)
         return -errno;
     return 0;
 }
+
+/* checks that the frame table and every pmap agree (each resident page has exactly the
+ * entry its pmap names, and per-VM counts match); returns 0, or -EUCLEAN. Debug aid: it
+ * walks every pmap, so call it from tests, not from a hot path. */
+int machine_check(struct machine *m)
+{
+    int r = 0;
+    pthread_mutex_lock(&m->lock);
+    uint64_t counted = 0;
+    for (uint64_t i = 0; i < m->nresident && !r; i++) {
+        struct vm *v = m->vms[FT_SLOT(m->frames[i])];
+        uint64_t ppn = FT_PPN(m->frames[i]);
+        if (!v || ppn >= v->npages || v->pmap[ppn] != PTE_MAKE(PM_RESIDENT, 0, i))
+            r = -EUCLEAN;
+    }
+    for (int s = 0; s < MAX_VMS && !r; s++) {
+        struct vm *v = m->vms[s];
+        if (!v)
+            continue;
+        uint64_t res = 0, sw = 0;
+        for (uint64_t p = 0; p < v->npages; p++) {
+            res += PTE_STATE(v->pmap[p]) == PM_RESIDENT;
+            sw += PTE_STATE(v->pmap[p]) == PM_SWAPPED;
+        }
+        if (res != v->st.resident || sw != v->st.swapped)
+            r = -EUCLEAN;
+        counted += res;
+    }
+    if (!r && counted != m->nresident)
+        r = -EUCLEAN;
+    pthread_mutex_unlock(&m->lock);
+    return r;
+}

@@ -166,10 +166,9 @@ void machine_close(struct machine *m)
     free(m);
 }
 
-/* copies the machine's counters into st. */
-void machine_stats(struct machine *m, struct uvm_machine_stats *st)
+/* fills st from the machine's counters; the caller holds m->lock. */
+static void stats_locked(struct machine *m, struct uvm_machine_stats *st)
 {
-    pthread_mutex_lock(&m->lock);
     *st = m->st;
     st->frames_total = m->nframes;
     st->frames_used = m->nresident;
@@ -189,6 +188,25 @@ void machine_stats(struct machine *m, struct uvm_machine_stats *st)
     st->frame_table_bytes = m->nframes * sizeof *m->frames;
     st->swap_map_bytes = ((m->swap.units + 63) / 64 + 1) * 8;
     st->uffd_user_mode = m->user_mode;
+}
+
+/* copies the machine's counters into st. */
+void machine_stats(struct machine *m, struct uvm_machine_stats *st)
+{
+    pthread_mutex_lock(&m->lock);
+    stats_locked(m, st);
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* copies the machine's counters and those of the n VMs in slots[] at one instant, so the
+ * numbers of one snapshot add up. */
+void machine_snapshot(struct machine *m, struct uvm_machine_stats *st, const int *slots,
+                      struct uvm_vm_stats *vst, int n)
+{
+    pthread_mutex_lock(&m->lock);
+    stats_locked(m, st);
+    for (int i = 0; i < n; i++)
+        vm_stats_locked(m, slots[i], &vst[i]);
     pthread_mutex_unlock(&m->lock);
 }
 

@@ -73,9 +73,12 @@ struct uvm_machine_stats {
 int machine_open(const struct uvm_config *cfg, struct machine **out);
 void machine_close(struct machine *m);
 void machine_stats(struct machine *m, struct uvm_machine_stats *st);
+void machine_snapshot(struct machine *m, struct uvm_machine_stats *st, const int *slots,
+                      struct uvm_vm_stats *vst, int n);
 int machine_inject(struct machine *m, int what, int64_t n);
 int machine_set_fault_around(struct machine *m, int pages);
 uint64_t machine_memfd_pages(struct machine *m);
+int machine_check(struct machine *m);
 
 int vm_create(struct machine *m, uint64_t pages, int *id, void **base);
 int vm_destroy(struct machine *m, int id);

@@ -136,10 +136,9 @@ int vm_destroy(struct machine *m, int id)
     return 0;
 }
 
-/* copies VM id's counters into st (all zero if there is no such VM). */
-void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st)
+/* fills st from VM id's counters (all zero if there is no such VM); caller holds m->lock. */
+void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st)
 {
-    pthread_mutex_lock(&m->lock);
     struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
     if (v) {
         *st = v->st;
@@ -147,6 +146,13 @@ void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st)
     } else {
         memset(st, 0, sizeof *st);
     }
+}
+
+/* copies VM id's counters into st. */
+void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st)
+{
+    pthread_mutex_lock(&m->lock);
+    vm_stats_locked(m, id, st);
     pthread_mutex_unlock(&m->lock);
 }
 

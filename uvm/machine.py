@@ -15,7 +15,7 @@ from uvm._binding import ffi, lib
 from uvm.errors import USERFAULTFD_HELP, UserfaultfdUnavailable, UvmError
 from uvm.sizes import PAGE_SIZE, format_size, parse_pages, parse_size
 from uvm.stats import Snapshot, snapshot
-from uvm.vm import VM
+from uvm.vm import VM, vm_dict
 
 MACHINE_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_machine_stats").fields]
 SWAP_PER_MEMORY = 4     # default swap capacity, in multiples of machine memory
@@ -50,6 +50,12 @@ def _pager_cpus(pagers: int | Sequence[int] | None) -> list[int]:
         raise ValueError(f"pagers: every entry must be a CPU this process may run on "
                          f"({sorted(allowed)}), got {pagers!r}")
     return cpus
+
+
+def _machine_dict(st: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {f: int(getattr(st, f)) for f in MACHINE_STAT_FIELDS}
+    d["compression_ratio"] = d["swap_pages"] * PAGE_SIZE / d["swap_bytes"] if d["swap_bytes"] else 1.0
+    return d
 
 
 class Machine:
@@ -265,10 +271,26 @@ class Machine:
         st = ffi.new("struct uvm_machine_stats *")
         with self._core() as m:
             lib.machine_stats(m, st)
-        d: dict[str, Any] = {f: int(getattr(st, f)) for f in MACHINE_STAT_FIELDS}
-        d["compression_ratio"] = (d["swap_pages"] * PAGE_SIZE / d["swap_bytes"]
-                                  if d["swap_bytes"] else 1.0)
-        return d
+        return _machine_dict(st)
+
+    def stats_with_vms(self, vms: Sequence[VM]) -> tuple[dict[str, Any], list[dict[str, int]]]:
+        """The machine's counters and those of `vms`, read at one instant (so that, e.g.,
+        frames_used is exactly the sum of the VMs' resident pages)."""
+        with self._core() as m:
+            live = [vm for vm in vms if not vm._destroyed]
+            st = ffi.new("struct uvm_machine_stats *")
+            vst = ffi.new("struct uvm_vm_stats[]", max(1, len(live)))
+            lib.machine_snapshot(m, st, ffi.new("int[]", [vm._slot for vm in live] or [0]), vst,
+                                 len(live))
+        by_vm = {vm.name: vm_dict(vst[i]) for i, vm in enumerate(live)}
+        return _machine_dict(st), [by_vm[vm.name] if vm.name in by_vm else vm.stats() for vm in vms]
+
+    def check(self) -> None:
+        """Verifies the C core's bookkeeping (frame table against every pmap, per-VM counts);
+        raises UvmError if they disagree. A debugging aid: it walks every pmap."""
+        with self._core() as m:
+            if lib.machine_check(m) != 0:
+                raise UvmError("the frame table and the pmaps disagree (a bug in the core)")
 
     def memfd_pages(self) -> int:
         """Pages the kernel says the machine's memfd holds (from fstat st_blocks)."""

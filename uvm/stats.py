@@ -36,9 +36,10 @@ class Snapshot:
 
 def snapshot(machine: Machine) -> Snapshot:
     """Reads every counter once (cheap: one locked copy per VM)."""
-    snap = Snapshot(time=round(machine.uptime, 3), machine=machine.stats())
-    for vm in machine.vms:
-        st = vm.stats()
+    vms = machine.vms
+    totals, per_vm = machine.stats_with_vms(vms)
+    snap = Snapshot(time=round(machine.uptime, 3), machine=totals)
+    for vm, st in zip(vms, per_vm):
         runs = vm.runs
         snap.vms.append(VMSample(
             name=vm.name, resident=st["resident"], swapped=st["swapped"], zero=st["zero"],

@@ -21,6 +21,11 @@ PAGE_STATES = {lib.PM_NONE: "none", lib.PM_RESIDENT: "resident", lib.PM_SWAPPED:
 VM_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_vm_stats").fields]
 
 
+def vm_dict(st: Any) -> dict[str, int]:
+    """A VM's counters (struct uvm_vm_stats) as a plain dict."""
+    return {f: int(getattr(st, f)) for f in VM_STAT_FIELDS}
+
+
 class VM:
     """One guest. `memory` is a writable memoryview of all of its guest-physical memory:
     Python, numpy or C may read and write it, and the pager serves every fault.
@@ -60,7 +65,7 @@ class VM:
                     lib.vm_stats(m, self._slot, st)
         except UvmError:
             st.stopped = errno.ESHUTDOWN
-        return {f: int(getattr(st, f)) for f in VM_STAT_FIELDS}
+        return vm_dict(st)
 
     @property
     def stopped(self) -> str | None:

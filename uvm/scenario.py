@@ -1,0 +1,343 @@
+"""Scenario files: a machine, how long to run, and the VMs with their workloads, in TOML.
+
+    [machine]
+    memory = "96MiB"            # any keyword of uvm.Machine: swap_size, fault_around, ...
+
+    [run]
+    duration = 20               # seconds
+    every = 1.0                 # sample period, seconds
+
+    [[vm]]
+    name = "hot"
+    memory = "64MiB"
+    [vm.workload]               # optional; `kind` is one of workloads.KINDS,
+    kind = "working-set"        # the rest are that workload's constructor parameters
+    size = "48MiB"
+    pattern = "zipf"
+
+Each table is parsed into a dataclass below: to add a field, add it to the dataclass (its type
+hint is checked, unknown keys are rejected) and, if its value needs checking, check it in
+`__post_init__` raising ValueError("field: what is wrong"). Every error names the file and
+the field path, e.g. `s.toml: vm[1].workload.pattern: must be one of [...], got 'zig'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from uvm.machine import Machine
+from uvm.sizes import parse_pages, parse_size
+from workloads import KINDS, Workload
+
+DEFAULT_RESOURCE = "default_scenario.toml"
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot run; the message names the file and the field."""
+
+
+@dataclass
+class WorkloadSpec:
+    """A [vm.workload] table: the workload kind and its constructor parameters."""
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def create(self) -> Workload:
+        """A fresh workload object (each run needs its own)."""
+        return KINDS[self.kind](**self.params)
+
+
+@dataclass
+class VMSpec:
+    """A [[vm]] entry."""
+    name: str
+    memory: int | str
+    workload: WorkloadSpec | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.isprintable():
+            raise ValueError(f"name: expected a non-empty printable string, got {self.name!r}")
+        parse_pages(self.memory, "memory")
+
+
+@dataclass
+class MachineSpec:
+    """The [machine] table: keyword arguments of uvm.Machine (None: Machine's default)."""
+    memory: int | str
+    swap_size: int | str | None = None
+    swap_file: str | None = None
+    swap_dir: str | None = None
+    fault_around: int | None = None
+    pagers: int | list[int] | None = None
+    reclaim: bool | None = None
+
+    def __post_init__(self) -> None:
+        parse_pages(self.memory, "memory")
+        if self.swap_size is not None:
+            parse_size(self.swap_size, "swap_size")
+
+    def kwargs(self) -> dict[str, Any]:
+        """The fields that are set, as Machine(...) keyword arguments."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class RunSpec:
+    """The [run] table."""
+    duration: float = 20.0
+    every: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("duration", "every"):
+            value = float(getattr(self, name))
+            if not value > 0:
+                raise ValueError(f"{name}: must be a positive number of seconds, got {value:g}")
+            setattr(self, name, value)
+
+
+@dataclass
+class Scenario:
+    """A whole scenario; `source` is the file it came from (for messages)."""
+    source: str
+    machine: MachineSpec
+    run: RunSpec
+    vms: list[VMSpec]
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).stem
+
+
+# -- loading ----------------------------------------------------------------------------
+
+def load(path: str | Path) -> Scenario:
+    """Reads and checks a scenario file; raises ScenarioError naming the file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not a UTF-8 text file"
+        raise ScenarioError(f"{path}: cannot read the scenario: {reason}") from e
+    return loads(text, source=str(path), base=path.parent)
+
+
+def default() -> Scenario:
+    """The built-in scenario `uvm run` runs without a file."""
+    text = resources.files("uvm").joinpath(DEFAULT_RESOURCE).read_text(encoding="utf-8")
+    return loads(text, source=DEFAULT_RESOURCE)
+
+
+def loads(text: str, source: str = "<scenario>", base: Path | None = None) -> Scenario:
+    """Parses scenario TOML; relative swap paths are taken from `base` (the file's folder)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{source}: invalid TOML: {e}") from e
+    try:
+        return _scenario(doc, source, base)
+    except ValueError as e:
+        raise ScenarioError(f"{source}: {e}") from e
+
+
+def _scenario(doc: dict[str, Any], source: str, base: Path | None) -> Scenario:
+    _reject_unknown(doc, {"machine", "run", "vm"}, "", "table")
+    if "machine" not in doc:
+        raise ValueError("machine: missing (a [machine] table with at least `memory` is required)")
+    machine = _record(MachineSpec, doc["machine"], "machine")
+    if base is not None:
+        machine = _resolve_paths(machine, base)
+    run = _record(RunSpec, doc.get("run", {}), "run")
+    raw_vms = doc.get("vm", [])
+    if not isinstance(raw_vms, list):
+        raise ValueError(f"vm: expected [[vm]] entries (an array of tables), got {_show(raw_vms)}")
+    if not raw_vms:
+        raise ValueError("vm: at least one [[vm]] entry is required")
+    vms = [_vm(raw, f"vm[{i}]") for i, raw in enumerate(raw_vms)]
+    _check_unique_names(vms)
+    return Scenario(source, machine, run, vms)
+
+
+def _resolve_paths(spec: MachineSpec, base: Path) -> MachineSpec:
+    """Relative swap paths are relative to the scenario file, not the working directory."""
+    return dataclasses.replace(spec, swap_file=_under(base, spec.swap_file),
+                               swap_dir=_under(base, spec.swap_dir))
+
+
+def _under(base: Path, path: str | None) -> str | None:
+    return None if path is None else str(base / Path(path).expanduser())
+
+
+def _vm(raw: object, path: str) -> VMSpec:
+    table = dict(_table(raw, path))
+    workload = table.pop("workload", None)
+    spec = _record(VMSpec, table, path)
+    if workload is not None:
+        spec.workload = _workload(workload, f"{path}.workload")
+    return spec
+
+
+def _workload(raw: object, path: str) -> WorkloadSpec:
+    params = dict(_table(raw, path))
+    if "kind" not in params:
+        raise ValueError(f"{path}.kind: missing (one of {sorted(KINDS)})")
+    kind = params.pop("kind")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(f"{path}.kind: must be one of {sorted(KINDS)}, got {_show(kind)}")
+    _check_params(params, _signature_params(KINDS[kind]), path, f"parameter of {kind!r}")
+    spec = WorkloadSpec(kind, params)
+    with _at(path):
+        spec.create()
+    return spec
+
+
+def _check_unique_names(vms: list[VMSpec]) -> None:
+    seen: dict[str, int] = {}
+    for i, vm in enumerate(vms):
+        if vm.name in seen:
+            raise ValueError(f"vm[{i}].name: duplicate VM name {vm.name!r} "
+                             f"(vm[{seen[vm.name]}] has it too)")
+        seen[vm.name] = i
+
+
+# -- generic checks: tables against dataclasses and signatures ----------------------------
+
+Param = tuple[object, bool]     # (type hint, required)
+T = typing.TypeVar("T")
+
+
+@contextmanager
+def _at(path: str) -> Iterator[None]:
+    """Prefixes a ValueError raised inside with the field path it concerns: a message
+    "size: ..." under path "vm[0].workload" becomes "vm[0].workload.size: ..."."""
+    try:
+        yield
+    except ValueError as e:
+        msg = str(e)
+        joined = f"{path}.{msg}" if re.match(r"\w+: ", msg) else f"{path}: {msg}"
+        raise ValueError(joined) from e
+
+
+def _table(raw: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a table, got {_show(raw)}")
+    return raw
+
+
+def _record(cls: type[T], raw: object, path: str) -> T:
+    """Builds dataclass `cls` from a TOML table, checking keys and types first."""
+    table = _table(raw, path)
+    hints = typing.get_type_hints(cls)
+    params = {f.name: (hints[f.name], f.default is dataclasses.MISSING
+                       and f.default_factory is dataclasses.MISSING)
+              for f in dataclasses.fields(cls)}       # type: ignore[arg-type]
+    _check_params(table, params, path, "key")
+    with _at(path):
+        return cls(**table)
+
+
+def _signature_params(cls: type[Workload]) -> dict[str, Param]:
+    """A workload's constructor parameters, as the scenario may give them."""
+    hints = typing.get_type_hints(cls.__init__)
+    sig = inspect.signature(cls.__init__)
+    return {name: (hints.get(name, Any), p.default is inspect.Parameter.empty)
+            for name, p in sig.parameters.items() if name != "self"}
+
+
+def _check_params(table: Mapping[str, Any], params: dict[str, Param], path: str, what: str) -> None:
+    _reject_unknown(table, set(params), path, what)
+    for name, (hint, required) in params.items():
+        where = f"{path}.{name}"
+        if name not in table:
+            if required:
+                raise ValueError(f"{where}: missing (required)")
+        elif not _type_ok(table[name], hint):
+            raise ValueError(f"{where}: expected {_describe(hint)}, got {_show(table[name])}")
+
+
+def _reject_unknown(table: Mapping[str, Any], known: set[str], path: str, what: str) -> None:
+    for key in table:
+        if key not in known:
+            where = f"{path}.{key}" if path else key
+            raise ValueError(f"{where}: unknown {what} (expected one of: {', '.join(sorted(known))})")
+
+
+def _type_ok(value: object, hint: object) -> bool:
+    """Whether a TOML value fits a type hint; hints it does not know accept anything (the
+    constructor checks those)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return hint is not type(None)
+
+
+_NAMES: dict[object, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _describe(hint: object) -> str:
+    """Says what a type hint accepts, in TOML terms."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint) if h is not type(None))
+    if typing.get_origin(hint) is list:
+        return f"an array (each item {_describe(typing.get_args(hint)[0])})"
+    return _NAMES.get(hint, str(hint))
+
+
+def _show(value: object) -> str:
+    """A value as it would look in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
+
+
+# -- running -----------------------------------------------------------------------------
+
+def launch(scenario: Scenario) -> Machine:
+    """Creates the scenario's machine and VMs and starts their workloads; errors name the
+    field (e.g. a working set larger than its VM), and leave no machine behind."""
+    try:
+        with _at("machine"):
+            machine = Machine(**scenario.machine.kwargs())
+    except ValueError as e:
+        raise ScenarioError(f"{scenario.source}: {e}") from e
+    try:
+        _populate(machine, scenario)
+    except BaseException:
+        machine.close()
+        raise
+    return machine
+
+
+def _populate(machine: Machine, scenario: Scenario) -> None:
+    for i, spec in enumerate(scenario.vms):
+        try:
+            with _at(f"vm[{i}]"):
+                vm = machine.create_vm(spec.name, spec.memory)
+            if spec.workload is not None:
+                with _at(f"vm[{i}].workload"):
+                    vm.run(spec.workload.create())
+        except ValueError as e:
+            raise ScenarioError(f"{scenario.source}: {e}") from e
