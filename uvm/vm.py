@@ -89,7 +89,7 @@ class VM:
         buf = ffi.new("char[]", length)
         if lib.guest_read(self._base + offset, buf, length) < 0:
             self._raise_stopped()
-        return ffi.buffer(buf, length)[:]
+        return bytes(ffi.buffer(buf, length))
 
     def write(self, offset: int, data: bytes) -> None:
         """Writes guest memory; raises VMStopped instead of crashing if the VM is stopped."""
