@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 try:
-    from uvm import _core
+    import uvm._core as _core
 except ImportError as e:  # pragma: no cover - only on a broken install
     raise ImportError(
         "uvm's C core (uvm._core) is not built: install the package with `pip install .` "
