@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 import tomllib
 import types
@@ -101,7 +102,7 @@ class RunSpec:
     def __post_init__(self) -> None:
         for name in ("duration", "every"):
             value = float(getattr(self, name))
-            if not value > 0:
+            if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name}: must be a positive number of seconds, got {value:g}")
             setattr(self, name, value)
 

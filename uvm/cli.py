@@ -1,0 +1,129 @@
+"""The `uvm` command line.
+
+    uvm run                      the built-in default scenario (an overcommitted machine)
+    uvm run FILE.toml            a scenario file (format: uvm/scenario.py, or the default's
+                                 own file, uvm/default_scenario.toml)
+        --duration SECONDS --every SECONDS --json TIMELINE.jsonl
+
+User mistakes (a bad scenario or argument, no userfaultfd) print `uvm: error: ...` and exit
+with status 2, without a traceback. Other commands are added as subparsers in `_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TextIO
+
+from rich.console import Console
+
+from uvm import live, scenario
+from uvm.errors import UserfaultfdUnavailable
+from uvm.machine import Machine
+from uvm.sizes import format_size
+
+EXIT_USAGE = 2          # a user mistake, as argparse uses it
+EXIT_FAILED = 1         # a workload failed (e.g. Verify found lost data)
+EXIT_INTERRUPTED = 130  # Ctrl-C
+LOG_WIDTH = 160         # columns of the summary when stdout is not a terminal
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.command
+    try:
+        return command(args)
+    except (ValueError, UserfaultfdUnavailable) as e:
+        print(f"uvm: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("uvm: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uvm", description="A user-space emulator of VMware ESX Server's memory manager.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_run(commands)
+    return parser
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "run", help="run a scenario and watch it live",
+        description="Runs a scenario (TOML): creates its machine and VMs, starts their workloads, "
+                    "shows per-VM counters while it runs, then a summary. Without FILE, runs the "
+                    "built-in default scenario: three 64 MiB VMs on a 96 MiB machine.")
+    p.add_argument("file", nargs="?", metavar="FILE.toml", help="scenario file (default: built in)")
+    p.add_argument("--duration", type=_seconds, metavar="SECONDS",
+                   help="how long to run (overrides the file's run.duration; default 20)")
+    p.add_argument("--every", type=_seconds, metavar="SECONDS",
+                   help="sample period (overrides the file's run.every; default 1.0)")
+    p.add_argument("--json", metavar="FILE",
+                   help="write a timeline: one JSON object per sample per line")
+    p.set_defaults(command=_run)
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    """`uvm run`: launch the scenario, watch it, close the machine, print the summary."""
+    spec = scenario.load(args.file) if args.file else scenario.default()
+    duration: float = args.duration or spec.run.duration
+    every: float = args.every or spec.run.every
+    console = _console()
+    with _timeline(args.json) as timeline:
+        machine = scenario.launch(spec)
+        try:
+            _print_header(spec, machine, duration, every)
+            result = live.run(machine, spec.name, duration, every, console, timeline)
+            failed = live.workload_errors(machine)
+        finally:
+            machine.close()
+    console.print(live.summary(result, spec.name))
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if failed else 0
+
+
+def _console() -> Console:
+    """Rich output to stdout; not on a terminal (a log), wide enough for the summary table."""
+    console = Console()
+    return console if console.is_terminal else Console(width=LOG_WIDTH)
+
+
+@contextmanager
+def _timeline(path: str | None) -> Iterator[TextIO | None]:
+    """The --json file, opened for writing (None without --json)."""
+    if path is None:
+        yield None
+        return
+    try:
+        f = open(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"--json: cannot write {path!r}: {e.strerror}") from e
+    with f:
+        yield f
+
+
+def _print_header(spec: scenario.Scenario, machine: Machine, duration: float, every: float) -> None:
+    """One line saying what runs: sizes, overcommit, timing and the userfaultfd mode."""
+    guests = sum(vm.size for vm in machine.vms)
+    mode = "user-mode only (unprivileged)" if machine.user_mode else "full"
+    print(f"uvm: {spec.source}: machine {format_size(machine.memory)}, {len(spec.vms)} VMs with "
+          f"{format_size(guests)} of guest memory ({guests / machine.memory:.2f}x overcommit); "
+          f"{duration:g} s, a sample every {every:g} s; userfaultfd {mode}", flush=True)

@@ -1,0 +1,229 @@
+"""Watching a running machine: periodic samples shown live (rich) or as plain lines, written
+to a JSON-lines timeline, and a summary table at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from uvm.errors import VMStopped
+from uvm.machine import Machine
+from uvm.sizes import PAGE_SIZE, format_size
+from uvm.stats import Snapshot, VMSample, snapshot
+from uvm.vm import VM
+
+MIB = 1 << 20
+
+
+@dataclass
+class Sample:
+    """One snapshot of the machine, `elapsed` seconds into a run of `duration` seconds,
+    with each VM's workloads and status (running, finished, stopped: why, error: what)."""
+    elapsed: float
+    duration: float
+    snapshot: Snapshot
+    workloads: dict[str, str]
+    status: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        """One line of the timeline: Snapshot.to_json() plus run time, page size, and each
+        VM's workload and status."""
+        data = self.snapshot.to_json()
+        for vm in data["vms"]:
+            vm["workload"] = self.workloads.get(vm["name"], "")
+            vm["status"] = self.status.get(vm["name"], "")
+        return {"elapsed": round(self.elapsed, 3), "duration": self.duration,
+                "page_size": PAGE_SIZE, **data}
+
+    @property
+    def settled(self) -> bool:
+        """True when no VM has a workload left running."""
+        return "running" not in self.status.values()
+
+
+@dataclass
+class Result:
+    """How a run ended: its last sample, and whether Ctrl-C cut it short."""
+    last: Sample
+    interrupted: bool
+
+
+def vm_status(vm: VM) -> str:
+    """running / finished / no workload / stopped: <reason> / error: <what>."""
+    reason = vm.stopped
+    if reason is not None:
+        return f"stopped: {reason}"
+    runs = vm.runs
+    errors = [r.error for r in runs if r.error is not None]
+    if errors:
+        e = errors[0]
+        return f"stopped: {e.reason}" if isinstance(e, VMStopped) else f"error: {e}"
+    if not runs:
+        return "no workload"
+    return "finished" if all(r.done for r in runs) else "running"
+
+
+def workload_errors(machine: Machine) -> list[BaseException]:
+    """Errors workloads raised other than their VM being stopped (e.g. Verify lost data)."""
+    return [r.error for vm in machine.vms for r in vm.runs
+            if r.error is not None and not isinstance(r.error, VMStopped)]
+
+
+def take_sample(machine: Machine, elapsed: float, duration: float) -> Sample:
+    """Reads every counter once, and each VM's workloads and status."""
+    vms = machine.vms
+    return Sample(elapsed, duration, snapshot(machine),
+                  workloads={vm.name: ", ".join(r.workload.kind for r in vm.runs) for vm in vms},
+                  status={vm.name: vm_status(vm) for vm in vms})
+
+
+def ticks(duration: float, every: float) -> list[float]:
+    """Sample times: 0, every, 2 every, ... and `duration` itself."""
+    n = math.ceil(duration / every - 1e-9)
+    return [min(i * every, duration) for i in range(n + 1)]
+
+
+def run(machine: Machine, title: str, duration: float, every: float, console: Console,
+        timeline: TextIO | None = None) -> Result:
+    """Samples the machine every `every` seconds for `duration` seconds (or until no
+    workload is left running), showing each sample and appending it to `timeline`. Ctrl-C
+    ends the run early with a last sample: Result.interrupted says so."""
+    start = time.monotonic()
+    with _display(console, title) as show:
+
+        def record() -> Sample:
+            sample = take_sample(machine, time.monotonic() - start, duration)
+            if timeline is not None:
+                timeline.write(json.dumps(sample.to_json()) + "\n")
+                timeline.flush()
+            show(sample)
+            return sample
+
+        try:
+            for t in ticks(duration, every):
+                time.sleep(max(0.0, start + t - time.monotonic()))
+                last = record()
+                if last.settled:
+                    break
+        except KeyboardInterrupt:
+            return Result(record(), interrupted=True)
+    return Result(last, interrupted=False)
+
+
+@contextmanager
+def _display(console: Console, title: str) -> Iterator[Callable[[Sample], None]]:
+    """A live table on a terminal; plain periodic lines otherwise (CI logs)."""
+    if not console.is_terminal:
+        yield lambda s: console.out("\n".join(plain_lines(s)), highlight=False)
+        return
+    with Live(console=console, auto_refresh=False) as live:
+        yield lambda s: live.update(live_view(s, title), refresh=True)
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+def _mib(pages: int) -> str:
+    return f"{pages * PAGE_SIZE / MIB:.1f}"
+
+
+def _count(n: float) -> str:
+    """12345678 -> 12.3M: short enough for a table cell."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def _faults(v: VMSample) -> int:
+    return v.stats["faults_missing"] + v.stats["faults_minor"] + v.stats["faults_wp"]
+
+
+def machine_line(s: Sample) -> str:
+    """Frames used/free, swap used, compression ratio, elapsed/duration."""
+    m = s.snapshot.machine
+    return (f"machine {format_size(m['frames_total'] * PAGE_SIZE)}: frames {m['frames_used']} used / "
+            f"{m['frames_free']} free · swap {format_size(m['swap_file_bytes'])} of "
+            f"{format_size(m['swap_capacity'])}, {m['swap_pages']} pages, compression "
+            f"{m['compression_ratio']:.2f}x · {s.elapsed:.1f} / {s.duration:g} s")
+
+
+def plain_lines(s: Sample) -> list[str]:
+    """A sample as text lines: the machine, then one line per VM."""
+    lines = [f"[{s.elapsed:6.1f} s] {machine_line(s)}"]
+    for v in s.snapshot.vms:
+        lines.append(f"    {v.name}: resident {_mib(v.resident)} MiB, swapped {_mib(v.swapped)} MiB, "
+                     f"zero {_mib(v.zero)} MiB, faults {_faults(v)}, swap-ins {v.stats['swapins']}, "
+                     f"swap-outs {v.stats['swapouts']}, {_count(v.ops_per_s)} ops/s, "
+                     f"{s.status.get(v.name, '')}")
+    return lines
+
+
+def live_view(s: Sample, title: str) -> Group:
+    """The per-VM table and the machine line."""
+    table = Table(title=title, title_justify="left")
+    for name in ("VM", "workload"):
+        table.add_column(name)
+    for name in ("resident MiB", "swapped MiB", "zero MiB", "faults", "swap-ins", "swap-outs", "ops/s"):
+        table.add_column(name, justify="right")
+    table.add_column("status")
+    for v in s.snapshot.vms:
+        table.add_row(v.name, s.workloads.get(v.name, ""), _mib(v.resident), _mib(v.swapped),
+                      _mib(v.zero), _count(_faults(v)), _count(v.stats["swapins"]),
+                      _count(v.stats["swapouts"]), _count(v.ops_per_s),
+                      _status_text(s.status.get(v.name, "")))
+    return Group(table, Text(machine_line(s)))
+
+
+def _status_text(status: str) -> Text:
+    style = "red" if status.startswith(("stopped", "error")) else ""
+    return Text(status, style=style)
+
+
+def summary(result: Result, title: str) -> Group:
+    """Per-VM totals over the run and the machine's totals."""
+    s = result.last
+    table = Table(title=f"{title}: summary after {s.elapsed:.1f} s"
+                        + (" (interrupted)" if result.interrupted else ""), title_justify="left")
+    table.add_column("VM")
+    for name in ("ops", "ops/s", "resident MiB", "swapped MiB", "missing", "minor", "wp",
+                 "swap-ins", "swap-outs"):
+        table.add_column(name, justify="right")
+    table.add_column("status")
+    for v in s.snapshot.vms:
+        table.add_row(v.name, *_totals(v, s.elapsed), _status_text(s.status.get(v.name, "")))
+    table.add_section()
+    table.add_row("all", *_totals(_sum(s.snapshot.vms), s.elapsed), "")
+    return Group(table, Text(machine_line(s)), Text(_machine_totals(s.snapshot.machine)))
+
+
+def _totals(v: VMSample, elapsed: float) -> list[str]:
+    st = v.stats
+    return [_count(v.ops), _count(v.ops / elapsed if elapsed > 0 else 0.0), _mib(v.resident),
+            _mib(v.swapped), _count(st["faults_missing"]), _count(st["faults_minor"]),
+            _count(st["faults_wp"]), _count(st["swapins"]), _count(st["swapouts"])]
+
+
+def _sum(vms: list[VMSample]) -> VMSample:
+    """All VMs as one, for the totals row."""
+    keys = {k for v in vms for k in v.stats}
+    return VMSample(name="all", resident=sum(v.resident for v in vms),
+                    swapped=sum(v.swapped for v in vms), zero=sum(v.zero for v in vms),
+                    stats={k: sum(v.stats.get(k, 0) for v in vms) for k in keys},
+                    ops=sum(v.ops for v in vms))
+
+
+def _machine_totals(m: dict[str, Any]) -> str:
+    return (f"machine totals: {m['faults']} faults, {m['swapins']} swap-ins, {m['swapouts']} "
+            f"swap-outs ({m['swapouts_zero']} zero pages, no slot), evictions "
+            f"{m['evict_fault_path']} on the fault path / {m['evict_background']} in the "
+            f"background, {m['swap_errors']} swap errors")
