@@ -118,9 +118,7 @@ BAD = [
     (('size = "12MiB"\n', ''), "vm[0].workload.size: missing (required)"),
     (('kind = "idle"', 'kind = "sleep"'), "vm[1].workload.kind: must be one of"),
     (('kind = "idle"\n', ''), "vm[1].workload.kind: missing"),
-    pytest.param(('touch = "4MiB"', 'touch = -4'), "vm[1].workload.touch: must be positive",
-                 marks=pytest.mark.xfail(strict=True, reason="workloads.Idle passes `touch` on as "
-                                         "Fill's `size`, so its errors name `size`")),
+    (('touch = "4MiB"', 'touch = -4'), "vm[1].workload.touch: must be positive"),
     (('write_fraction = 0.25', 'write_fraction = 1.5'), "vm[0].workload.write_fraction: must be a number in [0, 1]"),
     (('seed = 7', 'seed = "7"'), "vm[0].workload.seed: expected an integer, got '7'"),
     (('memory = 8388608', 'memory = 3.5'), "vm[1].memory: expected an integer or a string, got 3.5"),

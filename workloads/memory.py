@@ -16,8 +16,10 @@ CHUNK_PAGES = 256
 class _PageRange(Workload):
     """Pages [start, start + size) of a VM, walked in chunks."""
 
+    SIZE_PARAM: ClassVar[str] = "size"     # the size parameter's name, for error messages
+
     def __init__(self, size: int | str | None = None, seed: int = 1, start: int = 0) -> None:
-        self.pages = None if size is None else parse_pages(size, "size")
+        self.pages = None if size is None else parse_pages(size, self.SIZE_PARAM)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
         if not isinstance(start, int) or start < 0:
@@ -30,7 +32,7 @@ class _PageRange(Workload):
         if self.pages is None:
             self.pages = vm.pages - self.first
         if self.first + self.pages > vm.pages:
-            raise ValueError(f"size: {self.pages * PAGE_SIZE} bytes from page {self.first} "
+            raise ValueError(f"{self.SIZE_PARAM}: {self.pages * PAGE_SIZE} bytes from page {self.first} "
                              f"do not fit in VM {vm.name!r} ({vm.size} bytes)")
         self._next = self.first
 

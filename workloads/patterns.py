@@ -50,6 +50,7 @@ class Idle(Fill):
     """Touches (writes) `touch` bytes of memory once, then sleeps until stopped."""
 
     kind: ClassVar[str] = "idle"
+    SIZE_PARAM: ClassVar[str] = "touch"
     NAP = 0.1
 
     def __init__(self, touch: int | str | None = None, seed: int = 1) -> None:
