@@ -25,6 +25,7 @@
  *   bits 16..63 PM_RESIDENT: index in the frame table; PM_SWAPPED: first swap unit */
 typedef uint64_t pte_t;
 #define PTE_STATE(e) ((int)((e) & 7))
+/* PM_SHARED: bits 16..63 hold the shared frame index */
 #define PTE_LEN(e) ((uint32_t)(((e) >> 3) & 0x1fff))
 #define PTE_VAL(e) ((e) >> 16)
 #define PTE_MAKE(state, len, val) ((pte_t)(state) | ((pte_t)(len) << 3) | ((pte_t)(val) << 16))
@@ -56,6 +57,56 @@ struct swap {
     int debug;
 };
 
+/* A hash table entry, the paper's 16-byte frame: a 64-bit content hash and either a
+ * shared frame (SE_SHARED | s << 2) or a hint (SE_HINT | (slot << 40 | ppn) << 2). */
+struct share_entry {
+    uint64_t hash;
+    uint64_t val;
+};
+#define SE_EMPTY 0
+#define SE_TOMB 1
+#define SE_SHARED 2
+#define SE_HINT 3
+#define SE_KIND(v) ((int)((v) & 3))
+#define SE_PAYLOAD(v) ((v) >> 2)
+
+struct sframe {             /* one shared frame (MPN sh_base + index) */
+    uint64_t hash;
+    uint32_t refs;          /* PPNs mapping it; 0 = free */
+    uint32_t zero;          /* 1 for the zero page */
+};
+
+#define CHUNK 256               /* pages the scanner write-protects and scans at once */
+#define MAX_MERGES (2 * CHUNK)
+
+struct merge {
+    struct vm *v;
+    uint64_t ppn;
+    uint64_t s;
+};
+
+struct scan {                   /* one chunk's pending merges */
+    struct merge mg[MAX_MERGES];
+    int n;
+};
+
+struct share {
+    struct share_entry *tab;
+    uint64_t mask;          /* table size - 1 */
+    uint64_t used, tombs;   /* entries in use (shared + hints), tombstones */
+    struct sframe *sf;      /* nframes shared frames at most */
+    uint64_t sf_next;       /* lowest never-used index; freed ones go on the free stack */
+    uint32_t *sf_free;
+    uint64_t nfree;
+    uint64_t sh_base;       /* MPN of shared frame 0 */
+    int64_t zero;           /* index of the zero page's shared frame, or -1 */
+    int stopped;            /* merging stopped at the mapping limit */
+    long max_maps, vma_est; /* vm.max_map_count and our running estimate of VMAs */
+    uint64_t since_count;
+    int trans;              /* this machine's slot in the transition table */
+    struct scan *scan;
+};
+
 struct machine {
     pthread_mutex_t lock;
     int memfd, uffd, stopfd;
@@ -67,8 +118,10 @@ struct machine {
     int nholes;
 
     uint64_t nframes;       /* M */
-    uint64_t nresident;
+    uint64_t nresident;     /* private frames (home frames of resident pages) */
     uint64_t *frames;       /* frame table: nresident live entries */
+    uint64_t nshared;       /* shared frames (content-based page sharing) */
+    struct share share;
 
     struct vm *vms[MAX_VMS];
     int nvms;
@@ -101,6 +154,12 @@ struct machine {
 #define CBUF_CLUSTER(m) ((m)->cbuf + 2 * PG)
 #define CBUF_PAGES (2 + EVICT_BATCH)
 
+/* returns frames the budget still allows (private and shared frames both count). */
+static inline uint64_t frames_free(const struct machine *m)
+{
+    return m->nframes - m->nresident - m->nshared;
+}
+
 /* frame.c */
 int frame_add(struct machine *m, struct vm *v, uint64_t ppn);
 void frame_remove(struct machine *m, uint64_t idx);
@@ -127,6 +186,21 @@ void *reclaim_main(void *arg);
 
 /* vm.c */
 void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st);
+
+/* share.c */
+int share_init(struct machine *m);
+void share_fini(struct machine *m);
+int share_cow(struct machine *m, struct vm *v, uint64_t ppn);
+void share_drop(struct machine *m, struct vm *v, uint64_t ppn);
+int share_evict(struct machine *m, struct vm *v, uint64_t ppn);
+char *sframe_addr(struct machine *m, uint64_t s);
+
+/* guard.c */
+int trans_slot_get(void);
+void trans_slot_put(int slot);
+void trans_begin(int slot, char *addr, uint64_t len);
+void trans_end(int slot);
+void guard_install(void);
 
 /* pager.c */
 int pager_start(struct machine *m, const int *cpus);

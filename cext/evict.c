@@ -148,9 +148,9 @@ static int pick_random(struct machine *m, uint64_t *ents, int n)
 int ensure_free(struct machine *m, uint64_t need)
 {
     int failures = 0;
-    while (m->nframes - m->nresident < need) {
+    while (frames_free(m) < need) {
         uint64_t ents[EVICT_BATCH];
-        uint64_t want = need - (m->nframes - m->nresident);
+        uint64_t want = need - (frames_free(m));
         int n = pick_random(m, ents, want < 8 ? 8 : (want > EVICT_BATCH ? EVICT_BATCH : (int)want));
         if (n == 0)
             return -ENOMEM;
@@ -164,7 +164,7 @@ int ensure_free(struct machine *m, uint64_t need)
 /* wakes the reclaim thread if free frames ran below the low water mark. */
 void reclaim_kick(struct machine *m)
 {
-    if (m->reclaim && m->nframes - m->nresident < m->low_water)
+    if (m->reclaim && frames_free(m) < m->low_water)
         pthread_cond_signal(&m->reclaim_cv);
 }
 
@@ -182,11 +182,11 @@ void *reclaim_main(void *arg)
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000;
         }
-        if (m->nframes - m->nresident >= m->low_water || m->hold) {
+        if (frames_free(m) >= m->low_water || m->hold) {
             pthread_cond_timedwait(&m->reclaim_cv, &m->lock, &ts);
             continue;
         }
-        while (!m->closing && !m->hold && m->nframes - m->nresident < m->high_water) {
+        while (!m->closing && !m->hold && frames_free(m) < m->high_water) {
             uint64_t ents[EVICT_BATCH];
             int n = pick_random(m, ents, EVICT_BATCH);
             if (n == 0 || evict_pages(m, ents, n, 1) < 0) {

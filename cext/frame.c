@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include "core.h"
 
 /* xorshift64*: a fast generator for random victims and sampling. */
@@ -25,7 +26,7 @@ char *frame_addr(struct machine *m, struct vm *v, uint64_t ppn)
 /* records that (v, ppn) now holds a frame; returns 0, or -ENOMEM if the budget is full. */
 int frame_add(struct machine *m, struct vm *v, uint64_t ppn)
 {
-    if (m->nresident >= m->nframes)
+    if (frames_free(m) == 0)
         return -ENOMEM;
     uint64_t idx = m->nresident++;
     m->frames[idx] = FT_MAKE(v->slot, ppn);
@@ -43,7 +44,8 @@ void frame_remove(struct machine *m, uint64_t idx)
     if (idx != last) {
         uint64_t e = m->frames[last];
         m->frames[idx] = e;
-        m->vms[FT_SLOT(e)]->pmap[FT_PPN(e)] = PTE_MAKE(PM_RESIDENT, 0, idx);
+        pte_t *moved = &m->vms[FT_SLOT(e)]->pmap[FT_PPN(e)];
+        *moved = PTE_MAKE(PM_RESIDENT, PTE_LEN(*moved), idx);     /* keeps its flags */
     }
 }
 
@@ -70,21 +72,42 @@ int machine_check(struct machine *m)
         if (!v || ppn >= v->npages || v->pmap[ppn] != PTE_MAKE(PM_RESIDENT, 0, i))
             r = -EUCLEAN;
     }
+    uint32_t *refs = calloc(m->nframes + 1, sizeof *refs);
+    if (!refs)
+        r = -ENOMEM;
     for (int s = 0; s < MAX_VMS && !r; s++) {
         struct vm *v = m->vms[s];
         if (!v)
             continue;
-        uint64_t res = 0, sw = 0;
+        uint64_t res = 0, sw = 0, sh = 0;
         for (uint64_t p = 0; p < v->npages; p++) {
-            res += PTE_STATE(v->pmap[p]) == PM_RESIDENT;
-            sw += PTE_STATE(v->pmap[p]) == PM_SWAPPED;
+            pte_t e = v->pmap[p];
+            res += PTE_STATE(e) == PM_RESIDENT;
+            sw += PTE_STATE(e) == PM_SWAPPED;
+            if (PTE_STATE(e) == PM_SHARED) {
+                sh++;
+                if (PTE_VAL(e) < m->nframes)
+                    refs[PTE_VAL(e)]++;
+                else
+                    r = -EUCLEAN;
+            }
         }
-        if (res != v->st.resident || sw != v->st.swapped)
+        if (res != v->st.resident || sw != v->st.swapped || sh != v->st.sharing)
             r = -EUCLEAN;
         counted += res;
     }
     if (!r && counted != m->nresident)
         r = -EUCLEAN;
+    uint64_t live = 0;
+    for (uint64_t s = 0; !r && s < m->share.sf_next; s++) {
+        uint32_t have = m->share.sf[s].refs == UINT32_MAX ? 0 : m->share.sf[s].refs;
+        if (refs[s] != have)
+            r = -EUCLEAN;
+        live += refs[s] != 0;
+    }
+    if (!r && live != m->nshared)
+        r = -EUCLEAN;
+    free(refs);
     pthread_mutex_unlock(&m->lock);
     return r;
 }

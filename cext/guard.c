@@ -1,10 +1,25 @@
-/* guard.c: the SIGBUS/SIGSEGV handler behind GUARD_BEGIN. A fault outside a guarded region
- * is not ours: the handler puts back whatever handler was there before (Python's
- * faulthandler, or the default) and returns, so the access faults again and that handler
- * sees it exactly as it would have without uvm. */
+/* guard.c: the SIGBUS/SIGSEGV handler, for two jobs.
+ *
+ * 1. Guarded regions (GUARD_BEGIN): a fault there returns -EFAULT to the caller.
+ *
+ * 2. Transitions. Page sharing must change which memfd offset a guest page maps, and
+ *    Linux can only do that by replacing the mapping (mmap MAP_FIXED), which drops its
+ *    userfaultfd registration until it is registered again. A guest touching the page in
+ *    that window would be served by the kernel behind the pager's back (a write landing in
+ *    a shared frame). So the new mapping starts PROT_NONE and the range is published as "in
+ *    transition": a guest touching it takes SIGSEGV, and the handler waits (yielding) until
+ *    the transition ends, then returns so the access is retried against the finished,
+ *    registered mapping.
+ *
+ * A fault that is neither is not ours: the handler puts back whatever handler was there
+ * before (Python's faulthandler, or the default) and returns, so the access faults again
+ * and that handler sees it exactly as it would have without uvm. */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <string.h>
 #include "core.h"
 #include "guard.h"
@@ -13,10 +28,29 @@ __thread sigjmp_buf *guard_jb;
 static struct sigaction prev_bus, prev_segv;
 static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 
+#define TRANS_SLOTS 64
+static struct {
+    _Atomic uintptr_t start, end;
+    _Atomic int taken;
+} trans[TRANS_SLOTS];
+
+/* returns whether addr lies in a range some machine has in transition. */
+static int in_transition(uintptr_t addr)
+{
+    for (int i = 0; i < TRANS_SLOTS; i++)
+        if (addr >= trans[i].start && addr < trans[i].end)
+            return 1;
+    return 0;
+}
+
 static void guard_handler(int sig, siginfo_t *si, void *ctx)
 {
-    (void)si;
     (void)ctx;
+    if (sig == SIGSEGV && in_transition((uintptr_t)si->si_addr)) {
+        while (in_transition((uintptr_t)si->si_addr))
+            sched_yield();
+        return;                 /* retry the access against the finished mapping */
+    }
     sigjmp_buf *jb = guard_jb;
     if (jb) {
         guard_jb = NULL;
@@ -64,4 +98,38 @@ int guest_write(void *dst, const void *src, size_t n)
     memcpy(dst, src, n);
     GUARD_END;
     return 0;
+}
+
+/* claims a transition slot for a machine; returns it, or -EMFILE. */
+int trans_slot_get(void)
+{
+    for (int i = 0; i < TRANS_SLOTS; i++) {
+        int free = 0;
+        if (atomic_compare_exchange_strong(&trans[i].taken, &free, 1))
+            return i;
+    }
+    return -EMFILE;
+}
+
+/* gives a transition slot back. */
+void trans_slot_put(int slot)
+{
+    if (slot >= 0)
+        atomic_store(&trans[slot].taken, 0);
+}
+
+/* publishes [addr, addr + len) as in transition (see the top of this file). */
+void trans_begin(int slot, char *addr, uint64_t len)
+{
+    guard_install();
+    atomic_store(&trans[slot].end, 0);
+    atomic_store(&trans[slot].start, (uintptr_t)addr);
+    atomic_store(&trans[slot].end, (uintptr_t)addr + len);
+}
+
+/* ends the slot's transition: threads waiting in the handler retry their access. */
+void trans_end(int slot)
+{
+    atomic_store(&trans[slot].end, 0);
+    atomic_store(&trans[slot].start, 0);
 }

@@ -11,9 +11,9 @@
 
 #include <errno.h>
 #include <setjmp.h>
+#include "core.h"
 
 extern __thread sigjmp_buf *guard_jb;
-void guard_install(void);
 
 #define GUARD_BEGIN                         \
     sigjmp_buf guard_buf_;                  \

@@ -97,6 +97,9 @@ int machine_open(const struct uvm_config *cfg, struct machine **out)
     }
     if ((r = uffd_setup(m->uffd)))
         goto fail;
+    if ((r = share_init(m)))
+        goto fail;
+    guard_install();            /* for transitions (see guard.c) */
 
     m->npagers = cfg->npagers < 1 ? 1 : (cfg->npagers > MAX_PAGERS ? MAX_PAGERS : cfg->npagers);
     if ((r = pager_start(m, cfg->cpus)))
@@ -157,6 +160,7 @@ void machine_close(struct machine *m)
     if (m->memfd >= 0)
         close(m->memfd);
     swap_close(&m->swap);
+    share_fini(m);
     free(m->frames);
     free(m->zbuf);
     free(m->cbuf);
@@ -171,8 +175,8 @@ static void stats_locked(struct machine *m, struct uvm_machine_stats *st)
 {
     *st = m->st;
     st->frames_total = m->nframes;
-    st->frames_used = m->nresident;
-    st->frames_free = m->nframes - m->nresident;
+    st->frames_used = m->nresident + m->nshared;
+    st->frames_free = frames_free(m);
     st->swap_capacity = m->swap.capacity;
     st->swap_pages = m->swap.pages;
     st->swap_bytes = m->swap.bytes;
@@ -188,6 +192,10 @@ static void stats_locked(struct machine *m, struct uvm_machine_stats *st)
     st->frame_table_bytes = m->nframes * sizeof *m->frames;
     st->swap_map_bytes = ((m->swap.units + 63) / 64 + 1) * 8;
     st->uffd_user_mode = m->user_mode;
+    st->shared_frames = m->nshared;
+    st->saved = m->st.sharing - m->nshared;
+    st->share_table_bytes = (m->share.mask + 1) * sizeof(struct share_entry) +
+                            m->nframes * (sizeof(struct sframe) + sizeof(uint32_t));
 }
 
 /* copies the machine's counters into st. */

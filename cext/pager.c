@@ -48,7 +48,9 @@ int uffd_poison(struct machine *m, char *addr, uint64_t len)
 {
     struct uffdio_poison p = { .range = { .start = (uint64_t)addr, .len = len } };
     int r = uffd_ioctl(m, UFFDIO_POISON, &p);
-    return r == -EEXIST ? uffd_wake(m, addr, len) : r;
+    /* EEXIST: the page is mapped; anything else (the mapping is gone or broken): either
+     * way the waiter must not sleep forever, so wake it to retry and see */
+    return r ? uffd_wake(m, addr, len) : 0;
 }
 
 /* fills n pages at addr with zeros; returns pages filled (the first may be all) or -errno. */
@@ -81,7 +83,7 @@ static int serve_zero(struct machine *m, struct vm *v, uint64_t ppn)
     if (m->fault_around > 1) {
         uint64_t fa = (uint64_t)m->fault_around;
         uint64_t blo = ppn - ppn % fa, bhi = blo + fa < v->npages ? blo + fa : v->npages;
-        uint64_t spare = m->nframes - m->nresident - 1;
+        uint64_t spare = frames_free(m) - 1;
         while (lo > blo && hi - lo <= spare && PTE_STATE(v->pmap[lo - 1]) <= PM_NONE)
             lo--;
         while (hi < bhi && hi - lo <= spare && PTE_STATE(v->pmap[hi]) <= PM_NONE)
@@ -144,6 +146,18 @@ static int serve_resident(struct machine *m, struct vm *v, uint64_t ppn, uint64_
     return r == -EEXIST ? uffd_wake(m, a, PG) : r;
 }
 
+/* serves a fault on a shared page: a write breaks copy-on-write; a read maps the shared
+ * frame again, still write-protected. */
+static int serve_shared(struct machine *m, struct vm *v, uint64_t ppn, uint64_t flags)
+{
+    if (flags & UFFD_PAGEFAULT_FLAG_WP)
+        return share_cow(m, v, ppn);
+    char *a = v->guest + ppn * PG;
+    struct uffdio_continue c = { .range = { (uint64_t)a, PG }, .mode = UFFDIO_CONTINUE_MODE_WP };
+    int r = uffd_ioctl(m, UFFDIO_CONTINUE, &c);
+    return r == -EEXIST ? uffd_wake(m, a, PG) : r;
+}
+
 /* returns the VM whose guest mapping holds addr, or NULL. */
 static struct vm *vm_at(struct machine *m, uint64_t addr)
 {
@@ -182,6 +196,9 @@ static void fault(struct machine *m, const struct uffd_msg *msg)
             break;
         case PM_SWAPPED:
             r = serve_swapin(m, v, ppn);
+            break;
+        case PM_SHARED:
+            r = serve_shared(m, v, ppn, flags);
             break;
         default:
             r = serve_resident(m, v, ppn, flags);

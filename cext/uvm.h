@@ -11,6 +11,7 @@
 #define PM_RESIDENT 1   /* in its home frame in machine memory */
 #define PM_SWAPPED 2    /* compressed in the swap file */
 #define PM_ZERO 3       /* known to be all zeros: costs neither a frame nor a slot */
+#define PM_SHARED 4     /* mapped copy-on-write onto a shared frame */
 
 /* fault injection points (machine_inject) */
 #define INJECT_SWAP_WRITE 1  /* the next n swap writes fail with EIO */
@@ -45,6 +46,10 @@ struct uvm_vm_stats {
     uint64_t swapins;
     uint64_t swapouts;          /* pages written to the swap file */
     uint64_t swapouts_zero;     /* evicted pages found all-zero: no slot used */
+    uint64_t sharing;           /* pages mapped onto a shared frame */
+    uint64_t zero_shared;       /* of those, onto the zero page */
+    uint64_t cow_breaks;        /* writes that broke copy-on-write */
+    uint64_t scanned;           /* pages the sharing scanner looked at */
     int64_t stopped;            /* 0, or the errno that stopped the VM */
 };
 
@@ -67,6 +72,19 @@ struct uvm_machine_stats {
     uint64_t pmap_bytes;        /* host memory for bookkeeping, by structure */
     uint64_t frame_table_bytes;
     uint64_t swap_map_bytes;
+    uint64_t share_table_bytes; /* hash table and shared frame array */
+    uint64_t shared_frames;     /* frames holding shared content */
+    uint64_t sharing;           /* pages mapped onto them */
+    uint64_t zero_shared;       /* pages mapped onto the zero page */
+    uint64_t saved;             /* sharing - shared_frames: frames sharing saves */
+    uint64_t hints;             /* hint frames in the table */
+    uint64_t hint_hits;         /* candidates that matched a hint and were merged */
+    uint64_t shared_hits;       /* candidates that matched a shared frame */
+    uint64_t hash_collisions;   /* equal hashes, different content */
+    uint64_t cow_breaks;
+    uint64_t scanned;
+    uint64_t merge_stopped;     /* 1 while merging is stopped at the mapping limit */
+    uint64_t merge_stops;       /* times it stopped */
     int uffd_user_mode;         /* 1: UFFD_USER_MODE_ONLY (unprivileged) */
 };
 
@@ -86,6 +104,11 @@ void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st);
 int vm_page_state(struct machine *m, int id, uint64_t ppn);
 int64_t vm_evict(struct machine *m, int id, const uint64_t *ppns, size_t n);
 int64_t vm_evict_random(struct machine *m, int id, uint64_t n);
+
+/* Content-based page sharing: scans pages of VM id (every VM if id < 0), from ppn `first`
+ * for n pages in order (a full scan) or, with random != 0, n random resident pages. Returns
+ * pages merged, or -errno. */
+int64_t share_scan(struct machine *m, int id, uint64_t first, uint64_t n, int random);
 
 /* Guarded access: a SIGBUS/SIGSEGV (a stopped or destroyed VM) returns -EFAULT. */
 int guest_read(const void *src, void *dst, size_t n);

@@ -23,7 +23,7 @@ static int64_t slice_alloc(struct machine *m, uint64_t n)
             return (int64_t)base;
         }
     }
-    if (m->mpn_next + n > m->view_pages)
+    if (m->mpn_next + n > m->share.sh_base)
         return -1;
     m->mpn_next += n;
     return (int64_t)(m->mpn_next - n);
@@ -127,6 +127,8 @@ int vm_destroy(struct machine *m, int id)
             frame_remove(m, PTE_VAL(e));
         else if (PTE_STATE(e) == PM_SWAPPED)
             swap_free(&m->swap, PTE_VAL(e), PTE_LEN(e));
+        else if (PTE_STATE(e) == PM_SHARED)
+            share_drop(m, v, p);
     }
     m->vms[id] = NULL;
     slice_free(m, v->base, v->npages);
@@ -142,7 +144,7 @@ void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st)
     struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
     if (v) {
         *st = v->st;
-        st->zero = v->npages - v->st.resident - v->st.swapped;
+        st->zero = v->npages - v->st.resident - v->st.swapped - v->st.sharing;
     } else {
         memset(st, 0, sizeof *st);
     }
@@ -184,8 +186,11 @@ int64_t vm_evict(struct machine *m, int id, const uint64_t *ppns, size_t n)
                 err = -EINVAL;
                 break;
             }
-            if (PTE_STATE(v->pmap[ppns[i]]) == PM_RESIDENT)
+            int state = PTE_STATE(v->pmap[ppns[i]]);
+            if (state == PM_RESIDENT)
                 ents[k++] = FT_MAKE(v->slot, ppns[i]);
+            else if (state == PM_SHARED && (err = share_evict(m, v, ppns[i])) == 0)
+                done++;
         }
         int r = k ? evict_pages(m, ents, k, 0) : 0;
         if (r < 0)

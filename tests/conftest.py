@@ -34,3 +34,14 @@ def make_machine(tmp_path: Path) -> Iterator[Callable[..., uvm.Machine]]:
     yield make
     for m in made:
         m.close()
+
+
+@pytest.fixture(autouse=True)
+def no_machine_left_open() -> Iterator[None]:
+    """Every test closes the machines it made: none may hold machine memory afterwards."""
+    from helpers import open_machine_memfds
+
+    before = open_machine_memfds()
+    yield
+    leaked = open_machine_memfds() - before
+    assert not leaked, f"machine memfd(s) still open after the test: {sorted(leaked)}"

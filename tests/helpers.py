@@ -9,6 +9,18 @@ import threading
 import uvm
 
 
+def open_machine_memfds() -> set[str]:
+    """The fds (as /proc/self/fd paths) of every open uvm machine memfd."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:uvm-machine"):
+                found.add(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+    return found
+
+
 def memfd_pages_from_outside() -> int:
     """Resident pages of every uvm machine memfd in this process, from fstat(2) on
     /proc/self/fd: the kernel's count, not uvm's."""

@@ -171,6 +171,11 @@ def _variant(path: Path, old: str, new: str, name: str) -> Path:
 def test_stopped_vm_is_shown_not_a_crash(small: Path) -> None:
     machine = scenario.launch(scenario.load(small))
     try:
+        sleepy = machine.vm("sleepy").runs[0]
+        deadline = time.monotonic() + 20
+        while sleepy.ops < 1024 and time.monotonic() < deadline:
+            time.sleep(0.01)                            # let it finish touching its 4 MiB
+        assert sleepy.ops == 1024
         machine.inject_fault("swap-write", 1 << 30)     # every swap-out fails: VMs get stopped
         out = io.StringIO()
         console = Console(file=out, width=200)

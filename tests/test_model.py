@@ -1,5 +1,5 @@
-"""Random operation sequences against a dict model: whatever the pager, the evictor and
-destroy do, every page reads back as the model says."""
+"""Random operation sequences against a dict model: whatever the pager, the evictor, page
+sharing and destroy do, every page reads back as the model says."""
 
 from __future__ import annotations
 
@@ -90,6 +90,17 @@ class PagerModel(RuleBasedStateMachine):
         assert evicted <= min(count, before) if self.reclaim else evicted == min(count, before)
 
     @precondition(lambda self: self.vms)
+    @rule()
+    def share_now(self) -> None:
+        self.machine.share_now()
+
+    @precondition(lambda self: self.vms)
+    @rule(data=st.data(), count=st.integers(1, 20))
+    def share_random(self, data: st.DataObject, count: int) -> None:
+        vm = self.vms[data.draw(st.sampled_from(sorted(self.vms)))]
+        self.machine._share_scan(vm, count, random=True)
+
+    @precondition(lambda self: self.vms)
     @rule(data=st.data())
     def destroy(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(sorted(self.vms)))
@@ -104,10 +115,12 @@ class PagerModel(RuleBasedStateMachine):
         assert self.machine.memfd_pages() <= FRAMES
         if not self.reclaim:                    # quiet machine: the kernel's count is exact
             assert self.machine.memfd_pages() == ms["frames_used"]
-        assert ms["frames_used"] == sum(v["resident"] for v in vs)
+        assert ms["frames_used"] == sum(v["resident"] for v in vs) + ms["shared_frames"]
+        assert ms["sharing"] == sum(v["sharing"] for v in vs)
         assert ms["swap_pages"] == sum(v["swapped"] for v in vs)
         for v in vs:
-            assert v["resident"] + v["swapped"] + v["zero"] == v["pages"] and v["stopped"] == 0
+            assert v["resident"] + v["swapped"] + v["sharing"] + v["zero"] == v["pages"]
+            assert v["stopped"] == 0
 
     @invariant()
     def everything_reads_back(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from uvm._binding import ffi, lib
 from uvm.errors import USERFAULTFD_HELP, UserfaultfdUnavailable, UvmError
+from uvm.sharing import DEFAULT_RATE, DEFAULT_VM_RATE, ShareScanner, check_rate, scan
 from uvm.sizes import PAGE_SIZE, format_size, parse_pages, parse_size
 from uvm.stats import Snapshot, snapshot
 from uvm.vm import VM, vm_dict
@@ -52,24 +53,29 @@ def _pager_cpus(pagers: int | Sequence[int] | None) -> list[int]:
     return cpus
 
 
-def _machine_dict(st: Any) -> dict[str, Any]:
+def _machine_dict(st: Any, scanner: ShareScanner | None) -> dict[str, Any]:
     d: dict[str, Any] = {f: int(getattr(st, f)) for f in MACHINE_STAT_FIELDS}
     d["compression_ratio"] = d["swap_pages"] * PAGE_SIZE / d["swap_bytes"] if d["swap_bytes"] else 1.0
+    d["scan_rate"] = scanner.measured_rate if scanner else 0.0
     return d
 
 
 class Machine:
     """Machine memory of `memory` bytes (never more resident, as the memfd's st_blocks
     shows from outside) backing any number of guests, overcommitted onto a compressed swap
-    file of `swap_size` bytes (default 4x memory), reserved on disk at creation. The swap file is created private (0600)
+    file of `swap_size` bytes (default 4x memory), reserved on disk at creation. With
+    sharing=True a background scanner merges identical pages copy-on-write, scanning at most
+    `share_rate` pages per second in all and `share_rate_vm` per VM. The swap file is created private (0600)
     at `swap_file` and removed at close, or by default is an unlinked file in `swap_dir`
     ($TMPDIR or /var/tmp)."""
 
     def __init__(self, memory: int | str = "256MiB", *, swap_file: str | os.PathLike[str] | None = None,
                  swap_size: int | str | None = None, swap_dir: str | os.PathLike[str] | None = None,
                  fault_around: int = 1, pagers: int | Sequence[int] | None = None,
-                 reclaim: bool = True, debug: bool = False) -> None:
+                 reclaim: bool = True, debug: bool = False, sharing: bool = False,
+                 share_rate: float = DEFAULT_RATE, share_rate_vm: float = DEFAULT_VM_RATE) -> None:
         self._m: Any = None
+        self._scanner: ShareScanner | None = None
         self._call_lock = threading.Lock()
         frames = parse_pages(memory, "memory")
         swap_bytes = (parse_size(swap_size, "swap_size") if swap_size is not None
@@ -77,6 +83,8 @@ class Machine:
         if swap_bytes < PAGE_SIZE:
             raise ValueError(f"swap_size: {swap_size!r} is smaller than one page")
         _check_fault_around(fault_around)
+        check_rate(share_rate, "share_rate")
+        check_rate(share_rate_vm, "share_rate_vm")
         cpus = _pager_cpus(pagers)
         directory = os.fspath(swap_dir) if swap_dir is not None else os.environ.get("TMPDIR", "/var/tmp")
         if swap_file is None and not os.path.isdir(directory):
@@ -111,6 +119,8 @@ class Machine:
         self._vms: dict[str, VM] = {}
         self._lock = threading.Lock()
         self._started = time.monotonic()
+        if sharing:
+            self._scanner = ShareScanner(self, share_rate, share_rate_vm)
 
     @staticmethod
     def _open_error(err: int, swap_where: str, swap_bytes: int) -> Exception:
@@ -157,6 +167,9 @@ class Machine:
         file. A guest thread blocked in a fault gets an error, not a hang. Idempotent."""
         if self._m is None:
             return
+        scanner, self._scanner = self._scanner, None
+        if scanner is not None:
+            scanner.stop()
         with self._lock:
             vms = list(self._vms.values())
         for vm in vms:
@@ -171,6 +184,8 @@ class Machine:
         for vm in vms:
             vm._retire()
         self._vms.clear()
+        if scanner is not None and scanner.error is not None:
+            raise scanner.error
 
     # -- guests -----------------------------------------------------------------------
 
@@ -260,6 +275,51 @@ class Machine:
         with self._core() as m:
             lib.machine_inject(m, INJECTIONS[kind], count)
 
+    # -- content-based page sharing -----------------------------------------------------
+
+    @property
+    def sharing(self) -> bool:
+        """Whether the background sharing scanner runs (Machine(sharing=True))."""
+        return self._scanner is not None
+
+    @property
+    def share_rate(self) -> float:
+        """Machine-wide cap of the background scanner, in pages per second (settable)."""
+        return self._scanner.rate if self._scanner else 0.0
+
+    @share_rate.setter
+    def share_rate(self, rate: float) -> None:
+        if self._scanner is None:
+            raise UvmError("sharing is off: create the machine with sharing=True")
+        self._scanner.rate = check_rate(rate, "share_rate")
+
+    @property
+    def share_rate_vm(self) -> float:
+        """Default per-VM rate of the background scanner, in pages per second (settable;
+        vm.share_rate overrides it for one VM)."""
+        return self._scanner.vm_rate if self._scanner else 0.0
+
+    @share_rate_vm.setter
+    def share_rate_vm(self, rate: float) -> None:
+        if self._scanner is None:
+            raise UvmError("sharing is off: create the machine with sharing=True")
+        self._scanner.vm_rate = check_rate(rate, "share_rate_vm")
+
+    def share_now(self) -> int:
+        """Scans every resident page of every VM once, synchronously (whether or not the
+        background scanner runs); returns how many pages it merged."""
+        with self._core() as m:
+            return scan(m, -1, 0, 1 << 62, random=False)
+
+    def _share_scan(self, vm: VM, count: int, random: bool) -> int | None:
+        """Scans `count` pages of vm (random resident ones, or from PPN 0 in order); None if
+        the machine or the VM is gone."""
+        try:
+            with self._core() as m:
+                return None if vm._destroyed else scan(m, vm._slot, 0, count, random)
+        except UvmError:
+            return None
+
     @property
     def user_mode(self) -> bool:
         """True when running unprivileged (UFFD_USER_MODE_ONLY): a syscall that touches
@@ -271,7 +331,7 @@ class Machine:
         st = ffi.new("struct uvm_machine_stats *")
         with self._core() as m:
             lib.machine_stats(m, st)
-        return _machine_dict(st)
+        return _machine_dict(st, self._scanner)
 
     def stats_with_vms(self, vms: Sequence[VM]) -> tuple[dict[str, Any], list[dict[str, int]]]:
         """The machine's counters and those of `vms`, read at one instant (so that, e.g.,
@@ -283,7 +343,7 @@ class Machine:
             lib.machine_snapshot(m, st, ffi.new("int[]", [vm._slot for vm in live] or [0]), vst,
                                  len(live))
         by_vm = {vm.name: vm_dict(vst[i]) for i, vm in enumerate(live)}
-        return _machine_dict(st), [by_vm[vm.name] if vm.name in by_vm else vm.stats() for vm in vms]
+        return _machine_dict(st, self._scanner), [by_vm[vm.name] if vm.name in by_vm else vm.stats() for vm in vms]
 
     def check(self) -> None:
         """Verifies the C core's bookkeeping (frame table against every pmap, per-VM counts);

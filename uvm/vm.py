@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from workloads.base import Run, Workload
 
 PAGE_STATES = {lib.PM_NONE: "none", lib.PM_RESIDENT: "resident", lib.PM_SWAPPED: "swapped",
-               lib.PM_ZERO: "zero"}
+               lib.PM_ZERO: "zero", lib.PM_SHARED: "shared"}
 
 VM_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_vm_stats").fields]
 
@@ -43,6 +43,7 @@ class VM:
         self._base = base
         self._runs: list[Run] = []
         self._destroyed = False
+        self._share_rate: float | None = None
         self._lock = threading.Lock()
         self.memory = memoryview(ffi.buffer(base, self.size))
 
@@ -97,8 +98,19 @@ class VM:
         if lib.guest_write(self._base + offset, ffi.from_buffer(data), len(data)) < 0:
             self._raise_stopped()
 
+    @property
+    def share_rate(self) -> float | None:
+        """This VM's sharing scan rate in pages per second (None: the machine's default)."""
+        return self._share_rate
+
+    @share_rate.setter
+    def share_rate(self, rate: float | None) -> None:
+        from uvm.sharing import check_rate
+
+        self._share_rate = None if rate is None else check_rate(rate, "share_rate")
+
     def page_state(self, ppn: int) -> str:
-        """The pmap state of one page: 'none', 'resident', 'swapped' or 'zero'."""
+        """The pmap state of one page: 'none', 'resident', 'swapped', 'zero' or 'shared'."""
         with self.machine._core() as m:
             r = lib.vm_page_state(m, self._slot, ppn)
         if r < 0:

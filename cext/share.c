@@ -1,0 +1,606 @@
+/* share.c: content-based page sharing (paper section 4).
+ *
+ * The scanner hashes candidate pages and looks the hash up in one global table of 16-byte
+ * entries: shared frames (hash, frame) and hints (hash, VM, PPN). A match is never trusted
+ * on the hash alone: a shared frame is compared in full; a hint is re-hashed (its page may
+ * have changed since) and compared in full before both pages are merged into a new shared
+ * frame. A page with no match leaves a hint and stays writable. All-zero pages, the most
+ * common shared content, skip the table and go straight to the zero page's shared frame.
+ *
+ * Shared frames live at the top of the memfd's MPN space (frame s at MPN sh_base + s). A
+ * sharer's PPN is re-mapped onto its shared frame (MAP_FIXED), registered, and mapped
+ * write-protected; its home frame is punched. A write raises a WP fault and the pager breaks
+ * copy-on-write (share_cow): copy into the home frame, map the home offset back. Re-mapping
+ * goes through a "transition" (see guard.c) so no guest access slips past the pager.
+ *
+ * Races: a candidate is write-protected before it is hashed, and the scanner holds the
+ * machine lock until it has decided, so a guest write in between faults and waits; it then
+ * finds the page either still private (and is let through) or shared (and breaks COW).
+ *
+ * Mappings: each alias costs up to two VMAs. Merging stops before vm.max_map_count comes
+ * near (keeping headroom for COW breaks, which also re-map) and resumes when there is room.
+ * Runs of consecutive PPNs merging into consecutive shared frames share one VMA. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include "core.h"
+#include "uffd.h"
+
+#define REG_MODES (UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP)
+#define PTE_PENDING 1           /* len-field flag on a RESIDENT entry: merge pending */
+
+
+static uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static uint64_t lane(uint64_t acc, uint64_t w)
+{
+    return rotl(acc + w * 0xC2B2AE3D27D4EB4Full, 31) * 0x9E3779B185EBCA87ull;
+}
+
+/* returns a 64-bit hash of a page: four independent multiply-rotate lanes, then an avalanche. */
+static uint64_t page_hash(const char *page)
+{
+    const uint64_t *w = (const uint64_t *)page;
+    uint64_t a = 1, b = 2, c = 3, d = 4;
+    for (int i = 0; i < PG / 8; i += 4) {
+        a = lane(a, w[i]);
+        b = lane(b, w[i + 1]);
+        c = lane(c, w[i + 2]);
+        d = lane(d, w[i + 3]);
+    }
+    uint64_t h = rotl(a, 1) + rotl(b, 7) + rotl(c, 12) + rotl(d, 18);
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDull;
+    h ^= h >> 33;
+    h *= 0xC4CEB9FE1A85EC53ull;
+    return h ^ (h >> 33);
+}
+
+static int page_is_zero(const char *page)
+{
+    const uint64_t *w = (const uint64_t *)page;
+    for (int i = 0; i < PG / 8; i++)
+        if (w[i])
+            return 0;
+    return 1;
+}
+
+char *sframe_addr(struct machine *m, uint64_t s)
+{
+    return m->view + (m->share.sh_base + s) * PG;
+}
+
+/* -- the hash table ------------------------------------------------------------------- */
+
+/* returns the live entry for hash h, or NULL. */
+static struct share_entry *tab_find(struct share *sh, uint64_t h)
+{
+    for (uint64_t i = h & sh->mask;; i = (i + 1) & sh->mask) {
+        struct share_entry *e = &sh->tab[i];
+        if (e->val == SE_EMPTY)
+            return NULL;
+        if (e->val != SE_TOMB && e->hash == h)
+            return e;
+    }
+}
+
+/* rehashes the live entries in place of the tombstones. */
+static void tab_rebuild(struct share *sh)
+{
+    uint64_t n = sh->mask + 1;
+    struct share_entry *old = sh->tab, *tab = calloc(n, sizeof *tab);
+    if (!tab)
+        return;                 /* keep the old table; lookups stay correct */
+    for (uint64_t i = 0; i < n; i++) {
+        if (old[i].val == SE_EMPTY || old[i].val == SE_TOMB)
+            continue;
+        uint64_t j = old[i].hash & sh->mask;
+        while (tab[j].val != SE_EMPTY)
+            j = (j + 1) & sh->mask;
+        tab[j] = old[i];
+    }
+    free(old);
+    sh->tab = tab;
+    sh->tombs = 0;
+}
+
+/* inserts (h, val) for a hash not in the table; returns 0, or -ENOSPC when a hint does not
+ * fit (hints are optional; shared frames always fit, the table being sized for them). */
+static int tab_insert(struct share *sh, uint64_t h, uint64_t val, uint64_t *hints)
+{
+    uint64_t cap = sh->mask + 1;
+    if (SE_KIND(val) == SE_HINT && *hints >= cap / 4)
+        return -ENOSPC;
+    for (uint64_t i = h & sh->mask;; i = (i + 1) & sh->mask) {
+        struct share_entry *e = &sh->tab[i];
+        if (e->val == SE_EMPTY || e->val == SE_TOMB) {
+            sh->tombs -= e->val == SE_TOMB;
+            e->hash = h;
+            e->val = val;
+            sh->used++;
+            *hints += SE_KIND(val) == SE_HINT;
+            return 0;
+        }
+    }
+}
+
+/* removes a live entry. */
+static void tab_remove(struct share *sh, struct share_entry *e, uint64_t *hints)
+{
+    *hints -= SE_KIND(e->val) == SE_HINT;
+    e->val = SE_TOMB;
+    sh->used--;
+    if (++sh->tombs > (sh->mask + 1) / 4)
+        tab_rebuild(sh);
+}
+
+/* -- shared frames -------------------------------------------------------------------- */
+
+/* allocates a shared frame (one frame of the budget, zero-filled); returns its index or
+ * -ENOMEM when no frame is free (the scanner then skips: it never evicts to share). */
+static int64_t sframe_alloc(struct machine *m, uint64_t h)
+{
+    struct share *sh = &m->share;
+    if (frames_free(m) == 0)
+        return -ENOMEM;
+    uint64_t s = sh->sf_next < m->nframes ? sh->sf_next++ : sh->sf_free[--sh->nfree];
+    if (fallocate(m->memfd, 0, (off_t)((sh->sh_base + s) * PG), PG)) {
+        int err = -errno;
+        sh->sf_free[sh->nfree++] = (uint32_t)s;
+        return err;
+    }
+    sh->sf[s].hash = h;
+    sh->sf[s].refs = 0;
+    sh->sf[s].zero = 0;
+    m->nshared++;
+    return (int64_t)s;
+}
+
+/* frees shared frame s if nothing maps it (any more, or yet: a merge that failed). */
+static void sframe_free_unused(struct machine *m, uint64_t s)
+{
+    struct share *sh = &m->share;
+    struct sframe *f = &sh->sf[s];
+    if (f->refs || s >= sh->sf_next)
+        return;
+    if (f->zero) {
+        sh->zero = -1;
+    } else {
+        struct share_entry *e = tab_find(sh, f->hash);
+        if (e && SE_KIND(e->val) == SE_SHARED && SE_PAYLOAD(e->val) == s)
+            tab_remove(sh, e, &m->st.hints);
+    }
+    fallocate(m->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)((sh->sh_base + s) * PG), PG);
+    sh->sf_free[sh->nfree++] = (uint32_t)s;
+    f->refs = UINT32_MAX;      /* free: never matches again until reallocated */
+    m->nshared--;
+}
+
+/* drops one reference to shared frame s, freeing it with the last. */
+static void sframe_put(struct machine *m, uint64_t s)
+{
+    struct sframe *f = &m->share.sf[s];
+    m->st.sharing--;
+    if (f->zero)
+        m->st.zero_shared--;
+    f->refs--;
+    sframe_free_unused(m, s);
+}
+
+/* -- mappings ------------------------------------------------------------------------- */
+
+/* returns the number of mappings of this process (lines of /proc/self/maps). */
+static long count_maps(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    long n = 0;
+    int c;
+    if (!f)
+        return -1;
+    while ((c = getc(f)) != EOF)
+        n += c == '\n';
+    fclose(f);
+    return n;
+}
+
+/* returns whether a merge may add mappings; stops or resumes merging at the limit. */
+static int maps_room(struct machine *m)
+{
+    struct share *sh = &m->share;
+    long headroom = sh->max_maps / 8 > 2048 ? sh->max_maps / 8 : 2048;
+    if (sh->vma_est + 2 < sh->max_maps - headroom && !sh->stopped)
+        return 1;
+    if (sh->stopped && sh->since_count < 4096)
+        return 0;
+    sh->since_count = 0;
+    sh->vma_est = count_maps();
+    int room = sh->vma_est >= 0 && sh->vma_est + 2 < sh->max_maps - headroom;
+    if (!room && !sh->stopped)
+        m->st.merge_stops++;
+    sh->stopped = !room;
+    m->st.merge_stopped = (uint64_t)sh->stopped;
+    return room;
+}
+
+/* maps n guest pages at a onto memfd pages from mpn, registered with the pager; returns 0
+ * or -errno. In the window before registration the range is PROT_NONE and "in transition",
+ * so a guest touching it waits in the signal handler instead of reaching the kernel. */
+static int remap(struct machine *m, char *a, uint64_t n, uint64_t mpn)
+{
+    int r = 0;
+    trans_begin(m->share.trans, a, n * PG);
+    struct uffdio_register reg = { .range = { (uint64_t)a, n * PG }, .mode = REG_MODES };
+    if (mmap(a, n * PG, PROT_NONE, MAP_SHARED | MAP_FIXED, m->memfd, (off_t)(mpn * PG)) == MAP_FAILED ||
+        ioctl(m->uffd, UFFDIO_REGISTER, &reg) || mprotect(a, n * PG, PROT_READ | PROT_WRITE))
+        r = -errno;
+    trans_end(m->share.trans);
+    m->share.vma_est += 2;
+    return r;
+}
+
+/* maps [a, a + n pages) from the page cache, write-protected if wp. */
+static void premap(struct machine *m, char *a, uint64_t n, int wp)
+{
+    struct uffdio_continue c = { .range = { (uint64_t)a, n * PG },
+                                 .mode = wp ? UFFDIO_CONTINUE_MODE_WP : 0 };
+    ioctl(m->uffd, UFFDIO_CONTINUE, &c);
+}
+
+static int wp_set(struct machine *m, char *a, uint64_t n, int on)
+{
+    struct uffdio_writeprotect w = { .range = { (uint64_t)a, n * PG },
+                                     .mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0 };
+    return ioctl(m->uffd, UFFDIO_WRITEPROTECT, &w) ? -errno : 0;
+}
+
+/* -- merging -------------------------------------------------------------------------- */
+
+static int pending(struct vm *v, uint64_t ppn) { return PTE_LEN(v->pmap[ppn]) & PTE_PENDING; }
+
+static void mark_pending(struct vm *v, uint64_t ppn)
+{
+    v->pmap[ppn] = PTE_MAKE(PM_RESIDENT, PTE_PENDING, PTE_VAL(v->pmap[ppn]));
+}
+
+/* queues (v, ppn) to be merged onto shared frame s. */
+static void queue_merge(struct scan *sc, struct vm *v, uint64_t ppn, uint64_t s)
+{
+    mark_pending(v, ppn);
+    sc->mg[sc->n++] = (struct merge){ v, ppn, s };
+}
+
+/* re-maps a run of n queued merges (same VM, consecutive PPNs and shared frames) and moves
+ * their bookkeeping from home frames to the shared frames; returns pages merged. */
+static int apply_run(struct machine *m, struct merge *run, int n)
+{
+    struct vm *v = run[0].v;
+    char *a = v->guest + run[0].ppn * PG;
+    int room = maps_room(m);
+    int r = room ? remap(m, a, (uint64_t)n, m->share.sh_base + run[0].s) : -ENOMEM;
+    if (r) {
+        /* if the old mapping may be gone, map the home frames back (they hold the data) */
+        if (room && remap(m, a, (uint64_t)n, v->base + run[0].ppn))
+            v->stopped = v->st.stopped = ENOMEM;
+        for (int i = 0; i < n; i++) {
+            v->pmap[run[i].ppn] &= ~((pte_t)PTE_PENDING << 3);
+            sframe_free_unused(m, run[i].s);
+        }
+        return 0;
+    }
+    premap(m, a, (uint64_t)n, 1);
+    frame_punch(m, v, run[0].ppn, (uint64_t)n);
+    for (int i = 0; i < n; i++) {
+        struct sframe *f = &m->share.sf[run[i].s];
+        frame_remove(m, PTE_VAL(v->pmap[run[i].ppn]));
+        v->pmap[run[i].ppn] = PTE_MAKE(PM_SHARED, 0, run[i].s);
+        f->refs++;
+        v->st.sharing++;
+        m->st.sharing++;
+        if (f->zero) {
+            v->st.zero_shared++;
+            m->st.zero_shared++;
+        }
+    }
+    return n;
+}
+
+static int merge_cmp(const void *x, const void *y)
+{
+    const struct merge *a = x, *b = y;
+    if (a->v != b->v)
+        return a->v->slot - b->v->slot;
+    return a->ppn < b->ppn ? -1 : a->ppn > b->ppn;
+}
+
+/* applies every queued merge, coalescing runs; returns pages merged. */
+static int apply_merges(struct machine *m, struct scan *sc)
+{
+    int done = 0;
+    qsort(sc->mg, (size_t)sc->n, sizeof sc->mg[0], merge_cmp);
+    for (int i = 0; i < sc->n;) {
+        int j = i + 1;
+        while (j < sc->n && sc->mg[j].v == sc->mg[i].v && sc->mg[j].ppn == sc->mg[j - 1].ppn + 1 &&
+               sc->mg[j].s == sc->mg[j - 1].s + 1)
+            j++;
+        done += apply_run(m, &sc->mg[i], j - i);
+        i = j;
+    }
+    sc->n = 0;
+    return done;
+}
+
+/* validates the hinted page (v2, p2) for a candidate of hash h: returns 1 if it is resident,
+ * write-protected now, and still hashes to h. */
+static int hint_valid(struct machine *m, uint64_t payload, uint64_t h, struct vm **v2, uint64_t *p2)
+{
+    *v2 = m->vms[(payload >> 40) & 0xff];
+    *p2 = payload & ((1ull << 40) - 1);
+    if (!*v2 || *p2 >= (*v2)->npages || PTE_STATE((*v2)->pmap[*p2]) != PM_RESIDENT ||
+        pending(*v2, *p2))
+        return 0;
+    if (wp_set(m, (*v2)->guest + *p2 * PG, 1, 1))
+        return 0;
+    if (page_hash(frame_addr(m, *v2, *p2)) == h)
+        return 1;
+    wp_set(m, (*v2)->guest + *p2 * PG, 1, 0);
+    return 0;
+}
+
+/* looks at one resident, write-protected candidate and queues what it can merge. */
+static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t ppn)
+{
+    struct share *sh = &m->share;
+    const char *page = frame_addr(m, v, ppn);
+    v->st.scanned++;
+    m->st.scanned++;
+    if (page_is_zero(page)) {
+        if (sh->zero < 0) {
+            int64_t z = sframe_alloc(m, 0);
+            if (z < 0)
+                return;
+            sh->sf[z].zero = 1;
+            sh->zero = z;
+        }
+        queue_merge(sc, v, ppn, (uint64_t)sh->zero);
+        return;
+    }
+    uint64_t h = page_hash(page);
+    struct share_entry *e = tab_find(sh, h);
+    if (!e) {
+        tab_insert(sh, h, SE_HINT | (FT_MAKE(v->slot, ppn) << 2), &m->st.hints);
+        return;
+    }
+    if (SE_KIND(e->val) == SE_SHARED) {
+        uint64_t s = SE_PAYLOAD(e->val);
+        if (memcmp(page, sframe_addr(m, s), PG) == 0) {
+            m->st.shared_hits++;
+            queue_merge(sc, v, ppn, s);
+        } else {
+            m->st.hash_collisions++;
+        }
+        return;
+    }
+    uint64_t payload = SE_PAYLOAD(e->val);
+    if (payload == FT_MAKE(v->slot, ppn))
+        return;                 /* our own hint: nothing changed */
+    struct vm *v2;
+    uint64_t p2;
+    if (!hint_valid(m, payload, h, &v2, &p2)) {
+        e->val = SE_HINT | (FT_MAKE(v->slot, ppn) << 2);    /* stale: the hint is ours now */
+        return;
+    }
+    if (memcmp(page, frame_addr(m, v2, p2), PG) != 0) {
+        m->st.hash_collisions++;
+        wp_set(m, v2->guest + p2 * PG, 1, 0);
+        return;
+    }
+    int64_t s = sframe_alloc(m, h);
+    if (s < 0) {
+        wp_set(m, v2->guest + p2 * PG, 1, 0);
+        return;
+    }
+    memcpy(sframe_addr(m, (uint64_t)s), page, PG);
+    m->st.hints--;
+    e->val = SE_SHARED | ((uint64_t)s << 2);
+    m->st.hint_hits++;
+    queue_merge(sc, v2, p2, (uint64_t)s);
+    queue_merge(sc, v, ppn, (uint64_t)s);
+}
+
+/* unprotects the pages of [first, first + n) of v that stayed private. */
+static void unprotect_rest(struct machine *m, struct vm *v, uint64_t first, uint64_t n)
+{
+    uint64_t run = first;
+    for (uint64_t p = first; p <= first + n; p++) {
+        if (p < first + n && PTE_STATE(v->pmap[p]) != PM_SHARED)
+            continue;
+        if (p > run)
+            wp_set(m, v->guest + run * PG, p - run, 0);
+        run = p + 1;
+    }
+}
+
+/* scans pages [first, first + n) of v in order; returns pages merged. */
+static int64_t scan_range(struct machine *m, struct vm *v, uint64_t first, uint64_t n)
+{
+    struct scan *sc = m->share.scan;
+    int64_t merged = 0;
+    for (uint64_t c = first; c < first + n; c += CHUNK) {
+        uint64_t len = first + n - c < CHUNK ? first + n - c : CHUNK;
+        if (wp_set(m, v->guest + c * PG, len, 1))
+            continue;
+        for (uint64_t p = c; p < c + len; p++)
+            if (PTE_STATE(v->pmap[p]) == PM_RESIDENT && !pending(v, p) && sc->n + 2 <= MAX_MERGES)
+                scan_one(m, sc, v, p);
+        merged += apply_merges(m, sc);
+        unprotect_rest(m, v, c, len);
+        m->share.since_count += len;
+    }
+    return merged;
+}
+
+/* scans one random resident page (of v, or of the whole machine if v is NULL); returns
+ * pages merged. */
+static int64_t scan_random(struct machine *m, struct vm *v)
+{
+    for (int tries = 0; tries < 8; tries++) {
+        struct vm *w = v;
+        uint64_t ppn;
+        if (!w) {
+            if (m->nresident == 0)
+                return 0;
+            uint64_t e = m->frames[rng_next(&m->rng) % m->nresident];
+            w = m->vms[FT_SLOT(e)];
+            ppn = FT_PPN(e);
+        } else {
+            ppn = rng_next(&m->rng) % w->npages;
+        }
+        if (PTE_STATE(w->pmap[ppn]) == PM_RESIDENT)
+            return scan_range(m, w, ppn, 1);
+    }
+    return 0;
+}
+
+int64_t share_scan(struct machine *m, int id, uint64_t first, uint64_t n, int random)
+{
+    int64_t merged = 0;
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    if (id >= 0 && !v) {
+        pthread_mutex_unlock(&m->lock);
+        return -ENOENT;
+    }
+    if (random) {
+        for (uint64_t i = 0; i < n; i++)
+            merged += scan_random(m, v);
+    } else {
+        for (int s = id >= 0 ? id : 0; s < (id >= 0 ? id + 1 : MAX_VMS); s++) {
+            struct vm *w = m->vms[s];
+            if (!w || first >= w->npages || w->stopped)
+                continue;
+            merged += scan_range(m, w, first, n < w->npages - first ? n : w->npages - first);
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    return merged;
+}
+
+/* -- the pager's side ------------------------------------------------------------------ */
+
+/* breaks copy-on-write for a write to shared page (v, ppn): the page gets its home frame
+ * back with the shared content; returns 0 or -errno. */
+int share_cow(struct machine *m, struct vm *v, uint64_t ppn)
+{
+    uint64_t s = PTE_VAL(v->pmap[ppn]);
+    int r = ensure_free(m, 1);
+    if (r < 0)
+        return r;
+    memcpy(frame_addr(m, v, ppn), sframe_addr(m, s), PG);
+    char *a = v->guest + ppn * PG;
+    if ((r = remap(m, a, 1, v->base + ppn))) {
+        frame_punch(m, v, ppn, 1);
+        return r;
+    }
+    frame_add(m, v, ppn);
+    premap(m, a, 1, 0);         /* maps the private copy and wakes the writer */
+    if (m->share.sf[s].zero)
+        v->st.zero_shared--;
+    sframe_put(m, s);
+    v->st.sharing--;
+    v->st.cow_breaks++;
+    m->st.cow_breaks++;
+    return 0;
+}
+
+/* drops (v, ppn)'s reference to its shared frame (the VM is being destroyed). */
+void share_drop(struct machine *m, struct vm *v, uint64_t ppn)
+{
+    sframe_put(m, PTE_VAL(v->pmap[ppn]));
+}
+
+/* pages shared page (v, ppn) out as a private copy; it comes back private. Returns 0 or -errno. */
+int share_evict(struct machine *m, struct vm *v, uint64_t ppn)
+{
+    uint64_t s = PTE_VAL(v->pmap[ppn]);
+    char *out = CBUF_CLUSTER(m);
+    int len = page_compress(sframe_addr(m, s), out);
+    int64_t u = len ? swap_alloc(&m->swap, swap_units((uint32_t)len)) : 0;
+    if (u < 0)
+        return (int)u;
+    int r = len ? swap_write(m, (uint64_t)u, out, (size_t)len) : 0;
+    if (r == 0)
+        r = remap(m, v->guest + ppn * PG, 1, v->base + ppn);    /* home: a hole */
+    if (r) {
+        if (len)
+            swap_unalloc(&m->swap, (uint64_t)u, swap_units((uint32_t)len));
+        return r;
+    }
+    if (m->share.sf[s].zero)
+        v->st.zero_shared--;
+    sframe_put(m, s);
+    v->st.sharing--;
+    if (len) {
+        v->pmap[ppn] = PTE_MAKE(PM_SWAPPED, len, (uint64_t)u);
+        v->st.swapped++;
+        v->st.swapouts++;
+        m->st.swapouts++;
+        m->swap.pages++;
+        m->swap.bytes += (uint64_t)len;
+    } else {
+        v->pmap[ppn] = PTE_MAKE(PM_ZERO, 0, 0);
+        v->st.swapouts_zero++;
+        m->st.swapouts_zero++;
+    }
+    return 0;
+}
+
+/* sets up sharing for machine m; returns 0 or -errno. */
+int share_init(struct machine *m)
+{
+    struct share *sh = &m->share;
+    uint64_t cap = 16;
+    while (cap < 2 * m->nframes)
+        cap <<= 1;
+    sh->tab = calloc(cap, sizeof *sh->tab);
+    sh->sf = calloc(m->nframes, sizeof *sh->sf);
+    sh->sf_free = calloc(m->nframes, sizeof *sh->sf_free);
+    sh->scan = calloc(1, sizeof *sh->scan);
+    if (!sh->tab || !sh->sf || !sh->sf_free || !sh->scan)
+        return -ENOMEM;
+    sh->mask = cap - 1;
+    sh->sh_base = m->view_pages - m->nframes;
+    sh->zero = -1;
+    sh->trans = trans_slot_get();
+    if (sh->trans < 0)
+        return sh->trans;
+    FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+    if (!f || fscanf(f, "%ld", &sh->max_maps) != 1)
+        sh->max_maps = 65530;
+    if (f)
+        fclose(f);
+    /* UVM_MAX_MAP_COUNT pretends the limit is lower, to rehearse it without lowering the
+     * system-wide sysctl (tests and labs) */
+    const char *pretend = getenv("UVM_MAX_MAP_COUNT");
+    if (pretend && atol(pretend) > 0 && atol(pretend) < sh->max_maps)
+        sh->max_maps = atol(pretend);
+    sh->vma_est = count_maps();
+    return 0;
+}
+
+/* frees sharing's structures. */
+void share_fini(struct machine *m)
+{
+    struct share *sh = &m->share;
+    free(sh->tab);
+    free(sh->sf);
+    free(sh->sf_free);
+    free(sh->scan);
+    if (sh->tab || sh->sf)
+        trans_slot_put(sh->trans);
+    memset(sh, 0, sizeof *sh);
+}

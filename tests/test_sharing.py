@@ -1,0 +1,246 @@
+"""Content-based page sharing: identical pages really share one frame, copy-on-write keeps
+every VM's bytes its own, and nothing is lost through sharing, COW and swap together."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import uvm
+
+PAGE = 4096
+
+
+def content(tag: int) -> bytes:
+    """A distinct, partly compressible 4 KiB page for each tag."""
+    head = hashlib.blake2b(str(tag).encode(), digest_size=64).digest() * 8
+    return head + (b"tag %d " % tag * 600)[:PAGE - len(head)]
+
+
+def fill(vm: uvm.VM, tags: list[int | None]) -> None:
+    for p, tag in enumerate(tags):
+        vm.memory[p * PAGE:(p + 1) * PAGE] = bytes(PAGE) if tag is None else content(tag)
+
+
+def check(vm: uvm.VM, tags: list[int | None]) -> None:
+    for p, tag in enumerate(tags):
+        want = bytes(PAGE) if tag is None else content(tag)
+        assert vm.read(p * PAGE, PAGE) == want, f"{vm.name} page {p}"
+
+
+@pytest.mark.parametrize("kind", ["identical", "partly", "different"])
+def test_frames_equal_distinct_contents_after_a_full_scan(make_machine, kind: str) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("16MiB")
+    n_vms, pages = 4, 256
+    layouts: list[list[int | None]] = []
+    for i in range(n_vms):
+        if kind == "identical":
+            tags: list[int | None] = list(range(pages))
+        elif kind == "partly":                  # half common, a quarter private, a quarter zero
+            tags = [p if p < pages // 2 else (None if p % 2 else 10_000 * (i + 1) + p)
+                    for p in range(pages)]
+        else:
+            tags = [10_000 * (i + 1) + p for p in range(pages)]
+        layouts.append(tags)
+    vms = [m.create_vm(f"vm{i}", memory=pages * PAGE) for i in range(n_vms)]
+    for vm, tags in zip(vms, layouts):
+        fill(vm, tags)
+    merged = m.share_now()
+    merged += m.share_now()     # pages that were first seen as hints merge now at the latest
+    distinct = {t for tags in layouts for t in tags}   # None: the zero page
+    st = m.stats()
+    assert st["frames_used"] == len(distinct), {k: v for k, v in st.items() if "swap" not in k}
+    assert st["swap_pages"] == 0
+    total = n_vms * pages
+    if kind == "different":
+        assert st["sharing"] == 0 and merged == 0
+    else:
+        assert st["sharing"] == merged == total - (st["frames_used"] - st["shared_frames"])
+        assert st["saved"] == st["sharing"] - st["shared_frames"]
+    if kind == "partly":
+        assert st["zero_shared"] == n_vms * pages // 4
+    for vm, tags in zip(vms, layouts):
+        check(vm, tags)
+    m.check()
+
+
+def test_sharing_is_real_one_physical_page(make_machine) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("8MiB")
+    a, b = m.create_vm("a", memory="64KiB"), m.create_vm("b", memory="64KiB")
+    fill(a, list(range(16)))
+    fill(b, list(range(16)))
+    used = m.memfd_pages()
+    assert m.share_now() + m.share_now() == 32
+    assert m.memfd_pages() == used - 16        # the kernel's own count drops by what merged
+    assert a.page_state(3) == b.page_state(3) == "shared"
+    pfn = [pagemap_pfn(vm.address + 3 * PAGE) for vm in (a, b)]
+    assert pfn[0] and pfn[0] == pfn[1]
+
+
+def pagemap_pfn(addr: int) -> int:
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(addr // PAGE * 8)
+        e = int.from_bytes(f.read(8), "little")
+    return e & ((1 << 55) - 1) if e >> 63 else 0
+
+
+def test_cow_break_keeps_other_sharers_bytes(make_machine) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("8MiB")
+    vms = [m.create_vm(f"v{i}", memory="64KiB") for i in range(3)]
+    for vm in vms:
+        fill(vm, [7] * 16)                      # 48 pages, one content
+    m.share_now()
+    m.share_now()
+    assert m.stats()["frames_used"] == 1
+    vms[1].memory[5 * PAGE + 100] = 0xEE
+    assert vms[1].page_state(5) == "resident" and vms[1].stats()["cow_breaks"] == 1
+    page = bytearray(content(7))
+    page[100] = 0xEE
+    assert vms[1].read(5 * PAGE, PAGE) == bytes(page)
+    for vm in (vms[0], vms[2]):
+        check(vm, [7] * 16)
+    check(vms[1], [7] * 5)
+    assert m.stats()["frames_used"] == 2 and m.stats()["cow_breaks"] == 1
+    m.check()
+
+
+def test_concurrent_writers_while_the_scanner_runs(make_machine) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("16MiB", sharing=True, share_rate=20000, share_rate_vm=10000)
+    pages = 128
+    vms = [m.create_vm(f"w{i}", memory=pages * PAGE) for i in range(4)]
+    model = [[bytearray(content(p % 32)) for p in range(pages)] for _ in vms]
+    for vm, pgs in zip(vms, model):
+        for p, data in enumerate(pgs):
+            vm.memory[p * PAGE:(p + 1) * PAGE] = bytes(data)
+    m.share_now()
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        try:
+            rng = np.random.default_rng(i)
+            words = np.frombuffer(vms[i].memory, dtype=np.uint8)
+            for k in range(3000):
+                p = int(rng.integers(pages))
+                off = int(rng.integers(PAGE))
+                val = int(rng.integers(256))
+                if k % 3 == 0:          # sometimes write the shared content back: re-mergeable
+                    vms[i].memory[p * PAGE:(p + 1) * PAGE] = content(p % 32)
+                    model[i][p][:] = content(p % 32)
+                else:
+                    words[p * PAGE + off] = val
+                    model[i][p][off] = val
+            del words
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(i,), name=f"writer{i}") for i in range(len(vms))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    time.sleep(0.3)
+    st = m.stats()
+    assert st["cow_breaks"] > 0 and st["scanned"] > 0
+    for vm, pgs in zip(vms, model):
+        for p, data in enumerate(pgs):
+            assert vm.read(p * PAGE, PAGE) == bytes(data), f"{vm.name} page {p}"
+    m.check()
+
+
+def test_sharing_and_swap_together(make_machine) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("1MiB")                    # 256 frames for 3 x 128 pages + private data
+    vms = [m.create_vm(f"s{i}", memory=192 * PAGE) for i in range(3)]
+    layouts = [[p % 64 if p < 128 else 1000 * (i + 1) + p for p in range(192)] for i in range(3)]
+    for vm, tags in zip(vms, layouts):
+        fill(vm, tags)
+    m.share_now()
+    m.share_now()
+    assert m.stats()["sharing"] > 0
+    shared = [p for p in range(128) if vms[0].page_state(p) == "shared"]
+    assert shared
+    assert vms[0].evict(shared[:10]) == 10      # a shared page pages out as a private copy
+    assert all(vms[0].page_state(p) in ("swapped", "zero") for p in shared[:10])
+    for vm, tags in zip(vms, layouts):         # everything back, through swap-in and COW
+        check(vm, tags)
+    for vm, tags in zip(vms, layouts):
+        for p in range(0, 192, 7):
+            vm.memory[p * PAGE] = 0x33
+    for vm, tags in zip(vms, layouts):
+        for p in range(192):
+            want = bytearray(content(tags[p]))  # type: ignore[arg-type]
+            if p % 7 == 0:
+                want[0] = 0x33
+            assert vm.read(p * PAGE, PAGE) == bytes(want)
+    assert m.stats()["frames_used"] <= 256
+    m.check()
+
+
+def test_destroy_releases_shared_frames(make_machine) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("8MiB")
+    a, b = m.create_vm("a", memory="64KiB"), m.create_vm("b", memory="64KiB")
+    fill(a, list(range(16)))
+    fill(b, list(range(16)))
+    m.share_now()
+    m.share_now()
+    m.destroy_vm(a)
+    assert m.stats()["shared_frames"] == 16 and m.stats()["sharing"] == 16
+    check(b, list(range(16)))
+    m.destroy_vm(b)
+    st = m.stats()
+    assert st["shared_frames"] == st["sharing"] == st["frames_used"] == 0 == m.memfd_pages()
+
+
+def test_rates_are_settable_and_checked(make_machine) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("4MiB", sharing=True)
+    m.share_rate = 1000
+    m.share_rate_vm = 10
+    vm = m.create_vm("a", memory="1MiB")
+    vm.share_rate = 500
+    assert (m.share_rate, m.share_rate_vm, vm.share_rate) == (1000, 10, 500)
+    with pytest.raises(ValueError, match="^share_rate: "):
+        m.share_rate = -1
+    with pytest.raises(ValueError, match="^share_rate: "):
+        vm.share_rate = "fast"  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="^share_rate_vm: "):
+        uvm.Machine(memory="1MiB", share_rate_vm=float("nan"))
+    off = make_machine("1MiB")
+    with pytest.raises(uvm.UvmError, match="sharing is off"):
+        off.share_rate = 5
+
+
+@pytest.fixture
+def low_map_limit(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Makes new machines believe vm.max_map_count is just above what this process uses
+    (UVM_MAX_MAP_COUNT; the system-wide sysctl is left alone)."""
+    with open("/proc/self/maps") as f:
+        used = sum(1 for _ in f)
+    monkeypatch.setenv("UVM_MAX_MAP_COUNT", str(used + 2048 + 600))
+    return used
+
+
+def test_merging_stops_at_the_mapping_limit(make_machine, low_map_limit: int) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("32MiB")
+    a, b = m.create_vm("a", memory="8MiB"), m.create_vm("b", memory="8MiB")
+    tags = [p * 2 for p in range(2048)]         # every other page: no runs, one VMA each
+    for vm in (a, b):
+        fill(vm, [t if p % 2 == 0 else 10**6 + p + (vm is b) * 10**5 for p, t in enumerate(tags)])
+    m.share_now()
+    m.share_now()
+    st = m.stats()
+    assert st["merge_stopped"] == 1 and st["merge_stops"] >= 1
+    assert 0 < st["sharing"] < 2048
+    with open("/proc/self/maps") as f:
+        assert sum(1 for _ in f) < low_map_limit + 2048 + 600 - 1024   # headroom kept
+    for p in range(0, 2048, 2):                 # COW still works at the limit
+        a.memory[p * PAGE] = 1
+    for p in range(0, 2048, 2):
+        want = bytearray(content(p * 2))
+        want[0] = 1
+        assert a.read(p * PAGE, PAGE) == bytes(want)
+        assert b.read(p * PAGE, PAGE) == content(p * 2)
+    m.check()

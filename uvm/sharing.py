@@ -1,0 +1,90 @@
+"""Content-based page sharing: the pacing of the scanner, around the C core that hashes,
+compares and merges.
+
+The paper's scanner looks at random pages at a capped rate, per VM and machine-wide (ESX
+2.x: about 50 pages/s per VM and 200 pages/s in all; later versions much more), so that the
+CPU spent on sharing stays small and predictable. Here a Python thread ("uvm-share") wakes
+every tick, hands each VM its share of the budget (its own rate, capped by what is left of
+the machine's), and asks the C core to scan that many random resident pages of it. Rates
+can change while guests run. `Machine.share_now()` instead scans every resident page once,
+in order, which also lets runs of identical pages share one mapping."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from uvm._binding import lib
+
+if TYPE_CHECKING:
+    from uvm.machine import Machine
+
+DEFAULT_RATE = 200.0        # pages per second, machine-wide (ESX 2.x)
+DEFAULT_VM_RATE = 50.0      # pages per second, per VM
+TICK = 0.1                  # seconds between scanner rounds
+
+
+def check_rate(rate: object, name: str) -> float:
+    """Returns a scan rate (pages per second); ValueError naming `name` if it is not one."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < float("inf"):
+        raise ValueError(f"{name}: must be a number of pages per second >= 0, got {rate!r}")
+    return float(rate)
+
+
+class ShareScanner:
+    """The background scanner thread of one machine."""
+
+    def __init__(self, machine: Machine, rate: float, vm_rate: float) -> None:
+        self.machine = machine
+        self.rate = check_rate(rate, "share_rate")
+        self.vm_rate = check_rate(vm_rate, "share_rate_vm")
+        self.measured_rate = 0.0        # pages actually scanned per second, last second
+        self.error: BaseException | None = None
+        self._credit: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="uvm-share", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            last = time.monotonic()
+            window: list[tuple[float, int]] = []
+            while not self._stop.wait(TICK):
+                now = time.monotonic()
+                scanned = self._round(now - last)
+                last = now
+                window = [(t, n) for t, n in window if now - t < 1.0] + [(now, scanned)]
+                self.measured_rate = sum(n for _, n in window) / max(TICK, now - window[0][0] + TICK)
+        except BaseException as e:  # re-raised by Machine.close()
+            self.error = e
+
+    def _round(self, dt: float) -> int:
+        """Gives every VM its budget for dt seconds; returns pages scanned."""
+        left = self.rate * dt
+        scanned = 0
+        for vm in self.machine.vms:
+            rate = self.vm_rate if vm.share_rate is None else vm.share_rate
+            credit = self._credit.get(vm.name, 0.0) + rate * dt
+            n = int(min(credit, left))
+            self._credit[vm.name] = min(credit - n, rate)   # carry fractions, not backlogs
+            if n <= 0:
+                continue
+            left -= n
+            before = vm.stats()["scanned"]
+            if self.machine._share_scan(vm, n, random=True) is None:
+                return scanned          # machine closing
+            scanned += vm.stats()["scanned"] - before
+        return scanned
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def scan(machine_handle: object, slot: int, first: int, count: int, random: bool) -> int:
+    """Calls the C scanner; returns pages merged (raises OSError on a core error)."""
+    r = int(lib.share_scan(machine_handle, slot, first, count, int(random)))
+    if r < 0:
+        raise OSError(-r, "page sharing scan failed")
+    return r
