@@ -82,7 +82,8 @@ def test_absolute_swap_paths_stay_as_written(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_workload_kind_is_accepted(kind: str) -> None:
-    params = {"working-set": 'size = "1MiB"', "idle": 'touch = "1MiB"'}.get(kind, 'size = "1MiB"')
+    params = {"working-set": 'size = "1MiB"', "idle": 'touch = "1MiB"',
+              "os-image": 'image = "1MiB"\nprivate = "1MiB"\nzeroed = "1MiB"'}.get(kind, 'size = "1MiB"')
     s = scenario.loads(f'[machine]\nmemory = "8MiB"\n[[vm]]\nname = "a"\nmemory = "8MiB"\n'
                        f'[vm.workload]\nkind = "{kind}"\n{params}\n')
     assert s.vms[0].workload is not None and isinstance(s.vms[0].workload.create(), KINDS[kind])
@@ -105,7 +106,8 @@ def test_default_scenario_working_sets_exceed_machine_memory() -> None:
     for v in s.vms:
         assert v.workload is not None
         w = v.workload.params
-        touched += parse_size(w.get("size") or w.get("touch"), "size")
+        touched += sum(parse_size(w[k], k) for k in ("size", "touch", "image", "private", "zeroed")
+                       if k in w)
     assert touched > parse_size(s.machine.memory, "memory")
 
 

@@ -149,12 +149,22 @@ def _faults(v: VMSample) -> int:
 
 
 def machine_line(s: Sample) -> str:
-    """Frames used/free, swap used, compression ratio, elapsed/duration."""
+    """Frames used/free, swap used, compression ratio, sharing, elapsed/duration."""
     m = s.snapshot.machine
     return (f"machine {format_size(m['frames_total'] * PAGE_SIZE)}: frames {m['frames_used']} used / "
             f"{m['frames_free']} free · swap {format_size(m['swap_file_bytes'])} of "
             f"{format_size(m['swap_capacity'])}, {m['swap_pages']} pages, compression "
-            f"{m['compression_ratio']:.2f}x · {s.elapsed:.1f} / {s.duration:g} s")
+            f"{m['compression_ratio']:.2f}x{sharing_text(m)} · {s.elapsed:.1f} / {s.duration:g} s")
+
+
+def sharing_text(m: dict[str, Any]) -> str:
+    """The sharing part of the machine line (empty when nothing was ever scanned)."""
+    if not m["scanned"] and not m["sharing"]:
+        return ""
+    stopped = ", merging stopped at the mapping limit" if m["merge_stopped"] else ""
+    return (f" · shared {m['shared_frames']} frames by {m['sharing']} pages ({m['zero_shared']} "
+            f"zero), saved {_mib(m['saved'])} MiB, {m['cow_breaks']} COW breaks, scan "
+            f"{m['scan_rate']:.0f} pages/s{stopped}")
 
 
 def plain_lines(s: Sample) -> list[str]:
@@ -162,7 +172,7 @@ def plain_lines(s: Sample) -> list[str]:
     lines = [f"[{s.elapsed:6.1f} s] {machine_line(s)}"]
     for v in s.snapshot.vms:
         lines.append(f"    {v.name}: resident {_mib(v.resident)} MiB, swapped {_mib(v.swapped)} MiB, "
-                     f"zero {_mib(v.zero)} MiB, faults {_faults(v)}, swap-ins {v.stats['swapins']}, "
+                     f"shared {_mib(v.stats['sharing'])} MiB, zero {_mib(v.zero)} MiB, faults {_faults(v)}, swap-ins {v.stats['swapins']}, "
                      f"swap-outs {v.stats['swapouts']}, {_count(v.ops_per_s)} ops/s, "
                      f"{s.status.get(v.name, '')}")
     return lines
@@ -173,12 +183,13 @@ def live_view(s: Sample, title: str) -> Group:
     table = Table(title=title, title_justify="left")
     for name in ("VM", "workload"):
         table.add_column(name)
-    for name in ("resident MiB", "swapped MiB", "zero MiB", "faults", "swap-ins", "swap-outs", "ops/s"):
+    for name in ("resident MiB", "swapped MiB", "shared MiB", "zero MiB", "faults", "swap-ins",
+                 "swap-outs", "ops/s"):
         table.add_column(name, justify="right")
     table.add_column("status")
     for v in s.snapshot.vms:
         table.add_row(v.name, s.workloads.get(v.name, ""), _mib(v.resident), _mib(v.swapped),
-                      _mib(v.zero), _count(_faults(v)), _count(v.stats["swapins"]),
+                      _mib(v.stats["sharing"]), _mib(v.zero), _count(_faults(v)), _count(v.stats["swapins"]),
                       _count(v.stats["swapouts"]), _count(v.ops_per_s),
                       _status_text(s.status.get(v.name, "")))
     return Group(table, Text(machine_line(s)))
@@ -195,8 +206,8 @@ def summary(result: Result, title: str) -> Group:
     table = Table(title=f"{title}: summary after {s.elapsed:.1f} s"
                         + (" (interrupted)" if result.interrupted else ""), title_justify="left")
     table.add_column("VM")
-    for name in ("ops", "ops/s", "resident MiB", "swapped MiB", "missing", "minor", "wp",
-                 "swap-ins", "swap-outs"):
+    for name in ("ops", "ops/s", "resident MiB", "swapped MiB", "shared MiB", "missing", "minor",
+                 "wp", "swap-ins", "swap-outs", "COW"):
         table.add_column(name, justify="right")
     table.add_column("status")
     for v in s.snapshot.vms:
@@ -209,8 +220,9 @@ def summary(result: Result, title: str) -> Group:
 def _totals(v: VMSample, elapsed: float) -> list[str]:
     st = v.stats
     return [_count(v.ops), _count(v.ops / elapsed if elapsed > 0 else 0.0), _mib(v.resident),
-            _mib(v.swapped), _count(st["faults_missing"]), _count(st["faults_minor"]),
-            _count(st["faults_wp"]), _count(st["swapins"]), _count(st["swapouts"])]
+            _mib(v.swapped), _mib(st["sharing"]), _count(st["faults_missing"]),
+            _count(st["faults_minor"]), _count(st["faults_wp"]), _count(st["swapins"]),
+            _count(st["swapouts"]), _count(st["cow_breaks"])]
 
 
 def _sum(vms: list[VMSample]) -> VMSample:

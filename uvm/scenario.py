@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from uvm.machine import Machine
+from uvm.sharing import check_rate
 from uvm.sizes import parse_pages, parse_size
 from workloads import KINDS, Workload
 
@@ -65,11 +66,14 @@ class VMSpec:
     name: str
     memory: int | str
     workload: WorkloadSpec | None = None
+    share_rate: float | None = None         # this VM's sharing scan rate (pages/s)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isprintable():
             raise ValueError(f"name: expected a non-empty printable string, got {self.name!r}")
         parse_pages(self.memory, "memory")
+        if self.share_rate is not None:
+            check_rate(self.share_rate, "share_rate")
 
 
 @dataclass
@@ -82,11 +86,17 @@ class MachineSpec:
     fault_around: int | None = None
     pagers: int | list[int] | None = None
     reclaim: bool | None = None
+    sharing: bool | None = None
+    share_rate: float | None = None
+    share_rate_vm: float | None = None
 
     def __post_init__(self) -> None:
         parse_pages(self.memory, "memory")
         if self.swap_size is not None:
             parse_size(self.swap_size, "swap_size")
+        for name in ("share_rate", "share_rate_vm"):
+            if getattr(self, name) is not None:
+                check_rate(getattr(self, name), name)
 
     def kwargs(self) -> dict[str, Any]:
         """The fields that are set, as Machine(...) keyword arguments."""
@@ -337,6 +347,7 @@ def _populate(machine: Machine, scenario: Scenario) -> None:
         try:
             with _at(f"vm[{i}]"):
                 vm = machine.create_vm(spec.name, spec.memory)
+                vm.share_rate = spec.share_rate
             if spec.workload is not None:
                 with _at(f"vm[{i}].workload"):
                     vm.run(spec.workload.create())

@@ -1,9 +1,11 @@
 """Toy guest programs that run inside uvm VMs (see base.py for how they run)."""
 
 from workloads.base import Run, Workload
+from workloads.image import OSImage
 from workloads.memory import Fill, Verify
 from workloads.patterns import PATTERNS, Idle, WorkingSet
 
-KINDS: dict[str, type[Workload]] = {w.kind: w for w in (WorkingSet, Idle, Fill, Verify)}
+KINDS: dict[str, type[Workload]] = {w.kind: w for w in (WorkingSet, Idle, Fill, Verify, OSImage)}
 
-__all__ = ["Run", "Workload", "Fill", "Verify", "Idle", "WorkingSet", "PATTERNS", "KINDS"]
+__all__ = ["Run", "Workload", "Fill", "Verify", "Idle", "WorkingSet", "OSImage", "PATTERNS",
+           "KINDS"]
