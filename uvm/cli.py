@@ -4,6 +4,8 @@
     uvm run FILE.toml            a scenario file (format: uvm/scenario.py, or the default's
                                  own file, uvm/default_scenario.toml)
         --duration SECONDS --every SECONDS --json TIMELINE.jsonl
+    uvm experiment NAME          one of the paper's experiments (uvm/experiments/)
+        --quick --out DIR
 
 User mistakes (a bad scenario or argument, no userfaultfd) print `uvm: error: ...` and exit
 with status 2, without a traceback. Other commands are added as subparsers in `_parser`.
@@ -16,11 +18,12 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
 
-from uvm import live, scenario
+from uvm import experiments, live, scenario
 from uvm.errors import UserfaultfdUnavailable
 from uvm.machine import Machine
 from uvm.sizes import format_size
@@ -37,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
-    except (ValueError, UserfaultfdUnavailable) as e:
+    except (ValueError, UserfaultfdUnavailable, experiments.MissingExtra) as e:
         print(f"uvm: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -50,7 +53,28 @@ def _parser() -> argparse.ArgumentParser:
         prog="uvm", description="A user-space emulator of VMware ESX Server's memory manager.")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_run(commands)
+    _add_experiment(commands)
     return parser
+
+
+def _add_experiment(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    names = "; ".join(f"{e.name}: {e.help}" for e in experiments.REGISTRY.values())
+    p = commands.add_parser(
+        "experiment", help="run one of the paper's experiments",
+        description=f"Runs an experiment, prints its numbers, and writes results.json and a PNG "
+                    f"plot into DIR. Experiments: {names}.")
+    p.add_argument("name", choices=sorted(experiments.REGISTRY), metavar="NAME",
+                   help=f"one of: {', '.join(sorted(experiments.REGISTRY))}")
+    p.add_argument("--quick", action="store_true", help="a smaller run (about a minute)")
+    p.add_argument("--out", metavar="DIR", help="where to write results (default: results/NAME)")
+    p.set_defaults(command=_experiment)
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    """`uvm experiment NAME`: run it, print as it goes, write results.json and the plot."""
+    out = Path(args.out or Path("results") / args.name)
+    experiments.run(args.name, args.quick, out, lambda line: print(line, flush=True))
+    return 0
 
 
 def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,7 +82,7 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "run", help="run a scenario and watch it live",
         description="Runs a scenario (TOML): creates its machine and VMs, starts their workloads, "
                     "shows per-VM counters while it runs, then a summary. Without FILE, runs the "
-                    "built-in default scenario: three 64 MiB VMs on a 96 MiB machine.")
+                    "built-in default scenario: five VMs (272 MiB) on a 96 MiB machine, with page sharing.")
     p.add_argument("file", nargs="?", metavar="FILE.toml", help="scenario file (default: built in)")
     p.add_argument("--duration", type=_seconds, metavar="SECONDS",
                    help="how long to run (overrides the file's run.duration; default 20)")

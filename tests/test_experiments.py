@@ -1,0 +1,32 @@
+"""The paper's experiments run end to end from the command line (quick versions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from uvm.cli import main
+
+
+def test_sharing_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["experiment", "sharing", "--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    png = (tmp_path / "sharing.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    rows = results["rows"]
+    assert [r["vms"] for r in rows] == [1, 2, 3, 4]
+    # one VM shares only zero pages; from two on, the image is shared and savings grow
+    assert rows[0]["sharing"] == rows[0]["zero_shared"] or rows[0]["shared_pct"] < 25
+    saved = [r["saved"] for r in rows]
+    assert saved == sorted(saved) and saved[-1] > 2 * saved[0]
+    assert all(r["shared_pct"] > 50 for r in rows[1:])
+    printed = capsys.readouterr().out
+    assert "saved %" in printed and str(rows[-1]["zero_shared"]) in printed
+
+
+def test_unknown_experiment_is_a_usage_error(capsys) -> None:  # type: ignore[no-untyped-def]
+    try:
+        main(["experiment", "nonesuch"])
+    except SystemExit as e:
+        assert e.code == 2
+    assert "invalid choice" in capsys.readouterr().err

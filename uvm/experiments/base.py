@@ -1,0 +1,34 @@
+"""What every experiment shares: its description, and matplotlib on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from uvm.errors import UvmError
+
+
+class MissingExtra(UvmError):
+    """An optional dependency (an extra of the package) is not installed."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    help: str
+    run: Callable[[bool, Callable[[str], None]], dict[str, Any]]
+    plot: Callable[[dict[str, Any], Path], None]
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on a file backend, or MissingExtra saying how to get it."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise MissingExtra("plots need matplotlib: pip install 'uvm[plot]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
