@@ -112,7 +112,11 @@ class OSImage(Workload):
                                               OPS_PER_STEP, self._rng))
 
     def _boot_step(self, vm: VM) -> int:
-        what, ppn, data = self._boot.pop()
+        n = self._boot_chunk(vm, *self._boot[-1])
+        self._boot.pop()            # only now: `booted` must mean "all of it is in memory"
+        return n
+
+    def _boot_chunk(self, vm: VM, what: str, ppn: int, data: bytes | None) -> int:
         if what == "copy":
             assert data is not None
             vm.write(ppn * PAGE_SIZE, data)
