@@ -40,6 +40,7 @@ struct vm {
     uint64_t npages;
     uint64_t base;          /* home MPN of PPN 0 */
     char *guest;            /* the registered guest mapping */
+    int live;               /* its slot in guard.c's table of live guest ranges */
     pte_t *pmap;
     int stopped;            /* 0, or errno: faults of a stopped VM are poisoned */
     struct uvm_vm_stats st;
@@ -200,6 +201,8 @@ int trans_slot_get(void);
 void trans_slot_put(int slot);
 void trans_begin(int slot, char *addr, uint64_t len);
 void trans_end(int slot);
+int live_add(char *start, uint64_t len);
+void live_remove(int slot);
 void guard_install(void);
 
 /* pager.c */

@@ -43,13 +43,61 @@ static int in_transition(uintptr_t addr)
     return 0;
 }
 
+/* Guest mappings of live VMs. A SIGSEGV inside one is a transition this thread raced
+ * with (it may have ended by the time the handler runs), so it is retried; a fault that
+ * keeps coming back with no transition under way is real. */
+#define LIVE_SLOTS 4096
+#define RETRIES_BEFORE_REAL 64
+static struct {
+    _Atomic uintptr_t start, end;
+} live[LIVE_SLOTS];
+static __thread uintptr_t last_addr;
+static __thread int repeats;
+
+/* returns whether addr lies in a live VM's guest memory. */
+static int in_live_guest(uintptr_t addr)
+{
+    for (int i = 0; i < LIVE_SLOTS; i++)
+        if (addr >= live[i].start && addr < live[i].end)
+            return 1;
+    return 0;
+}
+
+/* records a live VM's guest range; returns its slot, or -EMFILE. */
+int live_add(char *start, uint64_t len)
+{
+    for (int i = 0; i < LIVE_SLOTS; i++) {
+        uintptr_t zero = 0;
+        if (atomic_compare_exchange_strong(&live[i].start, &zero, (uintptr_t)start)) {
+            atomic_store(&live[i].end, (uintptr_t)start + len);
+            return i;
+        }
+    }
+    return -EMFILE;
+}
+
+/* forgets a live VM's guest range. */
+void live_remove(int slot)
+{
+    atomic_store(&live[slot].end, 0);
+    atomic_store(&live[slot].start, 0);
+}
+
 static void guard_handler(int sig, siginfo_t *si, void *ctx)
 {
     (void)ctx;
-    if (sig == SIGSEGV && in_transition((uintptr_t)si->si_addr)) {
-        while (in_transition((uintptr_t)si->si_addr))
+    uintptr_t addr = (uintptr_t)si->si_addr;
+    if (sig == SIGSEGV && (in_transition(addr) || in_live_guest(addr))) {
+        int waited = 0;
+        while (in_transition(addr)) {
             sched_yield();
-        return;                 /* retry the access against the finished mapping */
+            waited = 1;
+        }
+        repeats = addr == last_addr && !waited ? repeats + 1 : 0;
+        last_addr = addr;
+        if (repeats < RETRIES_BEFORE_REAL)
+            return;             /* retry the access against the finished mapping */
+        repeats = 0;
     }
     sigjmp_buf *jb = guard_jb;
     if (jb) {

@@ -94,6 +94,13 @@ int vm_create(struct machine *m, uint64_t n, int *id, void **base)
         slice_free(m, v->base, n);
         goto out;
     }
+    v->live = live_add(v->guest, n * PG);
+    if (v->live < 0) {
+        r = v->live;
+        munmap(v->guest, n * PG);
+        slice_free(m, v->base, n);
+        goto out;
+    }
     m->vms[slot] = v;
     *id = slot;
     *base = v->guest;
@@ -118,6 +125,7 @@ int vm_destroy(struct machine *m, int id)
         pthread_mutex_unlock(&m->lock);
         return -ENOENT;
     }
+    live_remove(v->live);
     mmap(v->guest, v->npages * PG, PROT_NONE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
          -1, 0);
     frame_punch(m, v, 0, v->npages);
