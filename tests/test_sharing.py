@@ -68,11 +68,17 @@ def test_frames_equal_distinct_contents_after_a_full_scan(make_machine, kind: st
     m.check()
 
 
-def test_sharing_is_real_one_physical_page(make_machine) -> None:  # type: ignore[no-untyped-def]
-    m = make_machine("8MiB")
+def twins(m: uvm.Machine) -> tuple[uvm.VM, uvm.VM]:
+    """Two 16-page VMs holding the same 16 pages (not merged yet)."""
     a, b = m.create_vm("a", memory="64KiB"), m.create_vm("b", memory="64KiB")
     fill(a, list(range(16)))
     fill(b, list(range(16)))
+    return a, b
+
+
+def test_sharing_is_real_one_physical_page(make_machine) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("8MiB")
+    a, b = twins(m)
     used = m.memfd_pages()
     assert m.share_now() + m.share_now() == 32
     assert m.memfd_pages() == used - 16        # the kernel's own count drops by what merged
@@ -182,11 +188,8 @@ def test_sharing_and_swap_together(make_machine) -> None:  # type: ignore[no-unt
 
 def test_destroy_releases_shared_frames(make_machine) -> None:  # type: ignore[no-untyped-def]
     m = make_machine("8MiB")
-    a, b = m.create_vm("a", memory="64KiB"), m.create_vm("b", memory="64KiB")
-    fill(a, list(range(16)))
-    fill(b, list(range(16)))
-    m.share_now()
-    m.share_now()
+    a, b = twins(m)
+    assert m.share_now() + m.share_now() == 32
     m.destroy_vm(a)
     assert m.stats()["shared_frames"] == 16 and m.stats()["sharing"] == 16
     check(b, list(range(16)))

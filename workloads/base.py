@@ -36,6 +36,20 @@ class Workload(ABC):
         """Does a slice of work; returns operations done, or None when finished."""
 
 
+def check_fraction(value: object, name: str) -> float:
+    """Returns a probability; ValueError naming `name` unless it is a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_seed(value: object) -> int:
+    """Returns a seed; ValueError unless it is a non-negative integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {value!r}")
+    return value
+
+
 def check_guarded(vm: VM, result: int) -> int:
     """Turns a guarded C loop's -EFAULT into VMStopped; returns the result otherwise."""
     if result < 0:

@@ -21,7 +21,7 @@ from typing import ClassVar
 from uvm._binding import ffi, lib
 from uvm.sizes import PAGE_SIZE, parse_pages
 from uvm.vm import VM
-from workloads.base import Workload, check_guarded
+from workloads.base import Workload, check_fraction, check_guarded, check_seed
 
 BOOT_CHUNK = 256            # pages written per step while booting
 OPS_PER_STEP = 4096
@@ -65,13 +65,8 @@ class OSImage(Workload):
         self.image_pages = parse_pages(image, "image")
         self.private_pages = parse_pages(private, "private")
         self.zeroed_pages = parse_pages(zeroed, "zeroed")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
-        if isinstance(write_fraction, bool) or not isinstance(write_fraction, (int, float)) \
-                or not 0.0 <= write_fraction <= 1.0:
-            raise ValueError(f"write_fraction: must be a number in [0, 1], got {write_fraction!r}")
-        self.seed = seed
-        self.write_fraction = float(write_fraction)
+        self.seed = check_seed(seed)
+        self.write_fraction = check_fraction(write_fraction, "write_fraction")
         self._boot: list[tuple[str, int, bytes | None]] = []
         self._rng = ffi.new("uint64_t[2]", [seed * 0x9E3779B97F4A7C15 % (1 << 64) | 1, 0])
         self._reading = False

@@ -8,7 +8,7 @@ from uvm._binding import ffi, lib
 from uvm.errors import UvmError
 from uvm.sizes import PAGE_SIZE, parse_pages
 from uvm.vm import VM
-from workloads.base import Workload, check_guarded
+from workloads.base import Workload, check_guarded, check_seed
 
 CHUNK_PAGES = 256
 
@@ -20,11 +20,9 @@ class _PageRange(Workload):
 
     def __init__(self, size: int | str | None = None, seed: int = 1, start: int = 0) -> None:
         self.pages = None if size is None else parse_pages(size, self.SIZE_PARAM)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
         if not isinstance(start, int) or start < 0:
             raise ValueError(f"start: expected a page number >= 0, got {start!r}")
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.first = start
         self._next = start
 

@@ -9,7 +9,7 @@ from typing import ClassVar
 from uvm._binding import ffi, lib
 from uvm.sizes import PAGE_SIZE, parse_pages
 from uvm.vm import VM
-from workloads.base import Workload, check_guarded
+from workloads.base import Workload, check_fraction, check_guarded, check_seed
 from workloads.memory import Fill
 
 PATTERNS = {"sequential": 0, "random": 1, "zipf": 2}
@@ -28,12 +28,9 @@ class WorkingSet(Workload):
         self.set_pages = parse_pages(size, "size")
         if pattern not in PATTERNS:
             raise ValueError(f"pattern: must be one of {sorted(PATTERNS)}, got {pattern!r}")
-        if isinstance(write_fraction, bool) or not isinstance(write_fraction, (int, float)) \
-                or not 0.0 <= write_fraction <= 1.0:
-            raise ValueError(f"write_fraction: must be a number in [0, 1], got {write_fraction!r}")
         self.pattern = pattern
-        self.write_fraction = float(write_fraction)
-        seed = int.from_bytes(os.urandom(8), "little") | 1 if seed is None else seed
+        self.write_fraction = check_fraction(write_fraction, "write_fraction")
+        seed = int.from_bytes(os.urandom(8), "little") | 1 if seed is None else check_seed(seed)
         self._rng = ffi.new("uint64_t[2]", [seed or 1, 0])
 
     def start(self, vm: VM) -> None:
