@@ -810,6 +810,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if foreign > 0.1 * b.result["elapsed_s"]:
             print("WARNING: the machine was not idle during the run: its figures are disturbed; run again "
                   "on a quiet machine")
+        if stolen > 0.05 * b.result["elapsed_s"]:
+            print("WARNING: the hypervisor took CPU time from this VM during the run: its figures are "
+                  "disturbed; run again")
         if args.out:
             Path(args.out).write_text(json.dumps(b.result, indent=2) + "\n")
             print(f"wrote {args.out}")
