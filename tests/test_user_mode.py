@@ -33,6 +33,6 @@ CHILD = textwrap.dedent("""
 def test_same_behaviour_in_user_mode_only(tmp_path: Path) -> None:
     env = dict(os.environ, UVM_UFFD_USER_MODE="1")
     out = subprocess.run([sys.executable, "-c", CHILD.replace("DIR", repr(str(tmp_path)))],
-                         env=env, capture_output=True, text=True, timeout=120)
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok ")
