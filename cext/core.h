@@ -194,6 +194,7 @@ void share_fini(struct machine *m);
 int share_cow(struct machine *m, struct vm *v, uint64_t ppn);
 void share_drop(struct machine *m, struct vm *v, uint64_t ppn);
 int share_evict(struct machine *m, struct vm *v, uint64_t ppn);
+int share_release(struct machine *m, struct vm *v, uint64_t ppn);
 char *sframe_addr(struct machine *m, uint64_t s);
 
 /* guard.c */

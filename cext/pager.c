@@ -104,6 +104,18 @@ static int serve_zero(struct machine *m, struct vm *v, uint64_t ppn)
     return 0;
 }
 
+/* serves a touch of a ballooned page: a zero page, as for a never-touched one; the host
+ * counts it (the guest broke its promise to leave the page alone). Returns 0 or -errno. */
+static int serve_ballooned(struct machine *m, struct vm *v, uint64_t ppn)
+{
+    int r = serve_zero(m, v, ppn);
+    if (r == 0 && PTE_STATE(v->pmap[ppn]) == PM_RESIDENT) {
+        v->st.ballooned--;
+        v->st.balloon_touched++;
+    }
+    return r;
+}
+
 /* serves a fault on a page in the swap file; returns 0 or -errno (slot kept on error). */
 static int serve_swapin(struct machine *m, struct vm *v, uint64_t ppn)
 {
@@ -193,6 +205,9 @@ static void fault(struct machine *m, const struct uffd_msg *msg)
         case PM_NONE:
         case PM_ZERO:
             r = serve_zero(m, v, ppn);
+            break;
+        case PM_BALLOONED:
+            r = serve_ballooned(m, v, ppn);
             break;
         case PM_SWAPPED:
             r = serve_swapin(m, v, ppn);

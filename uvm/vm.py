@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from workloads.base import Run, Workload
 
 PAGE_STATES = {lib.PM_NONE: "none", lib.PM_RESIDENT: "resident", lib.PM_SWAPPED: "swapped",
-               lib.PM_ZERO: "zero", lib.PM_SHARED: "shared"}
+               lib.PM_ZERO: "zero", lib.PM_SHARED: "shared", lib.PM_BALLOONED: "ballooned"}
 
 VM_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_vm_stats").fields]
 
@@ -110,7 +111,8 @@ class VM:
         self._share_rate = None if rate is None else check_rate(rate, "share_rate")
 
     def page_state(self, ppn: int) -> str:
-        """The pmap state of one page: 'none', 'resident', 'swapped', 'zero' or 'shared'."""
+        """The pmap state of one page: 'none', 'resident', 'swapped', 'zero', 'shared' or
+        'ballooned'."""
         with self.machine._core() as m:
             r = lib.vm_page_state(m, self._slot, ppn)
         if r < 0:
@@ -133,6 +135,27 @@ class VM:
             raise ValueError(f"count: must be >= 0, got {count}")
         with self.machine._core() as m:
             return self._evicted(lib.vm_evict_random(m, self._slot, count))
+
+    def balloon_pages(self, ppns: Iterable[int]) -> int:
+        """The host's half of ballooning: frees whatever backs these PPNs (frame, swap slot,
+        shared reference) without writing them anywhere, because the guest gave them up; a
+        touch of one later gets a zero page and is counted (balloon_touched). Returns pages
+        newly ballooned. The balloon driver calls this; labs may too."""
+        return self._balloon_call(lib.vm_balloon, ppns)
+
+    def unballoon_pages(self, ppns: Iterable[int]) -> int:
+        """Returns ballooned PPNs to the guest (zero on next touch); returns how many."""
+        return self._balloon_call(lib.vm_unballoon, ppns)
+
+    def _balloon_call(self, fn: Any, ppns: Iterable[int]) -> int:
+        pages = list(ppns)
+        if any(not 0 <= p < self.pages for p in pages):
+            raise ValueError(f"ppns: every PPN must be in [0, {self.pages})")
+        with self.machine._core() as m:
+            r = int(fn(m, self._slot, ffi.new("uint64_t[]", pages), len(pages)))
+        if r < 0:
+            raise OSError(-r, f"VM {self.name!r}: ballooning failed: {os.strerror(-r)}")
+        return r
 
     def _evicted(self, r: int) -> int:
         if r == -errno.ENOSPC:
