@@ -128,3 +128,5 @@ int64_t wl_fill(void *base, uint64_t first, uint64_t npages, uint64_t seed);
 int64_t wl_verify(void *base, uint64_t first, uint64_t npages, uint64_t seed, uint64_t *bad_page);
 int64_t wl_touch(void *base, uint64_t set_pages, int pattern, double write_fraction,
                  uint64_t ops, uint64_t *rng);
+int64_t wl_touch_pages(void *base, const uint64_t *ppns, uint64_t n, double write_fraction,
+                       uint64_t *rng);

@@ -342,7 +342,7 @@ class Machine:
             vst = ffi.new("struct uvm_vm_stats[]", max(1, len(live)))
             lib.machine_snapshot(m, st, ffi.new("int[]", [vm._slot for vm in live] or [0]), vst,
                                  len(live))
-        by_vm = {vm.name: vm_dict(vst[i]) for i, vm in enumerate(live)}
+        by_vm = {vm.name: vm._with_guest(vm_dict(vst[i])) for i, vm in enumerate(live)}
         return _machine_dict(st, self._scanner), [by_vm[vm.name] if vm.name in by_vm else vm.stats() for vm in vms]
 
     def check(self) -> None:

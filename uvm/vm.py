@@ -13,6 +13,7 @@ from uvm.errors import SwapFull, UvmError, VMStopped, stop_reason
 from uvm.sizes import PAGE_SIZE
 
 if TYPE_CHECKING:
+    from uvm.guest.kernel import GuestOS
     from uvm.machine import Machine
     from workloads.base import Run, Workload
 
@@ -47,6 +48,7 @@ class VM:
         self._share_rate: float | None = None
         self._lock = threading.Lock()
         self.memory = memoryview(ffi.buffer(base, self.size))
+        self.os: GuestOS | None = None      # the toy guest OS, once booted (uvm.guest.boot)
 
     def __repr__(self) -> str:
         return f"<VM {self.name!r} {self.size >> 20} MiB>"
@@ -67,7 +69,17 @@ class VM:
                     lib.vm_stats(m, self._slot, st)
         except UvmError:
             st.stopped = errno.ESHUTDOWN
-        return vm_dict(st)
+        return self._with_guest(vm_dict(st))
+
+    def _with_guest(self, d: dict[str, int]) -> dict[str, int]:
+        """Adds the guest OS's counters (guest_free, guest_cache, guest_swapins, ...) to the
+        host's, if the VM booted an OS."""
+        if self.os is not None:
+            d.update(self.os.stats())
+        return d
+
+    def _attach_os(self, gos: GuestOS) -> None:
+        self.os = gos
 
     @property
     def stopped(self) -> str | None:
@@ -181,6 +193,8 @@ class VM:
         derived from it (numpy arrays) stay valid Python objects: the C core leaves the
         range reserved and inaccessible, never reused."""
         self._destroyed = True
+        if self.os is not None:
+            self.os.shutdown()
         try:
             self.memory.release()
         except BufferError:
