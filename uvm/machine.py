@@ -178,6 +178,7 @@ class Machine:
         for vm in vms:
             for run in vm.runs:
                 run.wait(timeout=5.0)
+            vm.balloon.stop_driver()
         with self._call_lock:
             m, self._m = self._m, None
             lib.machine_close(m)    # answers blocked guests, then destroys every VM
@@ -234,6 +235,7 @@ class Machine:
             run.stop()
         for run in vm.runs:
             run.wait(timeout=5.0)
+        vm.balloon.stop_driver()
         with self._core() as m:
             vm._retire()
             lib.vm_destroy(m, vm._slot)

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from uvm._binding import ffi, lib
+from uvm.balloon import BalloonChannel
 from uvm.errors import SwapFull, UvmError, VMStopped, stop_reason
 from uvm.sizes import PAGE_SIZE
 
@@ -49,6 +50,7 @@ class VM:
         self._lock = threading.Lock()
         self.memory = memoryview(ffi.buffer(base, self.size))
         self.os: GuestOS | None = None      # the toy guest OS, once booted (uvm.guest.boot)
+        self.balloon = BalloonChannel(self)
 
     def __repr__(self) -> str:
         return f"<VM {self.name!r} {self.size >> 20} MiB>"
@@ -59,7 +61,9 @@ class VM:
         return int(ffi.cast("uintptr_t", self._base))
 
     def stats(self) -> dict[str, int]:
-        """Counters: pages, resident, swapped, zero, faults by kind, swap-ins, swap-outs..."""
+        """Counters: pages, resident, swapped, zero, ballooned, faults by kind, swap-ins,
+        swap-outs...; balloon_target and balloon_size; and with a guest OS its own counters
+        (guest_free, guest_cache, guest_swapins, guest_swapouts, ...)."""
         st = ffi.new("struct uvm_vm_stats *")
         try:
             with self.machine._core() as m:     # destroy_vm holds it too: no slot reuse race
@@ -74,6 +78,8 @@ class VM:
     def _with_guest(self, d: dict[str, int]) -> dict[str, int]:
         """Adds the guest OS's counters (guest_free, guest_cache, guest_swapins, ...) to the
         host's, if the VM booted an OS."""
+        d["balloon_target"] = self.balloon.target
+        d["balloon_size"] = self.balloon.size
         if self.os is not None:
             d.update(self.os.stats())
         return d
@@ -193,6 +199,7 @@ class VM:
         derived from it (numpy arrays) stay valid Python objects: the C core leaves the
         range reserved and inaccessible, never reused."""
         self._destroyed = True
+        self.balloon.stop_driver()
         if self.os is not None:
             self.os.shutdown()
         try:

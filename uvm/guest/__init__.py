@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from uvm.balloon import DEFAULT_PERIOD, BalloonDriver
 from uvm.guest.disk import DEFAULT_BANDWIDTH, DEFAULT_LATENCY, DiskFull, VirtualDisk
 from uvm.guest.kernel import GuestOS, GuestOutOfMemory
 from uvm.guest.pagecache import File
@@ -25,13 +26,18 @@ __all__ = ["boot", "GuestOS", "GuestOutOfMemory", "Process", "File", "VirtualDis
 
 def boot(vm: VM, *, disk: int | str | None = None, disk_dir: str | None = None,
          disk_file: str | None = None, disk_latency: float = DEFAULT_LATENCY,
-         disk_bandwidth: float = DEFAULT_BANDWIDTH) -> GuestOS:
+         disk_bandwidth: float = DEFAULT_BANDWIDTH, balloon: bool = True,
+         balloon_period: float = DEFAULT_PERIOD) -> GuestOS:
     """Boots the toy OS in vm (vm.os), with a virtual disk of `disk` bytes (default: twice
     the VM's memory, for files and swap): an unlinked file in `disk_dir` ($TMPDIR), or a new
-    private (0600) file at `disk_file`, removed when the VM goes."""
+    private (0600) file at `disk_file`, removed when the VM goes. With balloon=True (the
+    default) the balloon driver starts, polling vm.balloon every `balloon_period` seconds;
+    with balloon=False the guest has none and the host must page it."""
     if vm.os is not None:
         raise ValueError(f"vm: VM {vm.name!r} has already booted its OS")
     blocks = 2 * vm.pages if disk is None else parse_pages(disk, "disk")
     gos = GuestOS(vm, VirtualDisk(blocks, disk_dir, disk_file, disk_latency, disk_bandwidth))
     vm._attach_os(gos)
+    if balloon:
+        BalloonDriver(gos, vm.balloon, balloon_period)
     return gos
