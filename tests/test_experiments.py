@@ -48,3 +48,19 @@ def test_balloon_experiment_quick(tmp_path: Path, capsys) -> None:  # type: igno
         assert abs(conf["misses"] - ball["misses"]) <= 0.1 * conf["misses"]
         assert conf["ops_per_s"] > 0 and ball["ops_per_s"] > 0
     assert "largest difference" in capsys.readouterr().out
+
+
+def test_balloon_vs_paging_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["experiment", "balloon-vs-paging", "--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "balloon-vs-paging.png").read_bytes().startswith(b"\x89PNG")
+    rows = {r["mode"]: r for r in results["rows"]}
+    balloon, paging = rows["balloon"], rows["paging"]
+    # with its balloon the guest chose what to give up: it paged, the host did not
+    assert balloon["balloon_pages"] > 0 and balloon["host_swapouts"] == 0
+    assert balloon["guest_swapouts"] > 0 and balloon["double_paging"] == 0
+    # without it the host paged blindly, and the guest paged on top: double paging
+    assert paging["balloon_pages"] == 0 and paging["host_swapouts"] > 0
+    assert 0 < paging["double_paging"] <= paging["guest_swapouts"]
+    assert all(r["hot_ops_per_s"] > 0 and r["file_ops_per_s"] > 0 for r in rows.values())
+    assert "double" in capsys.readouterr().out

@@ -200,3 +200,35 @@ class GuestChecked(Workload):
     def verify_all(self) -> None:
         for v in range(self.pages):
             self._check(v)
+
+
+class GuestIdle(Workload):
+    """A process that writes `touch` of data once, then sleeps until stopped (its pages
+    go cold: the guest's LRU knows it, the host does not)."""
+
+    kind: ClassVar[str] = "guest-idle"
+    NAP = 0.1
+
+    def __init__(self, touch: int | str) -> None:
+        self.pages = parse_pages(touch, "touch")
+        self._written = 0
+        self.proc: Process | None = None
+
+    def start(self, vm: VM) -> None:
+        self.proc = guest_process(vm, self.kind)
+        self.proc.alloc(self.pages)
+
+    def step(self, vm: VM) -> int | None:
+        assert self.proc is not None
+        if self._written == self.pages:
+            time.sleep(self.NAP)
+            return 0
+        n = min(PAGES_PER_STEP, self.pages - self._written)
+        for v in range(self._written, self._written + n):
+            self.proc.write(v, v.to_bytes(8, "little") * (PAGE_SIZE // 8))
+        self._written += n
+        return n
+
+    @property
+    def written(self) -> bool:
+        return self._written == self.pages
