@@ -90,6 +90,13 @@ static int serve_zero(struct machine *m, struct vm *v, uint64_t ppn)
             hi++;
     }
     int64_t n = uffd_zero(m, v->guest + lo * PG, hi - lo);
+    if (n < 0 && n != -EEXIST && hi - lo > 1) {
+        /* the block spans two mappings (a page re-mapped by sharing or ballooning has a
+         * VMA of its own): fill the faulting page alone */
+        lo = ppn;
+        hi = ppn + 1;
+        n = uffd_zero(m, v->guest + ppn * PG, 1);
+    }
     if (n == -EEXIST)
         return uffd_wake(m, v->guest + ppn * PG, PG);
     if (n < 0)

@@ -93,3 +93,19 @@ def test_bad_ppns_are_rejected(make_machine) -> None:  # type: ignore[no-untyped
         vm.balloon_pages([vm.pages])
     with pytest.raises(ValueError, match="ppns"):
         vm.unballoon_pages([-1])
+
+
+def test_fault_around_next_to_a_remapped_page(make_machine) -> None:  # type: ignore[no-untyped-def]
+    """Found by the model test: a shared page ballooned is re-mapped onto its home frame (a
+    mapping of its own); a fault there must not fill ahead across into the next mapping."""
+    m = make_machine("1MiB", fault_around=4, reclaim=False)
+    vm = m.create_vm("g", memory=3 * PG)
+    vm.balloon_pages([2])
+    vm.read(0, PG)                          # fills pages 0 and 1 (2 is ballooned)
+    m.share_now()                           # both zero: shared
+    vm.balloon_pages([1])
+    vm.unballoon_pages([2])
+    vm.write(PG, b"\1")                     # page 1: zero-filled, page 2 (PM_NONE) beyond it
+    assert vm.read(PG, 2) == b"\1\0" and vm.stopped is None
+    assert vm.read(2 * PG, PG) == bytes(PG)
+    m.check()
