@@ -126,3 +126,24 @@ def test_bad_targets_are_clear_errors(make_machine, bad: object) -> None:  # typ
         vm.balloon.target = bad
     with pytest.raises(ValueError, match="^max_fraction: "):
         vm.balloon.max_fraction = 1.5
+
+
+def test_inflation_slows_down_when_the_guest_must_reclaim(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from uvm.balloon import MAX_RATE, MIN_RATE
+
+    m = make_machine("32MiB")
+    easy, hard = m.create_vm("easy", memory="8MiB"), m.create_vm("hard", memory="8MiB")
+    for vm in (easy, hard):
+        uvm.guest.boot(vm, disk_dir=str(tmp_path), disk_latency=0, balloon_period=FAST)
+    assert hard.os is not None
+    p = hard.os.spawn("hog")
+    for v in p.alloc(2000):                                  # nearly all of its 2048 pages
+        p.write(v, b"%d" % v)
+    for vm in (easy, hard):
+        vm.balloon.target = 1200
+    wait_for(lambda: easy.balloon.size == hard.balloon.size == 1200)
+    assert easy.balloon.driver is not None and hard.balloon.driver is not None
+    assert easy.balloon.driver.hard == 0 and easy.balloon.driver.rate == MAX_RATE
+    assert hard.balloon.driver.hard > 0 and hard.balloon.driver.rate < MAX_RATE
+    assert hard.balloon.driver.rate >= MIN_RATE
+    assert hard.stats()["guest_swapouts"] >= 1200 - 48
