@@ -72,3 +72,21 @@ def test_a_guest_workload_needs_an_os(tmp_path: Path) -> None:
     text = GUEST.split("[vm.os]")[0] + '[vm.workload]\nkind = "guest-working-set"\nsize = "1MiB"\n'
     with pytest.raises(ScenarioError, match=r"vm\[0\]\.workload\.vm: VM 'guest' has no guest OS"):
         scenario.launch(scenario.load(write(tmp_path, text)))
+
+
+def test_live_view_shows_balloon_and_guest_paging_columns(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from uvm import live
+
+    machine = scenario.launch(scenario.load(write(tmp_path, GUEST)))
+    try:
+        out = io.StringIO()
+        live.run(machine, "guest", duration=0.6, every=0.3,
+                 console=Console(file=out, force_terminal=True, width=220))
+    finally:
+        machine.close()
+    text = out.getvalue()
+    assert "balloon MiB" in text and "guest swap in/out" in text and "8.0" in text
