@@ -32,6 +32,7 @@ struct uvm_config {
     const int *cpus;        /* cpus[i] is pager i's CPU; NULL = not pinned */
     int reclaim;            /* 1: a background thread keeps a few frames free */
     int debug;              /* 1: fill freed swap space with a poison byte */
+    uint64_t swap_latency_ns; /* charged per swap read or write request (a disk); 0: none */
 };
 
 struct uvm_vm_stats {

@@ -109,3 +109,19 @@ def test_fault_around_next_to_a_remapped_page(make_machine) -> None:  # type: ig
     assert vm.read(PG, 2) == b"\1\0" and vm.stopped is None
     assert vm.read(2 * PG, PG) == bytes(PG)
     m.check()
+
+
+def test_swap_latency_is_charged_per_request(make_machine) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    with pytest.raises(ValueError, match="^swap_latency: "):
+        make_machine("1MiB", swap_latency=-1)
+    m = make_machine("8MiB", reclaim=False, swap_latency=0.005)
+    vm = m.create_vm("g", memory="1MiB")
+    fill(vm, range(10))
+    start = time.monotonic()
+    assert vm.evict(range(10)) == 10        # one clustered write: one request
+    for p in range(10):                     # ten reads: ten requests
+        vm.read(p * PG, 1)
+    assert time.monotonic() - start >= 11 * 0.005
+    intact(vm, range(10))

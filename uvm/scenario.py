@@ -163,6 +163,7 @@ class MachineSpec:
     sharing: bool | None = None
     share_rate: float | None = None
     share_rate_vm: float | None = None
+    swap_latency: float | None = None
 
     def __post_init__(self) -> None:
         parse_pages(self.memory, "memory")
