@@ -116,6 +116,9 @@ class FileCache(Workload):
             raise ValueError(f"pattern: must be one of {sorted(PATTERNS)}, got {pattern!r}")
         if isinstance(write_size, bool) or not isinstance(write_size, int) or not 1 <= write_size <= PAGE_SIZE:
             raise ValueError(f"write_size: must be 1..{PAGE_SIZE} bytes, got {write_size!r}")
+        for name, value in (("sync_every", sync_every), ("ops_per_step", ops_per_step)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
         self.nfiles = files
         self.file_pages = parse_pages(file_size, "file_size")
         self.pattern = pattern

@@ -123,13 +123,6 @@ class PageCache:
         self._writeback(victims)
         return self._drop(victims)
 
-    def evict_file(self, f: File) -> None:
-        """Forgets f's cached pages without writing them (the file is being deleted)."""
-        with self.os.lock:
-            victims = [(k, cp) for k, cp in self.pages.items() if k[0] is f]
-            self.dirty -= sum(cp.dirty for _, cp in victims)
-            self._drop(victims)
-
 
 def file_page(name: str, index: int) -> bytes:
     """The initial content of page `index` of file `name`: a recognizable line, repeated."""
