@@ -145,6 +145,7 @@ struct machine {
     pthread_cond_t reclaim_cv;
     uint64_t low_water, high_water;
 
+    uint64_t swap_latency_ns;   /* per swap request, slept under the lock: one synchronous disk */
     int64_t inject_write, inject_read;
     int inject_write_err;   /* EIO or ENOSPC */
     struct uvm_machine_stats st;
@@ -194,6 +195,7 @@ void share_fini(struct machine *m);
 int share_cow(struct machine *m, struct vm *v, uint64_t ppn);
 void share_drop(struct machine *m, struct vm *v, uint64_t ppn);
 int share_evict(struct machine *m, struct vm *v, uint64_t ppn);
+int share_release(struct machine *m, struct vm *v, uint64_t ppn);
 char *sframe_addr(struct machine *m, uint64_t s);
 
 /* guard.c */

@@ -79,11 +79,12 @@ int machine_check(struct machine *m)
         struct vm *v = m->vms[s];
         if (!v)
             continue;
-        uint64_t res = 0, sw = 0, sh = 0;
+        uint64_t res = 0, sw = 0, sh = 0, bal = 0;
         for (uint64_t p = 0; p < v->npages; p++) {
             pte_t e = v->pmap[p];
             res += PTE_STATE(e) == PM_RESIDENT;
             sw += PTE_STATE(e) == PM_SWAPPED;
+            bal += PTE_STATE(e) == PM_BALLOONED;
             if (PTE_STATE(e) == PM_SHARED) {
                 sh++;
                 if (PTE_VAL(e) < m->nframes)
@@ -92,7 +93,8 @@ int machine_check(struct machine *m)
                     r = -EUCLEAN;
             }
         }
-        if (res != v->st.resident || sw != v->st.swapped || sh != v->st.sharing)
+        if (res != v->st.resident || sw != v->st.swapped || sh != v->st.sharing ||
+            bal != v->st.ballooned)
             r = -EUCLEAN;
         counted += res;
     }

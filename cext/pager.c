@@ -90,6 +90,13 @@ static int serve_zero(struct machine *m, struct vm *v, uint64_t ppn)
             hi++;
     }
     int64_t n = uffd_zero(m, v->guest + lo * PG, hi - lo);
+    if (n < 0 && n != -EEXIST && hi - lo > 1) {
+        /* the block spans two mappings (a page re-mapped by sharing or ballooning has a
+         * VMA of its own): fill the faulting page alone */
+        lo = ppn;
+        hi = ppn + 1;
+        n = uffd_zero(m, v->guest + ppn * PG, 1);
+    }
     if (n == -EEXIST)
         return uffd_wake(m, v->guest + ppn * PG, PG);
     if (n < 0)
@@ -102,6 +109,18 @@ static int serve_zero(struct machine *m, struct vm *v, uint64_t ppn)
     if (ppn >= lo + (uint64_t)n)     /* the ioctl stopped short of the faulting page */
         return uffd_wake(m, v->guest + ppn * PG, PG);
     return 0;
+}
+
+/* serves a touch of a ballooned page: a zero page, as for a never-touched one; the host
+ * counts it (the guest broke its promise to leave the page alone). Returns 0 or -errno. */
+static int serve_ballooned(struct machine *m, struct vm *v, uint64_t ppn)
+{
+    int r = serve_zero(m, v, ppn);
+    if (r == 0 && PTE_STATE(v->pmap[ppn]) == PM_RESIDENT) {
+        v->st.ballooned--;
+        v->st.balloon_touched++;
+    }
+    return r;
 }
 
 /* serves a fault on a page in the swap file; returns 0 or -errno (slot kept on error). */
@@ -193,6 +212,9 @@ static void fault(struct machine *m, const struct uffd_msg *msg)
         case PM_NONE:
         case PM_ZERO:
             r = serve_zero(m, v, ppn);
+            break;
+        case PM_BALLOONED:
+            r = serve_ballooned(m, v, ppn);
             break;
         case PM_SWAPPED:
             r = serve_swapin(m, v, ppn);

@@ -523,6 +523,21 @@ void share_drop(struct machine *m, struct vm *v, uint64_t ppn)
     sframe_put(m, PTE_VAL(v->pmap[ppn]));
 }
 
+/* maps shared page (v, ppn) back onto its home frame (a hole) and drops its reference to the
+ * shared frame; the caller sets the page's new pmap state. Returns 0 or -errno. */
+int share_release(struct machine *m, struct vm *v, uint64_t ppn)
+{
+    uint64_t s = PTE_VAL(v->pmap[ppn]);
+    int r = remap(m, v->guest + ppn * PG, 1, v->base + ppn);
+    if (r)
+        return r;
+    if (m->share.sf[s].zero)
+        v->st.zero_shared--;
+    sframe_put(m, s);
+    v->st.sharing--;
+    return 0;
+}
+
 /* pages shared page (v, ppn) out as a private copy; it comes back private. Returns 0 or -errno. */
 int share_evict(struct machine *m, struct vm *v, uint64_t ppn)
 {
@@ -534,16 +549,12 @@ int share_evict(struct machine *m, struct vm *v, uint64_t ppn)
         return (int)u;
     int r = len ? swap_write(m, (uint64_t)u, out, (size_t)len) : 0;
     if (r == 0)
-        r = remap(m, v->guest + ppn * PG, 1, v->base + ppn);    /* home: a hole */
+        r = share_release(m, v, ppn);
     if (r) {
         if (len)
             swap_unalloc(&m->swap, (uint64_t)u, swap_units((uint32_t)len));
         return r;
     }
-    if (m->share.sf[s].zero)
-        v->st.zero_shared--;
-    sframe_put(m, s);
-    v->st.sharing--;
     if (len) {
         v->pmap[ppn] = PTE_MAKE(PM_SWAPPED, len, (uint64_t)u);
         v->st.swapped++;

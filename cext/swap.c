@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include "core.h"
 #include "lz4.h"
@@ -153,6 +154,19 @@ int page_compress(const char *page, char *out)
     return n;
 }
 
+/* sleeps the configured per-request latency, so the swap device costs what a disk costs
+ * rather than what the host's page cache costs; the machine lock stays held, as a single
+ * synchronous disk would hold up the pager. */
+static void swap_delay(struct machine *m)
+{
+    if (m->swap_latency_ns) {
+        struct timespec ts = { (time_t)(m->swap_latency_ns / 1000000000u),
+                               (long)(m->swap_latency_ns % 1000000000u) };
+        while (nanosleep(&ts, &ts) && errno == EINTR)
+            ;
+    }
+}
+
 /* writes len bytes at unit; returns 0 or -errno (-EIO when injected). */
 int swap_write(struct machine *m, uint64_t unit, const char *buf, size_t len)
 {
@@ -160,6 +174,7 @@ int swap_write(struct machine *m, uint64_t unit, const char *buf, size_t len)
         m->inject_write--;
         return -m->inject_write_err;
     }
+    swap_delay(m);
     off_t off = (off_t)(unit * UVM_SWAP_UNIT);
     while (len > 0) {
         ssize_t w = pwrite(m->swap.fd, buf, len, off);
@@ -181,6 +196,7 @@ int swap_read(struct machine *m, uint64_t unit, uint32_t len, char *page)
         m->inject_read--;
         return -EIO;
     }
+    swap_delay(m);
     char *buf = len == PG ? page : CBUF_READ(m);
     size_t got = 0;
     while (got < len) {

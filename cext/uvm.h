@@ -12,6 +12,7 @@
 #define PM_SWAPPED 2    /* compressed in the swap file */
 #define PM_ZERO 3       /* known to be all zeros: costs neither a frame nor a slot */
 #define PM_SHARED 4     /* mapped copy-on-write onto a shared frame */
+#define PM_BALLOONED 5  /* given to the host by the guest's balloon: no frame, no slot */
 
 /* fault injection points (machine_inject) */
 #define INJECT_SWAP_WRITE 1  /* the next n swap writes fail with EIO */
@@ -31,6 +32,7 @@ struct uvm_config {
     const int *cpus;        /* cpus[i] is pager i's CPU; NULL = not pinned */
     int reclaim;            /* 1: a background thread keeps a few frames free */
     int debug;              /* 1: fill freed swap space with a poison byte */
+    uint64_t swap_latency_ns; /* charged per swap read or write request (a disk); 0: none */
 };
 
 struct uvm_vm_stats {
@@ -50,6 +52,8 @@ struct uvm_vm_stats {
     uint64_t zero_shared;       /* of those, onto the zero page */
     uint64_t cow_breaks;        /* writes that broke copy-on-write */
     uint64_t scanned;           /* pages the sharing scanner looked at */
+    uint64_t ballooned;         /* pages in the balloon (PM_BALLOONED) */
+    uint64_t balloon_touched;   /* ballooned pages the guest touched anyway: given a zero page */
     int64_t stopped;            /* 0, or the errno that stopped the VM */
 };
 
@@ -104,6 +108,11 @@ void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st);
 int vm_page_state(struct machine *m, int id, uint64_t ppn);
 int64_t vm_evict(struct machine *m, int id, const uint64_t *ppns, size_t n);
 int64_t vm_evict_random(struct machine *m, int id, uint64_t n);
+/* Ballooning: vm_balloon frees whatever backs the listed pages (frame, swap slot or shared
+ * reference; nothing is written to swap) and marks them PM_BALLOONED; vm_unballoon returns
+ * ballooned pages to PM_NONE (zero on next touch). Both return pages changed, or -errno. */
+int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n);
+int64_t vm_unballoon(struct machine *m, int id, const uint64_t *ppns, size_t n);
 
 /* Content-based page sharing: scans pages of VM id (every VM if id < 0), from ppn `first`
  * for n pages in order (a full scan) or, with random != 0, n random resident pages. Returns
@@ -120,3 +129,5 @@ int64_t wl_fill(void *base, uint64_t first, uint64_t npages, uint64_t seed);
 int64_t wl_verify(void *base, uint64_t first, uint64_t npages, uint64_t seed, uint64_t *bad_page);
 int64_t wl_touch(void *base, uint64_t set_pages, int pattern, double write_fraction,
                  uint64_t ops, uint64_t *rng);
+int64_t wl_touch_pages(void *base, const uint64_t *ppns, uint64_t n, double write_fraction,
+                       uint64_t *rng);

@@ -152,7 +152,7 @@ void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st)
     struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
     if (v) {
         *st = v->st;
-        st->zero = v->npages - v->st.resident - v->st.swapped - v->st.sharing;
+        st->zero = v->npages - v->st.resident - v->st.swapped - v->st.sharing - v->st.ballooned;
     } else {
         memset(st, 0, sizeof *st);
     }
@@ -234,4 +234,88 @@ int64_t vm_evict_random(struct machine *m, int id, uint64_t n)
     int64_t r = vm_evict(m, id, pick, k < n ? k : n);
     free(pick);
     return r;
+}
+
+/* drops the mappings and home frames of n resident pages from (v, ppn) at once. */
+static void balloon_run(struct machine *m, struct vm *v, uint64_t ppn, uint64_t n)
+{
+    madvise(v->guest + ppn * PG, n * PG, MADV_DONTNEED);
+    frame_punch(m, v, ppn, n);
+    for (uint64_t p = ppn; p < ppn + n; p++)
+        frame_remove(m, PTE_VAL(v->pmap[p]));
+}
+
+/* frees what backs page (v, ppn), unless it is resident (the caller batches those), and
+ * marks it ballooned; returns 0 or -errno. */
+static int balloon_one(struct machine *m, struct vm *v, uint64_t ppn)
+{
+    pte_t e = v->pmap[ppn];
+    if (PTE_STATE(e) == PM_SWAPPED) {
+        swap_free(&m->swap, PTE_VAL(e), PTE_LEN(e));
+        v->st.swapped--;
+    } else if (PTE_STATE(e) == PM_SHARED) {
+        int r = share_release(m, v, ppn);
+        if (r)
+            return r;
+    }
+    v->pmap[ppn] = PTE_MAKE(PM_BALLOONED, 0, 0);
+    v->st.ballooned++;
+    return 0;
+}
+
+/* balloons the listed pages of VM id: their frames, swap slots and shared references are
+ * freed with nothing written anywhere (the guest gave them up); returns pages newly
+ * ballooned, or -errno if one failed before any was. */
+int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n)
+{
+    int64_t done = 0;
+    int err = 0;
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    if (!v)
+        err = -ENOENT;
+    for (size_t i = 0; v && i < n && !err; i++)
+        if (ppns[i] >= v->npages)
+            err = -EINVAL;
+    for (size_t i = 0; !err && i < n; ) {
+        uint64_t p = ppns[i];
+        if (PTE_STATE(v->pmap[p]) != PM_RESIDENT) {
+            if (PTE_STATE(v->pmap[p]) != PM_BALLOONED && (err = balloon_one(m, v, p)) == 0)
+                done++;
+            i++;
+            continue;
+        }
+        size_t j = i + 1;       /* a run of consecutive resident PPNs: one madvise, one punch */
+        while (j < n && ppns[j] == p + (j - i) && PTE_STATE(v->pmap[ppns[j]]) == PM_RESIDENT)
+            j++;
+        balloon_run(m, v, p, j - i);
+        for (; i < j; i++) {
+            v->pmap[ppns[i]] = PTE_MAKE(PM_BALLOONED, 0, 0);
+            v->st.ballooned++;
+            done++;
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    return done ? done : err;
+}
+
+/* returns the listed ballooned pages of VM id to the guest (PM_NONE: a zero page on next
+ * touch); pages no longer ballooned are skipped. Returns pages changed, or -errno. */
+int64_t vm_unballoon(struct machine *m, int id, const uint64_t *ppns, size_t n)
+{
+    int64_t done = 0;
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    for (size_t i = 0; v && i < n; i++)
+        if (ppns[i] >= v->npages)
+            done = -EINVAL;
+    for (size_t i = 0; v && done >= 0 && i < n; i++) {
+        if (PTE_STATE(v->pmap[ppns[i]]) == PM_BALLOONED) {
+            v->pmap[ppns[i]] = PTE_MAKE(PM_NONE, 0, 0);
+            v->st.ballooned--;
+            done++;
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    return v ? done : -ENOENT;
 }

@@ -105,3 +105,30 @@ int64_t wl_touch(void *base, uint64_t set, int pattern, double write_fraction, u
     GUARD_END;
     return (int64_t)ops;
 }
+
+/* the walk itself; see wl_touch_pages. */
+static __attribute__((noinline)) uint64_t touch_pages(char *base, const uint64_t *ppns, uint64_t n,
+                                                      double write_fraction, uint64_t *rng)
+{
+    uint64_t wcut = (uint64_t)(write_fraction * 4294967296.0);
+    uint64_t sink = 0;
+    for (uint64_t k = 0; k < n; k++) {
+        uint64_t *w = (uint64_t *)(base + ppns[k] * PG + (k % (PG / 8)) * 8);
+        if ((rng_next(&rng[0]) >> 32) < wcut)
+            *w += 1;
+        else
+            sink += *(volatile uint64_t *)w;
+    }
+    return sink;
+}
+
+/* touches the n listed pages in order (a guest OS's process, through its page table),
+ * writing a fraction of them; returns n or -EFAULT. */
+int64_t wl_touch_pages(void *base, const uint64_t *ppns, uint64_t n, double write_fraction,
+                       uint64_t *rng)
+{
+    GUARD_BEGIN;
+    touch_pages(base, ppns, n, write_fraction, rng);
+    GUARD_END;
+    return (int64_t)n;
+}

@@ -30,3 +30,37 @@ def test_unknown_experiment_is_a_usage_error(capsys) -> None:  # type: ignore[no
     except SystemExit as e:
         assert e.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_balloon_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["experiment", "balloon", "--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "balloon.png").read_bytes().startswith(b"\x89PNG")
+    rows = results["rows"]
+    assert [r["size_mib"] for r in rows] == results["params"]["sizes_mib"]
+    for r in rows:
+        conf, ball = r["configured"], r["ballooned"]
+        # the ballooned guest really gave up L - X, and the host never paged either guest
+        assert ball["balloon_pages"] * 4096 == (ball["vm_mib"] - r["size_mib"]) << 20
+        assert conf["host_swapouts"] == ball["host_swapouts"] == 0
+        # same accesses, same usable memory: the same cache behaviour (throughput is timing,
+        # reported by the experiment, not asserted here)
+        assert abs(conf["misses"] - ball["misses"]) <= 0.1 * conf["misses"]
+        assert conf["ops_per_s"] > 0 and ball["ops_per_s"] > 0
+    assert "largest difference" in capsys.readouterr().out
+
+
+def test_balloon_vs_paging_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["experiment", "balloon-vs-paging", "--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "balloon-vs-paging.png").read_bytes().startswith(b"\x89PNG")
+    rows = {r["mode"]: r for r in results["rows"]}
+    balloon, paging = rows["balloon"], rows["paging"]
+    # with its balloon the guest chose what to give up: it paged, the host did not
+    assert balloon["balloon_pages"] > 0 and balloon["host_swapouts"] == 0
+    assert balloon["guest_swapouts"] > 0 and balloon["double_paging"] == 0
+    # without it the host paged blindly, and the guest paged on top: double paging
+    assert paging["balloon_pages"] == 0 and paging["host_swapouts"] > 0
+    assert 0 < paging["double_paging"] <= paging["guest_swapouts"]
+    assert all(r["hot_ops_per_s"] > 0 and r["file_ops_per_s"] > 0 for r in rows.values())
+    assert "double" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """Random operation sequences against a dict model: whatever the pager, the evictor, page
-sharing and destroy do, every page reads back as the model says."""
+sharing, ballooning and destroy do, every page reads back as the model says (a ballooned
+page as zeros: the guest gave it up)."""
 
 from __future__ import annotations
 
@@ -90,6 +91,25 @@ class PagerModel(RuleBasedStateMachine):
         assert evicted <= min(count, before) if self.reclaim else evicted == min(count, before)
 
     @precondition(lambda self: self.vms)
+    @rule(data=st.data())
+    def balloon(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(self.vms)))
+        vm = self.vms[name]
+        ppns = data.draw(st.lists(st.integers(0, vm.pages - 1), max_size=40))
+        vm.balloon_pages(ppns)
+        for p in ppns:
+            assert vm.page_state(p) == "ballooned"
+            self.model[name].pop(p, None)
+
+    @precondition(lambda self: self.vms)
+    @rule(data=st.data())
+    def unballoon(self, data: st.DataObject) -> None:
+        vm = self.vms[data.draw(st.sampled_from(sorted(self.vms)))]
+        ppns = data.draw(st.lists(st.integers(0, vm.pages - 1), max_size=40))
+        before = vm.stats()["ballooned"]
+        assert vm.unballoon_pages(ppns) == before - vm.stats()["ballooned"]
+
+    @precondition(lambda self: self.vms)
     @rule()
     def share_now(self) -> None:
         self.machine.share_now()
@@ -119,7 +139,7 @@ class PagerModel(RuleBasedStateMachine):
         assert ms["sharing"] == sum(v["sharing"] for v in vs)
         assert ms["swap_pages"] == sum(v["swapped"] for v in vs)
         for v in vs:
-            assert v["resident"] + v["swapped"] + v["sharing"] + v["zero"] == v["pages"]
+            assert v["resident"] + v["swapped"] + v["sharing"] + v["ballooned"] + v["zero"] == v["pages"]
             assert v["stopped"] == 0
 
     @invariant()

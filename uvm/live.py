@@ -173,9 +173,27 @@ def plain_lines(s: Sample) -> list[str]:
     for v in s.snapshot.vms:
         lines.append(f"    {v.name}: resident {_mib(v.resident)} MiB, swapped {_mib(v.swapped)} MiB, "
                      f"shared {_mib(v.stats['sharing'])} MiB, zero {_mib(v.zero)} MiB, faults {_faults(v)}, swap-ins {v.stats['swapins']}, "
-                     f"swap-outs {v.stats['swapouts']}, {_count(v.ops_per_s)} ops/s, "
+                     f"swap-outs {v.stats['swapouts']}{guest_text(v)}, {_count(v.ops_per_s)} ops/s, "
                      f"{s.status.get(v.name, '')}")
     return lines
+
+
+def guest_text(v: VMSample) -> str:
+    """The balloon and guest-paging part of a VM's line (empty for a VM with neither)."""
+    st = v.stats
+    text = ""
+    if st.get("balloon_target") or st.get("ballooned"):
+        text += (f", balloon {_mib(st['ballooned'])} of {_mib(st['balloon_target'])} MiB, "
+                 f"{st['balloon_touched']} touched")
+    if "guest_swapins" in st:
+        text += (f", guest: free {_mib(st['guest_free'])} MiB, cache {_mib(st['guest_cache'])} MiB, "
+                 f"swap-ins {st['guest_swapins']}, swap-outs {st['guest_swapouts']}")
+    return text
+
+
+def _guest_paging(v: VMSample) -> str:
+    st = v.stats
+    return f"{_count(st['guest_swapins'])}/{_count(st['guest_swapouts'])}" if "guest_swapins" in st else "-"
 
 
 def live_view(s: Sample, title: str) -> Group:
@@ -183,14 +201,15 @@ def live_view(s: Sample, title: str) -> Group:
     table = Table(title=title, title_justify="left")
     for name in ("VM", "workload"):
         table.add_column(name)
-    for name in ("resident MiB", "swapped MiB", "shared MiB", "zero MiB", "faults", "swap-ins",
-                 "swap-outs", "ops/s"):
+    for name in ("resident MiB", "swapped MiB", "shared MiB", "zero MiB", "balloon MiB", "faults",
+                 "swap-ins", "swap-outs", "guest swap in/out", "ops/s"):
         table.add_column(name, justify="right")
     table.add_column("status")
     for v in s.snapshot.vms:
         table.add_row(v.name, s.workloads.get(v.name, ""), _mib(v.resident), _mib(v.swapped),
-                      _mib(v.stats["sharing"]), _mib(v.zero), _count(_faults(v)), _count(v.stats["swapins"]),
-                      _count(v.stats["swapouts"]), _count(v.ops_per_s),
+                      _mib(v.stats["sharing"]), _mib(v.zero), _mib(v.stats["ballooned"]),
+                      _count(_faults(v)), _count(v.stats["swapins"]),
+                      _count(v.stats["swapouts"]), _guest_paging(v), _count(v.ops_per_s),
                       _status_text(s.status.get(v.name, "")))
     return Group(table, Text(machine_line(s)))
 

@@ -67,12 +67,15 @@ class Machine:
     sharing=True a background scanner merges identical pages copy-on-write, scanning at most
     `share_rate` pages per second in all and `share_rate_vm` per VM. The swap file is created private (0600)
     at `swap_file` and removed at close, or by default is an unlinked file in `swap_dir`
-    ($TMPDIR or /var/tmp)."""
+    ($TMPDIR or /var/tmp). `swap_latency` (seconds, default 0) is charged per swap read or
+    write request, so the swap device costs what a disk costs, not what the host's page cache
+    costs (the guest OS's virtual disk has the same knob)."""
 
     def __init__(self, memory: int | str = "256MiB", *, swap_file: str | os.PathLike[str] | None = None,
                  swap_size: int | str | None = None, swap_dir: str | os.PathLike[str] | None = None,
                  fault_around: int = 1, pagers: int | Sequence[int] | None = None,
                  reclaim: bool = True, debug: bool = False, sharing: bool = False,
+                 swap_latency: float = 0.0,
                  share_rate: float = DEFAULT_RATE, share_rate_vm: float = DEFAULT_VM_RATE) -> None:
         self._m: Any = None
         self._scanner: ShareScanner | None = None
@@ -83,6 +86,9 @@ class Machine:
         if swap_bytes < PAGE_SIZE:
             raise ValueError(f"swap_size: {swap_size!r} is smaller than one page")
         _check_fault_around(fault_around)
+        if isinstance(swap_latency, bool) or not isinstance(swap_latency, (int, float)) \
+                or not 0 <= swap_latency <= 1:
+            raise ValueError(f"swap_latency: must be a number of seconds in [0, 1], got {swap_latency!r}")
         check_rate(share_rate, "share_rate")
         check_rate(share_rate_vm, "share_rate_vm")
         cpus = _pager_cpus(pagers)
@@ -106,6 +112,7 @@ class Machine:
         cfg.cpus = cpu_arr
         cfg.reclaim = int(reclaim)
         cfg.debug = int(debug)
+        cfg.swap_latency_ns = round(swap_latency * 1e9)
         out = ffi.new("struct machine **")
         r = lib.machine_open(cfg, out)
         if r < 0:
@@ -115,6 +122,7 @@ class Machine:
         self.memory = frames * PAGE_SIZE
         self.swap_capacity = swap_bytes
         self.swap_file = path
+        self.swap_latency = float(swap_latency)
         self._fault_around = fault_around
         self._vms: dict[str, VM] = {}
         self._lock = threading.Lock()
@@ -178,6 +186,7 @@ class Machine:
         for vm in vms:
             for run in vm.runs:
                 run.wait(timeout=5.0)
+            vm.balloon.stop_driver()
         with self._call_lock:
             m, self._m = self._m, None
             lib.machine_close(m)    # answers blocked guests, then destroys every VM
@@ -234,6 +243,7 @@ class Machine:
             run.stop()
         for run in vm.runs:
             run.wait(timeout=5.0)
+        vm.balloon.stop_driver()
         with self._core() as m:
             vm._retire()
             lib.vm_destroy(m, vm._slot)
@@ -342,7 +352,7 @@ class Machine:
             vst = ffi.new("struct uvm_vm_stats[]", max(1, len(live)))
             lib.machine_snapshot(m, st, ffi.new("int[]", [vm._slot for vm in live] or [0]), vst,
                                  len(live))
-        by_vm = {vm.name: vm_dict(vst[i]) for i, vm in enumerate(live)}
+        by_vm = {vm.name: vm._with_guest(vm_dict(vst[i])) for i, vm in enumerate(live)}
         return _machine_dict(st, self._scanner), [by_vm[vm.name] if vm.name in by_vm else vm.stats() for vm in vms]
 
     def check(self) -> None:

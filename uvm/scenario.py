@@ -15,6 +15,17 @@
     size = "48MiB"
     pattern = "zipf"
 
+    [[vm]]
+    name = "guest"
+    memory = "64MiB"
+    [vm.os]                     # boot the toy guest OS (uvm.guest.boot's keywords)
+    disk_latency = 0.0002       # and its balloon driver (balloon = false: none)
+    [vm.workload]
+    kind = "file-cache"         # guest workloads run as processes of its OS
+    [[vm.balloon]]              # balloon targets over time
+    at = 5.0                    # seconds into the run
+    target = "24MiB"            # a size, or an integer number of pages
+
 Each table is parsed into a dataclass below: to add a field, add it to the dataclass (its type
 hint is checked, unknown keys are rejected) and, if its value needs checking, check it in
 `__post_init__` raising ValueError("field: what is wrong"). Every error names the file and
@@ -27,6 +38,7 @@ import dataclasses
 import inspect
 import math
 import re
+import threading
 import tomllib
 import types
 import typing
@@ -37,9 +49,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import uvm.guest
+from uvm.balloon import DEFAULT_MAX_FRACTION
 from uvm.machine import Machine
 from uvm.sharing import check_rate
 from uvm.sizes import parse_pages, parse_size
+from uvm.vm import VM
 from workloads import KINDS, Workload
 
 DEFAULT_RESOURCE = "default_scenario.toml"
@@ -61,12 +76,57 @@ class WorkloadSpec:
 
 
 @dataclass
+class OSSpec:
+    """A [vm.os] table: the VM boots the toy guest OS (keyword arguments of uvm.guest.boot;
+    None: boot's default) and, unless balloon = false, its balloon driver."""
+    disk: int | str | None = None
+    disk_latency: float | None = None
+    disk_bandwidth: float | None = None
+    balloon: bool | None = None
+    balloon_period: float | None = None
+    balloon_max: float | None = None        # the balloon's maximum, a fraction of the VM
+
+    def __post_init__(self) -> None:
+        if self.disk is not None:
+            parse_pages(self.disk, "disk")
+        for name in ("disk_latency", "disk_bandwidth", "balloon_period"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
+        if self.balloon_max is not None and not 0 <= self.balloon_max <= 1:
+            raise ValueError(f"balloon_max: must be a number in [0, 1], got {self.balloon_max!r}")
+
+    def boot_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "balloon_max"}
+
+
+@dataclass
+class BalloonStep:
+    """A [[vm.balloon]] entry: at `at` seconds into the run, set the balloon's target to
+    `target` (a size such as "16MiB", or an integer number of pages; 0 deflates it)."""
+    at: float
+    target: int | str
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.at) and self.at >= 0):
+            raise ValueError(f"at: must be a number of seconds >= 0, got {self.at!r}")
+        if isinstance(self.target, int) and self.target < 0:
+            raise ValueError(f"target: must be >= 0 pages, got {self.target}")
+
+    @property
+    def pages(self) -> int:
+        return self.target if isinstance(self.target, int) else parse_pages(self.target, "target")
+
+
+@dataclass
 class VMSpec:
     """A [[vm]] entry."""
     name: str
     memory: int | str
     workload: WorkloadSpec | None = None
     share_rate: float | None = None         # this VM's sharing scan rate (pages/s)
+    os: OSSpec | None = None
+    balloon: list[BalloonStep] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isprintable():
@@ -74,6 +134,20 @@ class VMSpec:
         parse_pages(self.memory, "memory")
         if self.share_rate is not None:
             check_rate(self.share_rate, "share_rate")
+
+    def check_balloon(self, path: str) -> None:
+        """Balloon targets need an OS with a balloon driver and must fit its maximum."""
+        if not self.balloon:
+            return
+        if self.os is None or self.os.balloon is False:
+            raise ValueError(f"{path}.balloon: balloon targets need a guest OS with its balloon "
+                             f"driver ([vm.os] with balloon = true)")
+        fraction = DEFAULT_MAX_FRACTION if self.os.balloon_max is None else self.os.balloon_max
+        most = int(fraction * parse_pages(self.memory, "memory"))
+        for i, step in enumerate(self.balloon):
+            if step.pages > most:
+                raise ValueError(f"{path}.balloon[{i}].target: {step.pages} pages is beyond the "
+                                 f"balloon's maximum of {most} pages ({fraction:.0%} of the VM)")
 
 
 @dataclass
@@ -89,6 +163,7 @@ class MachineSpec:
     sharing: bool | None = None
     share_rate: float | None = None
     share_rate_vm: float | None = None
+    swap_latency: float | None = None
 
     def __post_init__(self) -> None:
         parse_pages(self.memory, "memory")
@@ -192,9 +267,17 @@ def _under(base: Path, path: str | None) -> str | None:
 def _vm(raw: object, path: str) -> VMSpec:
     table = dict(_table(raw, path))
     workload = table.pop("workload", None)
+    os_table = table.pop("os", None)
+    steps = table.pop("balloon", [])
     spec = _record(VMSpec, table, path)
     if workload is not None:
         spec.workload = _workload(workload, f"{path}.workload")
+    if os_table is not None:
+        spec.os = _record(OSSpec, os_table, f"{path}.os")
+    if not isinstance(steps, list):
+        raise ValueError(f"{path}.balloon: expected [[vm.balloon]] entries, got {_show(steps)}")
+    spec.balloon = [_record(BalloonStep, step, f"{path}.balloon[{i}]") for i, step in enumerate(steps)]
+    spec.check_balloon(path)
     return spec
 
 
@@ -342,12 +425,30 @@ def launch(scenario: Scenario) -> Machine:
     return machine
 
 
+def _schedule(vm: VM, steps: list[BalloonStep]) -> None:
+    """Sets the balloon's target at each step's time (timers from now, the run's start)."""
+    for step in steps:
+        timer = threading.Timer(step.at, _set_target, (vm, step.pages))
+        timer.daemon = True
+        timer.start()
+
+
+def _set_target(vm: VM, pages: int) -> None:
+    vm.balloon.target = pages
+
+
 def _populate(machine: Machine, scenario: Scenario) -> None:
     for i, spec in enumerate(scenario.vms):
         try:
             with _at(f"vm[{i}]"):
                 vm = machine.create_vm(spec.name, spec.memory)
                 vm.share_rate = spec.share_rate
+            if spec.os is not None:
+                with _at(f"vm[{i}].os"):
+                    if spec.os.balloon_max is not None:
+                        vm.balloon.max_fraction = spec.os.balloon_max
+                    uvm.guest.boot(vm, **spec.os.boot_kwargs())
+                _schedule(vm, spec.balloon)
             if spec.workload is not None:
                 with _at(f"vm[{i}].workload"):
                     vm.run(spec.workload.create())

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from uvm._binding import ffi, lib
+from uvm.balloon import BalloonChannel
 from uvm.errors import SwapFull, UvmError, VMStopped, stop_reason
 from uvm.sizes import PAGE_SIZE
 
 if TYPE_CHECKING:
+    from uvm.guest.kernel import GuestOS
     from uvm.machine import Machine
     from workloads.base import Run, Workload
 
 PAGE_STATES = {lib.PM_NONE: "none", lib.PM_RESIDENT: "resident", lib.PM_SWAPPED: "swapped",
-               lib.PM_ZERO: "zero", lib.PM_SHARED: "shared"}
+               lib.PM_ZERO: "zero", lib.PM_SHARED: "shared", lib.PM_BALLOONED: "ballooned"}
 
 VM_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_vm_stats").fields]
 
@@ -46,6 +49,8 @@ class VM:
         self._share_rate: float | None = None
         self._lock = threading.Lock()
         self.memory = memoryview(ffi.buffer(base, self.size))
+        self.os: GuestOS | None = None      # the toy guest OS, once booted (uvm.guest.boot)
+        self.balloon = BalloonChannel(self)
 
     def __repr__(self) -> str:
         return f"<VM {self.name!r} {self.size >> 20} MiB>"
@@ -56,7 +61,9 @@ class VM:
         return int(ffi.cast("uintptr_t", self._base))
 
     def stats(self) -> dict[str, int]:
-        """Counters: pages, resident, swapped, zero, faults by kind, swap-ins, swap-outs..."""
+        """Counters: pages, resident, swapped, zero, ballooned, faults by kind, swap-ins,
+        swap-outs...; balloon_target and balloon_size; and with a guest OS its own counters
+        (guest_free, guest_cache, guest_swapins, guest_swapouts, ...)."""
         st = ffi.new("struct uvm_vm_stats *")
         try:
             with self.machine._core() as m:     # destroy_vm holds it too: no slot reuse race
@@ -66,7 +73,19 @@ class VM:
                     lib.vm_stats(m, self._slot, st)
         except UvmError:
             st.stopped = errno.ESHUTDOWN
-        return vm_dict(st)
+        return self._with_guest(vm_dict(st))
+
+    def _with_guest(self, d: dict[str, int]) -> dict[str, int]:
+        """Adds the guest OS's counters (guest_free, guest_cache, guest_swapins, ...) to the
+        host's, if the VM booted an OS."""
+        d["balloon_target"] = self.balloon.target
+        d["balloon_size"] = self.balloon.size
+        if self.os is not None:
+            d.update(self.os.stats())
+        return d
+
+    def _attach_os(self, gos: GuestOS) -> None:
+        self.os = gos
 
     @property
     def stopped(self) -> str | None:
@@ -110,7 +129,8 @@ class VM:
         self._share_rate = None if rate is None else check_rate(rate, "share_rate")
 
     def page_state(self, ppn: int) -> str:
-        """The pmap state of one page: 'none', 'resident', 'swapped', 'zero' or 'shared'."""
+        """The pmap state of one page: 'none', 'resident', 'swapped', 'zero', 'shared' or
+        'ballooned'."""
         with self.machine._core() as m:
             r = lib.vm_page_state(m, self._slot, ppn)
         if r < 0:
@@ -133,6 +153,27 @@ class VM:
             raise ValueError(f"count: must be >= 0, got {count}")
         with self.machine._core() as m:
             return self._evicted(lib.vm_evict_random(m, self._slot, count))
+
+    def balloon_pages(self, ppns: Iterable[int]) -> int:
+        """The host's half of ballooning: frees whatever backs these PPNs (frame, swap slot,
+        shared reference) without writing them anywhere, because the guest gave them up; a
+        touch of one later gets a zero page and is counted (balloon_touched). Returns pages
+        newly ballooned. The balloon driver calls this; labs may too."""
+        return self._balloon_call(lib.vm_balloon, ppns)
+
+    def unballoon_pages(self, ppns: Iterable[int]) -> int:
+        """Returns ballooned PPNs to the guest (zero on next touch); returns how many."""
+        return self._balloon_call(lib.vm_unballoon, ppns)
+
+    def _balloon_call(self, fn: Any, ppns: Iterable[int]) -> int:
+        pages = list(ppns)
+        if any(not 0 <= p < self.pages for p in pages):
+            raise ValueError(f"ppns: every PPN must be in [0, {self.pages})")
+        with self.machine._core() as m:
+            r = int(fn(m, self._slot, ffi.new("uint64_t[]", pages), len(pages)))
+        if r < 0:
+            raise OSError(-r, f"VM {self.name!r}: ballooning failed: {os.strerror(-r)}")
+        return r
 
     def _evicted(self, r: int) -> int:
         if r == -errno.ENOSPC:
@@ -158,6 +199,9 @@ class VM:
         derived from it (numpy arrays) stay valid Python objects: the C core leaves the
         range reserved and inaccessible, never reused."""
         self._destroyed = True
+        self.balloon.stop_driver()
+        if self.os is not None:
+            self.os.shutdown()
         try:
             self.memory.release()
         except BufferError:

@@ -1,0 +1,149 @@
+"""The balloon driver inside a guest OS: it inflates and deflates while workloads run and
+nothing they own is lost; it cannot take pages the guest pinned; a guest without a working
+driver is paged by the host instead; bad targets are clear errors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import uvm.guest
+from uvm.balloon import reclaim
+from workloads import GuestChecked, GuestWorkingSet
+
+PG = 4096
+FAST = 0.02         # balloon polling period for tests (seconds)
+
+
+def wait_for(cond, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+def test_inflate_and_deflate_while_workloads_run_lose_nothing(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("32MiB")
+    vm = m.create_vm("g", memory="16MiB")                   # 4096 pages
+    uvm.guest.boot(vm, disk_dir=str(tmp_path), disk_latency=0, balloon_period=FAST)
+    checked = GuestChecked("4MiB", seed=7)
+    runs = [vm.run(checked), vm.run(GuestWorkingSet("6MiB", pattern="zipf", seed=3))]
+    wait_for(lambda: checked.written)
+    vm.balloon.target = 2600
+    wait_for(lambda: vm.balloon.size == 2600)
+    st = vm.stats()
+    assert st["ballooned"] == 2600 and st["balloon_size"] == 2600
+    assert st["resident"] <= 4096 - 2600
+    assert st["guest_swapouts"] > 0                          # the guest chose what to page out
+    time.sleep(0.3)                                          # the workloads run squeezed
+    vm.balloon.target = 0
+    wait_for(lambda: vm.balloon.size == 0)
+    assert vm.stats()["ballooned"] == 0
+    time.sleep(0.2)
+    for r in runs:
+        r.stop()
+    for r in runs:
+        assert r.join(30) > 0                                # re-raises a content mismatch
+    checked.verify_all()
+    assert vm.stats()["balloon_touched"] == 0
+    m.check()
+
+
+def test_a_touched_ballooned_page_is_zero_and_accounted(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("16MiB")
+    vm = m.create_vm("g", memory="4MiB")
+    gos = uvm.guest.boot(vm, disk_dir=str(tmp_path), disk_latency=0, balloon_period=FAST)
+    p = gos.spawn("p")
+    for v in p.alloc(500):
+        p.write(v, b"\xab" * PG)
+    p.exit()                                                 # its pages go back, dirty
+    vm.balloon.target = 600
+    wait_for(lambda: vm.balloon.size == 600)
+    ppn = vm.balloon.ppns()[0]
+    assert vm.page_state(ppn) == "ballooned"
+    assert vm.read(ppn * PG, PG) == bytes(PG)               # a misbehaving guest reads zeros
+    assert vm.stats()["balloon_touched"] == 1
+
+
+def test_the_balloon_cannot_take_pinned_pages(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("16MiB")
+    vm = m.create_vm("g", memory="8MiB")                    # 2048 pages
+    gos = uvm.guest.boot(vm, disk_dir=str(tmp_path), disk_latency=0, balloon_period=FAST)
+    p = gos.spawn("pinner")
+    vpns = p.alloc(1200)
+    for v in vpns:
+        p.write(v, v.to_bytes(4, "little") * 1024)
+    p.pin(vpns)
+    pinned = set(p.pinned.values())
+    vm.balloon.max_fraction = 0.9
+    vm.balloon.target = 1800
+    driver = vm.balloon.driver
+    assert driver is not None
+    wait_for(lambda: driver.stuck > 0)
+    assert vm.balloon.size == 2048 - 1200
+    assert not pinned & set(vm.balloon.ppns())
+    assert all(p.read(v) == v.to_bytes(4, "little") * 1024 for v in vpns)
+    assert vm.stats()["guest_swapouts"] == 0
+
+
+@pytest.mark.parametrize("how", ["absent", "disabled"])
+def test_without_a_working_balloon_the_host_pages(make_machine, tmp_path, how: str) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("16MiB")
+    vm = m.create_vm("g", memory="4MiB")
+    gos = uvm.guest.boot(vm, disk_dir=str(tmp_path), disk_latency=0, balloon_period=FAST,
+                         balloon=how != "absent")
+    if how == "disabled":
+        assert vm.balloon.driver is not None and vm.balloon.active
+        vm.balloon.driver.enabled = False
+    assert not vm.balloon.active
+    p = gos.spawn("p")
+    for v in p.alloc(800):
+        p.write(v, b"%d" % v * 100)
+    assert reclaim(vm, 500) == "paging"
+    time.sleep(5 * FAST)
+    st = vm.stats()
+    assert st["swapouts"] + st["swapouts_zero"] >= 500 and st["ballooned"] == 0
+    assert all(p.read(v) == b"%d" % v * 100 + bytes(PG - len(b"%d" % v * 100)) for v in range(800))
+
+
+def test_reclaim_balloons_when_it_can(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("16MiB")
+    vm = m.create_vm("g", memory="4MiB")                    # 1024 pages, balloon max 665
+    uvm.guest.boot(vm, disk_dir=str(tmp_path), disk_latency=0, balloon_period=FAST)
+    assert reclaim(vm, 300) == "balloon"
+    wait_for(lambda: vm.balloon.size == 300)
+    assert vm.stats()["swapouts"] == 0
+    assert reclaim(vm, 500) == "both"                       # 365 by balloon, 135 by paging
+    assert vm.balloon.target == vm.balloon.max_pages == 665
+
+
+@pytest.mark.parametrize("bad", [-1, 666, "10", True, 1.5])
+def test_bad_targets_are_clear_errors(make_machine, bad: object) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("16MiB")
+    vm = m.create_vm("g", memory="4MiB")
+    with pytest.raises(ValueError, match="^target: "):
+        vm.balloon.target = bad
+    with pytest.raises(ValueError, match="^max_fraction: "):
+        vm.balloon.max_fraction = 1.5
+
+
+def test_inflation_slows_down_when_the_guest_must_reclaim(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from uvm.balloon import MAX_RATE, MIN_RATE
+
+    m = make_machine("32MiB")
+    easy, hard = m.create_vm("easy", memory="8MiB"), m.create_vm("hard", memory="8MiB")
+    for vm in (easy, hard):
+        uvm.guest.boot(vm, disk_dir=str(tmp_path), disk_latency=0, balloon_period=FAST)
+    assert hard.os is not None
+    p = hard.os.spawn("hog")
+    for v in p.alloc(2000):                                  # nearly all of its 2048 pages
+        p.write(v, b"%d" % v)
+    for vm in (easy, hard):
+        vm.balloon.target = 1200
+    wait_for(lambda: easy.balloon.size == hard.balloon.size == 1200)
+    assert easy.balloon.driver is not None and hard.balloon.driver is not None
+    assert easy.balloon.driver.hard == 0 and easy.balloon.driver.rate == MAX_RATE
+    assert hard.balloon.driver.hard > 0 and hard.balloon.driver.rate < MAX_RATE
+    assert hard.balloon.driver.rate >= MIN_RATE
+    assert hard.stats()["guest_swapouts"] >= 1200 - 48

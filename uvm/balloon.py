@@ -1,0 +1,203 @@
+"""Ballooning (paper section 3): the host asks a guest for memory and the guest decides
+what to give up.
+
+`vm.balloon` is the host's end of a private channel to the guest's balloon driver: the host
+sets `target` (pages); the driver, a thread inside the guest (the paper's vmmemctl), polls it
+about once a `period`, inflates by allocating and pinning pages through the guest OS's own
+allocator (so the guest's reclaim picks what to drop or page out), reports their PPNs, and
+the host frees the frames behind them (vm.balloon_pages: no swap write). Deflating frees
+pages back to the guest. Inflation is rate-limited: the rate halves when the guest had to
+reclaim to find the pages and doubles while it finds them free. The balloon has a maximum
+size (`max_fraction` of the VM, 0.65 by default, as in later ESX); the driver may be absent
+(no OS booted, or booted without it) or disabled, and then the host must page instead:
+`reclaim` does whichever the VM allows."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from uvm.errors import UvmError
+
+if TYPE_CHECKING:
+    from uvm.guest.kernel import GuestOS
+    from uvm.vm import VM
+
+DEFAULT_MAX_FRACTION = 0.65
+DEFAULT_PERIOD = 1.0            # seconds between polls of the target
+CHUNK = 256                     # pages allocated or freed at once
+MIN_RATE = 1024                 # pages per second
+MAX_RATE = 65536
+
+
+class BalloonChannel:
+    """The host's side of one VM's balloon (`vm.balloon`)."""
+
+    def __init__(self, vm: VM) -> None:
+        self.vm = vm
+        self._target = 0
+        self._max_fraction = DEFAULT_MAX_FRACTION
+        self._ppns: list[int] = []
+        self._lock = threading.Lock()
+        self.driver: BalloonDriver | None = None
+
+    def __repr__(self) -> str:
+        return f"<Balloon of {self.vm.name!r}: {self.size}/{self._target} pages>"
+
+    @property
+    def max_fraction(self) -> float:
+        """The largest balloon, as a fraction of the VM's memory (settable)."""
+        return self._max_fraction
+
+    @max_fraction.setter
+    def max_fraction(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"max_fraction: must be a number in [0, 1], got {value!r}")
+        self._max_fraction = float(value)
+
+    @property
+    def max_pages(self) -> int:
+        return int(self._max_fraction * self.vm.pages)
+
+    @property
+    def target(self) -> int:
+        """Pages the host wants the balloon to hold (settable: 0..max_pages)."""
+        return self._target
+
+    @target.setter
+    def target(self, pages: int) -> None:
+        if isinstance(pages, bool) or not isinstance(pages, int):
+            raise ValueError(f"target: expected a number of pages, got {pages!r}")
+        if pages < 0:
+            raise ValueError(f"target: must be >= 0 pages, got {pages}")
+        if pages > self.max_pages:
+            raise ValueError(f"target: {pages} pages is beyond the balloon's maximum of "
+                             f"{self.max_pages} pages ({self._max_fraction:.0%} of VM "
+                             f"{self.vm.name!r})")
+        self._target = pages
+
+    @property
+    def size(self) -> int:
+        """Pages the balloon holds now (ballooned on the host)."""
+        return len(self._ppns)
+
+    @property
+    def active(self) -> bool:
+        """Whether a driver runs and is enabled: if not, the host must page instead."""
+        d = self.driver
+        return d is not None and d.enabled and d.running
+
+    def ppns(self) -> list[int]:
+        with self._lock:
+            return list(self._ppns)
+
+    # -- the driver's end of the channel ----------------------------------------------
+
+    def poll(self) -> int:
+        return min(self._target, self.max_pages)
+
+    def report(self, ppns: list[int]) -> None:
+        """The driver gives these pinned pages to the host, which frees their frames."""
+        self.vm.balloon_pages(ppns)
+        with self._lock:
+            self._ppns.extend(ppns)
+
+    def take_back(self, n: int) -> list[int]:
+        """Deflates by n pages: the host returns them (zero on next touch) to the driver."""
+        with self._lock:
+            ppns = self._ppns[len(self._ppns) - n:] if n else []
+            del self._ppns[len(self._ppns) - len(ppns):]
+        self.vm.unballoon_pages(ppns)
+        return ppns
+
+    def stop_driver(self) -> None:
+        if self.driver is not None:
+            self.driver.stop()
+
+
+class BalloonDriver:
+    """The guest's balloon driver (vmmemctl): a thread that polls the channel every
+    `period` seconds and moves the balloon toward the target, inflating at most `rate`
+    pages per second (adapting between MIN_RATE and MAX_RATE)."""
+
+    def __init__(self, os: GuestOS, channel: BalloonChannel, period: float = DEFAULT_PERIOD,
+                 enabled: bool = True) -> None:
+        if isinstance(period, bool) or not isinstance(period, (int, float)) or period <= 0:
+            raise ValueError(f"balloon_period: must be > 0 seconds, got {period!r}")
+        self.os = os
+        self.channel = channel
+        self.period = float(period)
+        self.enabled = enabled
+        self.rate = float(MAX_RATE)
+        self.hard = 0           # chunks for which the guest had to reclaim
+        self.stuck = 0          # times the guest could give no more pages
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=f"uvm-balloon-{os.vm.name}",
+                                        daemon=True)
+        channel.driver = self
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _main(self) -> None:
+        try:
+            next_poll = 0.0
+            target = 0
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_poll:
+                    target, next_poll = self.channel.poll(), now + self.period
+                pause = self._step(target) if self.enabled else None
+                self._stop.wait(max(0.0, next_poll - time.monotonic()) if pause is None else pause)
+        except UvmError as e:
+            if not self.os.vm.machine.closed:
+                self.error = e
+
+    def _step(self, target: int) -> float | None:
+        """Moves one chunk toward target; returns how long to pause, or None to wait for the
+        next poll (at target, or the guest can give no more)."""
+        size = self.channel.size
+        if size > target:
+            self.os.release(self.channel.take_back(min(CHUNK, size - target)))
+            return 0.0
+        if size == target:
+            return None
+        want = min(CHUNK, target - size)
+        before = self.os.reclaimed
+        pages = self.os.alloc(want, pin=True)
+        if pages:
+            self.channel.report(pages)
+        if self.os.reclaimed > before:          # the guest had to work: slow down
+            self.hard += 1
+            self.rate = max(MIN_RATE, self.rate / 2)
+        else:
+            self.rate = min(MAX_RATE, self.rate * 2)
+        if len(pages) < want:                   # nothing left to give (pinned, busy)
+            self.stuck += 1
+            self.rate = MIN_RATE
+            return None
+        return len(pages) / self.rate
+
+
+def reclaim(vm: VM, pages: int) -> str:
+    """The host takes `pages` more pages from vm: by growing its balloon if the driver is
+    active (as far as its maximum allows), and by paging out random pages for the rest
+    (the driver is absent or disabled, or the balloon is at its maximum). Returns
+    'balloon', 'paging' or 'both'."""
+    if pages < 0:
+        raise ValueError(f"pages: must be >= 0, got {pages}")
+    by_balloon = min(pages, vm.balloon.max_pages - vm.balloon.target) if vm.balloon.active else 0
+    if by_balloon:
+        vm.balloon.target += by_balloon
+    if pages > by_balloon:
+        vm.evict_random(pages - by_balloon)
+    return "balloon" if by_balloon == pages else "paging" if by_balloon == 0 else "both"

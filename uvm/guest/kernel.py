@@ -1,0 +1,152 @@
+"""The toy guest OS's memory manager: a page allocator over the VM's PPNs, pinning, and
+reclaim as an OS does it when free pages run short: clean page-cache pages first (least
+recently used first), then the least recently used process pages to the guest's own swap
+area on its virtual disk, then dirty cache pages (written back, then dropped).
+
+Its bookkeeping (free list, LRU lists, page tables) is ordinary Python objects; every page it
+hands out is guest memory. One lock guards it all; a guest thread holds it while it touches
+the pages it faulted in, so reclaim (on another thread, e.g. the balloon driver's) never
+takes a page out from under a running access."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from uvm.errors import UvmError
+from uvm.guest.disk import VirtualDisk
+from uvm.guest.pagecache import File, PageCache
+from uvm.sizes import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from uvm.guest.process import Process
+    from uvm.vm import VM
+
+RECLAIM_BATCH = 32      # pages reclaimed at least, once reclaim runs (amortizes disk writes)
+ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+class GuestOutOfMemory(UvmError):
+    """The guest OS could free no page: everything left is pinned or busy."""
+
+
+class GuestOS:
+    """The memory manager of the toy OS running in `vm`, with a virtual disk of `disk`
+    blocks (see VirtualDisk) for files and swap."""
+
+    def __init__(self, vm: VM, disk: VirtualDisk) -> None:
+        self.vm = vm
+        self.disk = disk
+        self.lock = threading.RLock()
+        self.free: list[int] = list(range(vm.pages - 1, -1, -1))    # pops low PPNs first
+        self.pinned: set[int] = set()
+        self.busy: set[int] = set()         # faulted in for the access in progress
+        self.anon_lru: OrderedDict[tuple[Process, int], int] = OrderedDict()   # oldest first
+        self.cache = PageCache(self)
+        self.processes: list[Process] = []
+        self.swapins = 0
+        self.swapouts = 0
+        self.swap_used = 0
+        self.reclaimed = 0          # pages freed by reclaim, all kinds
+        self.double_paging = 0      # guest swap-outs of pages the host had swapped out
+
+    def spawn(self, name: str) -> Process:
+        """Starts a toy process (an empty address space; see Process.alloc)."""
+        from uvm.guest.process import Process
+
+        return Process(self, name)
+
+    def create_file(self, name: str, pages: int, content: bytes | None = None) -> File:
+        """Creates a file on the virtual disk (see PageCache.create)."""
+        return self.cache.create(name, pages, content)
+
+    def shutdown(self) -> None:
+        """Closes the virtual disk (the VM is going away)."""
+        self.disk.close()
+
+    # -- allocation -------------------------------------------------------------------
+
+    def alloc(self, n: int, pin: bool = False) -> list[int]:
+        """Up to n free pages, reclaiming first if there are too few (fewer only when
+        nothing more can be reclaimed). Pinned pages are never reclaimed."""
+        with self.lock:
+            if len(self.free) < n:
+                self.reclaim(n - len(self.free))
+            pages = [self.free.pop() for _ in range(min(n, len(self.free)))]
+            if pin:
+                self.pinned.update(pages)
+            return pages
+
+    def alloc_page(self) -> int:
+        """One page, or GuestOutOfMemory."""
+        pages = self.alloc(1)
+        if not pages:
+            raise GuestOutOfMemory(f"VM {self.vm.name!r}: the guest OS has no page left to "
+                                   f"reclaim ({len(self.pinned)} pinned)")
+        return pages[0]
+
+    def release(self, ppns: list[int]) -> None:
+        """Gives pages back to the free list (unpinning them)."""
+        with self.lock:
+            self.pinned.difference_update(ppns)
+            self.free.extend(ppns)
+
+    # -- reclaim ----------------------------------------------------------------------
+
+    def reclaim(self, need: int) -> int:
+        """Frees at least `need` pages if it can (RECLAIM_BATCH at least); returns how many."""
+        with self.lock:
+            want = max(need, RECLAIM_BATCH)
+            freed = self.cache.drop_clean(want)
+            if freed < want:
+                freed += self._swap_out(want - freed)
+            if freed < want:
+                freed += self.cache.drop_dirty(want - freed)
+            self.reclaimed += freed
+            return freed
+
+    def _swap_out(self, n: int) -> int:
+        """Writes up to n least recently used process pages to the guest's swap area in one
+        request; returns how many pages it freed."""
+        victims: list[tuple[tuple[Process, int], int]] = []
+        for key, ppn in self.anon_lru.items():
+            if len(victims) == n:
+                break
+            if ppn not in self.busy:
+                victims.append((key, ppn))
+        writes = []
+        for (proc, vpn), ppn in victims:
+            # a measurement probe, not something a guest could know: was this page swapped
+            # out by the host? If so, reading it now pages it in only to write it out again
+            self.double_paging += self.vm.page_state(ppn) == "swapped"
+            block = self.disk.alloc()
+            writes.append((block, self.vm.read(ppn * PAGE_SIZE, PAGE_SIZE)))
+            proc.swapped_out(vpn, block)
+            del self.anon_lru[(proc, vpn)]
+        self.disk.write(writes)
+        self.free.extend(ppn for _, ppn in victims)
+        self.swapouts += len(victims)
+        self.swap_used += len(victims)
+        return len(victims)
+
+    def swap_in(self, block: int) -> int:
+        """Reads a swapped process page back into a new page; returns its PPN."""
+        with self.lock:
+            ppn = self.alloc_page()
+            self.vm.write(ppn * PAGE_SIZE, self.disk.read(block))
+            self.disk.free(block)
+            self.swapins += 1
+            self.swap_used -= 1
+            return ppn
+
+    def stats(self) -> dict[str, int]:
+        """Guest-side counters (the guest's view: free pages, page cache, its own swap)."""
+        with self.lock:
+            return {"guest_free": len(self.free), "guest_cache": len(self.cache.pages),
+                    "guest_cache_dirty": self.cache.dirty, "guest_process": len(self.anon_lru),
+                    "guest_pinned": len(self.pinned), "guest_swapins": self.swapins,
+                    "guest_swapouts": self.swapouts, "guest_swap_used": self.swap_used,
+                    "guest_cache_hits": self.cache.hits, "guest_cache_misses": self.cache.misses,
+                    "guest_reclaimed": self.reclaimed, "guest_double_paging": self.double_paging,
+                    "guest_disk_reads": self.disk.reads, "guest_disk_writes": self.disk.writes}

@@ -1,0 +1,130 @@
+"""The guest OS's page cache over its virtual disk: files are lists of disk blocks; a cached
+block lives in a guest page; one LRU list (oldest first). Reads miss to the disk through a
+bounce buffer; writes dirty the cached page and reach the disk when it is written back
+(sync, or reclaim)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from uvm.sizes import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from uvm.guest.kernel import GuestOS
+
+
+class File:
+    """A file of the guest: `blocks[i]` is the disk block of its page i."""
+
+    def __init__(self, name: str, blocks: list[int]) -> None:
+        self.name = name
+        self.blocks = blocks
+
+    def __repr__(self) -> str:
+        return f"<File {self.name!r} {len(self.blocks)} pages>"
+
+    @property
+    def pages(self) -> int:
+        return len(self.blocks)
+
+
+class CachePage:
+    __slots__ = ("ppn", "dirty")
+
+    def __init__(self, ppn: int) -> None:
+        self.ppn = ppn
+        self.dirty = False
+
+
+class PageCache:
+    def __init__(self, os: GuestOS) -> None:
+        self.os = os
+        self.pages: OrderedDict[tuple[File, int], CachePage] = OrderedDict()
+        self.dirty = 0
+        self.hits = 0
+        self.misses = 0
+
+    def create(self, name: str, pages: int, content: bytes | None = None) -> File:
+        """Creates a file of `pages` pages on the disk, each holding `content` (default: a
+        pattern naming the file and page), as if it had been written long ago."""
+        f = File(name, [self.os.disk.alloc() for _ in range(pages)])
+        for i, b in enumerate(f.blocks):
+            self.os.disk.preload(b, content if content is not None else file_page(name, i))
+        return f
+
+    def _page(self, f: File, index: int, whole: bool) -> CachePage:
+        """The cached page of (f, index), read from the disk on a miss unless the caller
+        overwrites it whole. Caller holds the OS lock."""
+        if not 0 <= index < f.pages:
+            raise ValueError(f"index: page {index} is outside {f!r}")
+        key = (f, index)
+        cp = self.pages.get(key)
+        if cp is not None:
+            self.pages.move_to_end(key)
+            self.hits += 1
+            return cp
+        self.misses += 1
+        cp = CachePage(self.os.alloc_page())
+        if not whole:
+            self.os.vm.write(cp.ppn * PAGE_SIZE, self.os.disk.read(f.blocks[index]))
+        self.pages[key] = cp
+        return cp
+
+    def read(self, f: File, index: int) -> bytes:
+        """Page `index` of f, through the cache."""
+        with self.os.lock:
+            return self.os.vm.read(self._page(f, index, False).ppn * PAGE_SIZE, PAGE_SIZE)
+
+    def write(self, f: File, index: int, data: bytes, offset: int = 0) -> None:
+        """Writes data at offset into page `index` of f, through the cache (a write-back cache)."""
+        if offset < 0 or offset + len(data) > PAGE_SIZE:
+            raise ValueError(f"offset: [{offset}, {offset + len(data)}) is not within one page")
+        with self.os.lock:
+            cp = self._page(f, index, offset == 0 and len(data) == PAGE_SIZE)
+            self.os.vm.write(cp.ppn * PAGE_SIZE + offset, data)
+            if not cp.dirty:
+                cp.dirty = True
+                self.dirty += 1
+
+    def _writeback(self, victims: list[tuple[tuple[File, int], CachePage]]) -> None:
+        self.os.disk.write([(f.blocks[i], self.os.vm.read(cp.ppn * PAGE_SIZE, PAGE_SIZE))
+                            for (f, i), cp in victims])
+        for _, cp in victims:
+            cp.dirty = False
+        self.dirty -= len(victims)
+
+    def sync(self) -> int:
+        """Writes every dirty page back (one request); returns how many."""
+        with self.os.lock:
+            victims = [(k, cp) for k, cp in self.pages.items() if cp.dirty]
+            self._writeback(victims)
+            return len(victims)
+
+    def _drop(self, victims: list[tuple[tuple[File, int], CachePage]]) -> int:
+        for key, cp in victims:
+            del self.pages[key]
+            self.os.free.append(cp.ppn)
+        return len(victims)
+
+    def drop_clean(self, n: int) -> int:
+        """Drops up to n clean pages, least recently used first; returns how many."""
+        victims: list[tuple[tuple[File, int], CachePage]] = []
+        for key, cp in self.pages.items():
+            if len(victims) == n:
+                break
+            if not cp.dirty:
+                victims.append((key, cp))
+        return self._drop(victims)
+
+    def drop_dirty(self, n: int) -> int:
+        """Writes back up to n dirty pages (least recently used first) and drops them."""
+        victims = [(k, cp) for k, cp in self.pages.items() if cp.dirty][:n]
+        self._writeback(victims)
+        return self._drop(victims)
+
+
+def file_page(name: str, index: int) -> bytes:
+    """The initial content of page `index` of file `name`: a recognizable line, repeated."""
+    line = f"{name}:{index:08d};".encode()
+    return (line * (PAGE_SIZE // len(line) + 1))[:PAGE_SIZE]
