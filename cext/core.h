@@ -46,6 +46,7 @@ struct vm {
     int live;               /* its slot in guard.c's table of live guest ranges */
     pte_t *pmap;
     int stopped;            /* 0, or errno: faults of a stopped VM are poisoned */
+    uint64_t min, target;   /* the memory scheduler's: evict from VMs above target first */
     struct uvm_vm_stats st;
 };
 

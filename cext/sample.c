@@ -26,8 +26,9 @@ static int watch_one(struct vm *v, uint64_t ppn)
     return 1;
 }
 
-/* watches the listed pages of VM id that are resident; returns how many, or -errno. */
-int64_t vm_watch(struct machine *m, int id, const uint64_t *ppns, size_t n)
+/* watches the listed pages of VM id that are resident, keeping those (in order) at the
+ * front of ppns; returns how many, or -errno. */
+int64_t vm_watch(struct machine *m, int id, uint64_t *ppns, size_t n)
 {
     int64_t done = 0;
     pthread_mutex_lock(&m->lock);
@@ -38,9 +39,20 @@ int64_t vm_watch(struct machine *m, int id, const uint64_t *ppns, size_t n)
         if (ppns[i] >= v->npages)
             done = -EINVAL;
     for (size_t i = 0; done >= 0 && i < n; i++)
-        done += watch_one(v, ppns[i]);
+        if (watch_one(v, ppns[i]))
+            ppns[done++] = ppns[i];
     pthread_mutex_unlock(&m->lock);
     return done;
+}
+
+/* picks up to n random resident pages of VM id into out; returns how many, or -errno. */
+int64_t vm_pick_resident(struct machine *m, int id, uint64_t n, uint64_t *out)
+{
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = vm_get(m, id);
+    int64_t k = v ? (int64_t)resident_pick(m, v, n, out) : -ENOENT;
+    pthread_mutex_unlock(&m->lock);
+    return k;
 }
 
 /* picks up to n random resident pages of VM id, watches them and writes their PPNs to out;

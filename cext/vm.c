@@ -76,6 +76,7 @@ int vm_create(struct machine *m, uint64_t n, int *id, void **base)
     v->base = (uint64_t)b;
     v->pmap = pmap;
     v->st.pages = n;
+    v->target = UINT64_MAX;
     frame_punch(m, v, 0, n);    /* a reused slice must hold nothing of its last owner */
     v->guest = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
                     m->memfd, (off_t)(v->base * PG));
@@ -186,6 +187,21 @@ void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st)
     pthread_mutex_lock(&m->lock);
     vm_stats_locked(m, id, st);
     pthread_mutex_unlock(&m->lock);
+}
+
+/* sets VM id's min and target (pages): eviction without a choice of VM (the pagers, the
+ * reclaim thread) takes from VMs above their target first, then above their min; returns
+ * 0 or -ENOENT. */
+int vm_set_limits(struct machine *m, int id, uint64_t min, uint64_t target)
+{
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = vm_get(m, id);
+    if (v) {
+        v->min = min;
+        v->target = target;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return v ? 0 : -ENOENT;
 }
 
 /* returns the pmap state of (id, ppn), or -ENOENT / -EINVAL. */
