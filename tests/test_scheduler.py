@@ -182,3 +182,22 @@ def test_low_state_blocks_vms_above_target_and_loses_nothing(make_machine: Make)
     assert m.memfd_pages() <= 2048
     m.close()
     assert not vm.blocked
+
+
+def test_vms_come_and_go_under_the_scheduler(make_machine: Make) -> None:
+    """Creating and destroying VMs while the scheduler samples, retargets and pages them
+    (tick 10 ms, so it races every step): nothing breaks, the survivors lose nothing."""
+    policy = uvm.MemoryPolicy(sample_period=0.05, target_period=0.02, tick=0.01,
+                              sample_size=200)
+    m = make_machine("4MiB", policy=policy)
+    keep = m.create_vm("keep", memory="3MiB")
+    keep.run(Fill(seed=11)).join(30)
+    for i in range(12):
+        vm = m.create_vm(f"tmp{i}", memory="2MiB")
+        vm.run(Fill(seed=i)).join(30)
+        time.sleep(0.03)
+        m.destroy_vm(vm)
+    keep.run(Verify(seed=11)).join(30)
+    assert m.scheduler is not None and m.scheduler.error is None
+    m.check()
+    m.close()                               # re-raises a scheduler error, if there was one
