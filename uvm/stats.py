@@ -44,5 +44,5 @@ def snapshot(machine: Machine) -> Snapshot:
         snap.vms.append(VMSample(
             name=vm.name, resident=st["resident"], swapped=st["swapped"], zero=st["zero"],
             stats=st, ops=sum(r.ops for r in runs), ops_per_s=sum(r.ops_per_s for r in runs),
-            stopped=vm.stopped))
+            stopped=vm.stop_reason(st["stopped"])))
     return snap

@@ -124,7 +124,11 @@ class VM:
     @property
     def stopped(self) -> str | None:
         """None while the VM runs; otherwise why it was stopped."""
-        err = self.stats()["stopped"]
+        return self.stop_reason(self.stats()["stopped"])
+
+    @staticmethod
+    def stop_reason(err: int) -> str | None:
+        """Why a VM whose stats say stopped = err was stopped (None: it runs)."""
         if err == errno.ENOENT:
             return "the VM was destroyed"
         return stop_reason(err) if err else None
