@@ -219,12 +219,16 @@ class VM:
             raise OSError(-r, f"VM {self.name!r}: {os.strerror(-r)}")
         return r, arr
 
-    def random_resident(self, count: int) -> list[int]:
-        """Up to `count` distinct resident PPNs, chosen uniformly at random."""
+    def _pick(self, fn: Any, count: int) -> list[int]:
+        """Calls a C function that writes up to `count` PPNs of this VM; returns them."""
         out = ffi.new("uint64_t[]", max(1, count))
         with self._core() as m:
-            n = int(lib.vm_pick_resident(m, self._slot, max(0, count), out))
+            n = int(fn(m, self._slot, max(0, count), out))
         return [int(out[i]) for i in range(max(0, n))]
+
+    def random_resident(self, count: int) -> list[int]:
+        """Up to `count` distinct resident PPNs, chosen uniformly at random."""
+        return self._pick(lib.vm_pick_resident, count)
 
     def watch(self, ppns: Iterable[int]) -> list[int]:
         """Idle sampling's trick: unmaps these pages (their frames stay) so that the guest's
@@ -234,10 +238,7 @@ class VM:
 
     def watch_random(self, count: int) -> list[int]:
         """Watches up to `count` random resident pages; returns their PPNs."""
-        out = ffi.new("uint64_t[]", max(1, count))
-        with self._core() as m:
-            n = int(lib.vm_watch_random(m, self._slot, max(0, count), out))
-        return [int(out[i]) for i in range(max(0, n))]
+        return self._pick(lib.vm_watch_random, count)
 
     def watched(self, ppns: Iterable[int]) -> list[str]:
         """For pages watched earlier: 'touched' since, 'untouched', or 'gone' (left machine
