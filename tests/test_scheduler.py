@@ -129,6 +129,8 @@ def tax_run(make_machine: Make, tau: float) -> dict[str, int]:
     st = {vm.name: vm.stats() for vm in (busy, idle)}
     assert st["idle"]["active"] < 0.2 and st["busy"]["active"] > 0.8
     assert m.stats()["state"] in ("high", "soft", "hard", "low")
+    snap = next(m.watch(0))
+    assert snap.state == snap.machine["state"] and {v.name for v in snap.vms} == {"busy", "idle"}
     return {k: v["target"] for k, v in st.items()}
 
 

@@ -30,6 +30,11 @@ class Snapshot:
     machine: dict[str, Any]
     vms: list[VMSample] = field(default_factory=list)
 
+    @property
+    def state(self) -> str:
+        """The reclamation state (high, soft, hard, low; 'unmanaged' without a policy)."""
+        return str(self.machine.get("state", "unmanaged"))
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
