@@ -229,7 +229,8 @@ static int maps_room(struct machine *m)
 
 /* maps n guest pages at a onto memfd pages from mpn, registered with the pager; returns 0
  * or -errno. In the window before registration the range is PROT_NONE and "in transition",
- * so a guest touching it waits in the signal handler instead of reaching the kernel. */
+ * so a guest touching it waits in the signal handler instead of reaching the kernel. The
+ * caller has called guard_install() (once per scan or fault, not per re-map). */
 static int remap(struct machine *m, char *a, uint64_t n, uint64_t mpn)
 {
     int r = 0;
@@ -469,6 +470,7 @@ static int64_t scan_random(struct machine *m, struct vm *v)
 int64_t share_scan(struct machine *m, int id, uint64_t first, uint64_t n, int random)
 {
     int64_t merged = 0;
+    guard_install();            /* once per scan: every re-map below relies on it */
     pthread_mutex_lock(&m->lock);
     struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
     if (id >= 0 && !v) {
@@ -502,6 +504,7 @@ int share_cow(struct machine *m, struct vm *v, uint64_t ppn)
         return r;
     memcpy(frame_addr(m, v, ppn), sframe_addr(m, s), PG);
     char *a = v->guest + ppn * PG;
+    guard_install();
     if ((r = remap(m, a, 1, v->base + ppn))) {
         frame_punch(m, v, ppn, 1);
         return r;
@@ -528,6 +531,7 @@ void share_drop(struct machine *m, struct vm *v, uint64_t ppn)
 int share_release(struct machine *m, struct vm *v, uint64_t ppn)
 {
     uint64_t s = PTE_VAL(v->pmap[ppn]);
+    guard_install();
     int r = remap(m, v->guest + ppn * PG, 1, v->base + ppn);
     if (r)
         return r;
