@@ -29,6 +29,9 @@ typedef uint64_t pte_t;
 #define PTE_LEN(e) ((uint32_t)(((e) >> 3) & 0x1fff))
 #define PTE_VAL(e) ((e) >> 16)
 #define PTE_MAKE(state, len, val) ((pte_t)(state) | ((pte_t)(len) << 3) | ((pte_t)(val) << 16))
+/* flags in the len field of a PM_RESIDENT entry (it has no length) */
+#define PTE_PENDING 1           /* a merge onto a shared frame is queued (share.c) */
+#define PTE_WATCH 2             /* idle sampling: unmapped, waiting to see a touch (sample.c) */
 
 /* A frame table entry names the page that holds a resident frame: (vm slot << 40) | ppn. */
 #define FT_MAKE(slot, ppn) (((uint64_t)(slot) << 40) | (ppn))
@@ -43,6 +46,7 @@ struct vm {
     int live;               /* its slot in guard.c's table of live guest ranges */
     pte_t *pmap;
     int stopped;            /* 0, or errno: faults of a stopped VM are poisoned */
+    uint64_t min, target;   /* the memory scheduler's: evict from VMs above target first */
     struct uvm_vm_stats st;
 };
 
@@ -188,6 +192,8 @@ void *reclaim_main(void *arg);
 
 /* vm.c */
 void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st);
+struct vm *vm_get(struct machine *m, int id);
+uint64_t resident_pick(struct machine *m, struct vm *v, uint64_t n, uint64_t *out);
 
 /* share.c */
 int share_init(struct machine *m);

@@ -126,15 +126,30 @@ int evict_pages(struct machine *m, const uint64_t *ents, int n, int background)
     return done ? done : (err ? err : -EAGAIN);
 }
 
-/* picks n distinct random resident frames into ents; returns how many. */
+/* returns how far v may be paged: 0 above its target, 1 above its min, 2 not at all. */
+static int evict_level(const struct vm *v)
+{
+    uint64_t held = v->st.resident + v->st.sharing;
+    return held > v->target ? 0 : held > v->min ? 1 : 2;
+}
+
+/* picks n distinct random resident frames into ents; returns how many. Like the paper's
+ * swap daemon, which pages VMs toward their targets, it takes frames of VMs above their
+ * target if there are any, else of VMs above their min, else any (the budget comes first). */
 static int pick_random(struct machine *m, uint64_t *ents, int n)
 {
     if ((uint64_t)n > m->nresident)
         n = (int)m->nresident;
+    int level = 2;
+    for (int i = 0; i < MAX_VMS; i++)
+        if (m->vms[i] && m->vms[i]->st.resident && evict_level(m->vms[i]) < level)
+            level = evict_level(m->vms[i]);
     int k = 0;
-    while (k < n) {
+    for (uint64_t tries = 0; k < n; tries++) {
         uint64_t e = m->frames[rng_next(&m->rng) % m->nresident];
-        int dup = 0;
+        if (tries > 64 * (uint64_t)n)
+            level = 2;      /* the preferred VMs hold few of the frames: take any */
+        int dup = evict_level(m->vms[FT_SLOT(e)]) > level;
         for (int j = 0; j < k; j++)
             dup |= ents[j] == e;
         if (!dup)

@@ -148,11 +148,17 @@ static int serve_swapin(struct machine *m, struct vm *v, uint64_t ppn)
     return 0;
 }
 
-/* serves a fault on a resident page: map it again (MINOR), unprotect (WP), or wake. */
+/* serves a fault on a resident page: map it again (MINOR), unprotect (WP), or wake. A
+ * watched page (idle sampling) records that the guest touched it. */
 static int serve_resident(struct machine *m, struct vm *v, uint64_t ppn, uint64_t flags)
 {
     char *a = v->guest + ppn * PG;
     int r;
+    pte_t e = v->pmap[ppn];
+    if (PTE_LEN(e) & PTE_WATCH) {
+        v->pmap[ppn] = PTE_MAKE(PM_RESIDENT, PTE_LEN(e) & ~PTE_WATCH, PTE_VAL(e));
+        v->st.watch_touched++;
+    }
     if (flags & UFFD_PAGEFAULT_FLAG_WP) {
         struct uffdio_writeprotect w = { .range = { (uint64_t)a, PG }, .mode = 0 };
         r = uffd_ioctl(m, UFFDIO_WRITEPROTECT, &w);

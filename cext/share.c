@@ -32,7 +32,6 @@
 #include "uffd.h"
 
 #define REG_MODES (UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP)
-#define PTE_PENDING 1           /* len-field flag on a RESIDENT entry: merge pending */
 
 
 static uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
@@ -472,7 +471,7 @@ int64_t share_scan(struct machine *m, int id, uint64_t first, uint64_t n, int ra
     int64_t merged = 0;
     guard_install();            /* once per scan: every re-map below relies on it */
     pthread_mutex_lock(&m->lock);
-    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    struct vm *v = vm_get(m, id);
     if (id >= 0 && !v) {
         pthread_mutex_unlock(&m->lock);
         return -ENOENT;

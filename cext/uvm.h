@@ -54,6 +54,7 @@ struct uvm_vm_stats {
     uint64_t scanned;           /* pages the sharing scanner looked at */
     uint64_t ballooned;         /* pages in the balloon (PM_BALLOONED) */
     uint64_t balloon_touched;   /* ballooned pages the guest touched anyway: given a zero page */
+    uint64_t watch_touched;     /* watched pages (idle sampling) the guest touched again */
     int64_t stopped;            /* 0, or the errno that stopped the VM */
 };
 
@@ -108,6 +109,10 @@ void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st);
 int vm_page_state(struct machine *m, int id, uint64_t ppn);
 int64_t vm_evict(struct machine *m, int id, const uint64_t *ppns, size_t n);
 int64_t vm_evict_random(struct machine *m, int id, uint64_t n);
+/* The memory scheduler's min and target of a VM, in pages (target UINT64_MAX: none): when
+ * the core must evict without being told whom (no free frame), it takes frames of VMs
+ * above their target first, then of VMs above their min. */
+int vm_set_limits(struct machine *m, int id, uint64_t min, uint64_t target);
 /* Ballooning: vm_balloon frees whatever backs the listed pages (frame, swap slot or shared
  * reference; nothing is written to swap) and marks them PM_BALLOONED; vm_unballoon returns
  * ballooned pages to PM_NONE (zero on next touch). Both return pages changed, or -errno. */
@@ -118,6 +123,18 @@ int64_t vm_unballoon(struct machine *m, int id, const uint64_t *ppns, size_t n);
  * for n pages in order (a full scan) or, with random != 0, n random resident pages. Returns
  * pages merged, or -errno. */
 int64_t share_scan(struct machine *m, int id, uint64_t first, uint64_t n, int random);
+
+/* Idle sampling: watching a resident page unmaps it (its frame stays) so that the guest's
+ * next touch is observed. vm_watched tells, per page, whether it was touched since it was
+ * watched; a page no longer resident and not touched since is "gone". vm_pick_resident
+ * picks random resident pages (without watching them). */
+#define WATCH_UNTOUCHED 0
+#define WATCH_TOUCHED 1
+#define WATCH_GONE 2
+int64_t vm_watch(struct machine *m, int id, uint64_t *ppns, size_t n);
+int64_t vm_pick_resident(struct machine *m, int id, uint64_t n, uint64_t *out);
+int64_t vm_watch_random(struct machine *m, int id, uint64_t n, uint64_t *out);
+int64_t vm_watched(struct machine *m, int id, const uint64_t *ppns, size_t n, uint8_t *status);
 
 /* Guarded access: a SIGBUS/SIGSEGV (a stopped or destroyed VM) returns -EFAULT. */
 int guest_read(const void *src, void *dst, size_t n);

@@ -76,6 +76,7 @@ int vm_create(struct machine *m, uint64_t n, int *id, void **base)
     v->base = (uint64_t)b;
     v->pmap = pmap;
     v->st.pages = n;
+    v->target = UINT64_MAX;
     frame_punch(m, v, 0, n);    /* a reused slice must hold nothing of its last owner */
     v->guest = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
                     m->memfd, (off_t)(v->base * PG));
@@ -120,7 +121,7 @@ out:
 int vm_destroy(struct machine *m, int id)
 {
     pthread_mutex_lock(&m->lock);
-    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    struct vm *v = vm_get(m, id);
     if (!v) {
         pthread_mutex_unlock(&m->lock);
         return -ENOENT;
@@ -146,10 +147,32 @@ int vm_destroy(struct machine *m, int id)
     return 0;
 }
 
+/* returns VM id, or NULL if there is none; caller holds m->lock. */
+struct vm *vm_get(struct machine *m, int id)
+{
+    return id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+}
+
+/* picks up to n distinct resident PPNs of v, uniformly at random (reservoir sampling over
+ * the pmap), into out; returns how many. Caller holds m->lock. */
+uint64_t resident_pick(struct machine *m, struct vm *v, uint64_t n, uint64_t *out)
+{
+    uint64_t seen = 0;
+    for (uint64_t p = 0; n && p < v->npages; p++) {
+        if (PTE_STATE(v->pmap[p]) != PM_RESIDENT)
+            continue;
+        uint64_t j = seen < n ? seen : rng_next(&m->rng) % (seen + 1);
+        if (j < n)
+            out[j] = p;
+        seen++;
+    }
+    return seen < n ? seen : n;
+}
+
 /* fills st from VM id's counters (all zero if there is no such VM); caller holds m->lock. */
 void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st)
 {
-    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    struct vm *v = vm_get(m, id);
     if (v) {
         *st = v->st;
         st->zero = v->npages - v->st.resident - v->st.swapped - v->st.sharing - v->st.ballooned;
@@ -166,11 +189,26 @@ void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st)
     pthread_mutex_unlock(&m->lock);
 }
 
+/* sets VM id's min and target (pages): eviction without a choice of VM (the pagers, the
+ * reclaim thread) takes from VMs above their target first, then above their min; returns
+ * 0 or -ENOENT. */
+int vm_set_limits(struct machine *m, int id, uint64_t min, uint64_t target)
+{
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = vm_get(m, id);
+    if (v) {
+        v->min = min;
+        v->target = target;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return v ? 0 : -ENOENT;
+}
+
 /* returns the pmap state of (id, ppn), or -ENOENT / -EINVAL. */
 int vm_page_state(struct machine *m, int id, uint64_t ppn)
 {
     pthread_mutex_lock(&m->lock);
-    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    struct vm *v = vm_get(m, id);
     int r = !v ? -ENOENT : ppn >= v->npages ? -EINVAL : PTE_STATE(v->pmap[ppn]);
     pthread_mutex_unlock(&m->lock);
     return r;
@@ -183,7 +221,7 @@ int64_t vm_evict(struct machine *m, int id, const uint64_t *ppns, size_t n)
     int64_t done = 0;
     int err = 0;
     pthread_mutex_lock(&m->lock);
-    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    struct vm *v = vm_get(m, id);
     if (!v)
         err = -ENOENT;
     for (size_t i = 0; v && i < n && !err; ) {
@@ -214,24 +252,16 @@ int64_t vm_evict(struct machine *m, int id, const uint64_t *ppns, size_t n)
 int64_t vm_evict_random(struct machine *m, int id, uint64_t n)
 {
     pthread_mutex_lock(&m->lock);
-    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
-    uint64_t *pick = v ? malloc((v->st.resident + 1) * sizeof *pick) : NULL;
-    uint64_t k = 0;
-    for (uint64_t p = 0; pick && p < v->npages; p++)
-        if (PTE_STATE(v->pmap[p]) == PM_RESIDENT)
-            pick[k++] = p;
-    for (uint64_t i = 0; i < k && i < n; i++) {     /* partial Fisher-Yates shuffle */
-        uint64_t j = i + rng_next(&m->rng) % (k - i);
-        uint64_t t = pick[i];
-        pick[i] = pick[j];
-        pick[j] = t;
-    }
+    struct vm *v = vm_get(m, id);
+    uint64_t want = v && n < v->st.resident ? n : v ? v->st.resident : 0;
+    uint64_t *pick = v ? malloc((want + 1) * sizeof *pick) : NULL;
+    uint64_t k = pick ? resident_pick(m, v, want, pick) : 0;
     pthread_mutex_unlock(&m->lock);
     if (!v)
         return -ENOENT;
     if (!pick)
         return -ENOMEM;
-    int64_t r = vm_evict(m, id, pick, k < n ? k : n);
+    int64_t r = vm_evict(m, id, pick, k);
     free(pick);
     return r;
 }
@@ -271,7 +301,7 @@ int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n)
     int64_t done = 0;
     int err = 0;
     pthread_mutex_lock(&m->lock);
-    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    struct vm *v = vm_get(m, id);
     if (!v)
         err = -ENOENT;
     for (size_t i = 0; v && i < n && !err; i++)
@@ -305,7 +335,7 @@ int64_t vm_unballoon(struct machine *m, int id, const uint64_t *ppns, size_t n)
 {
     int64_t done = 0;
     pthread_mutex_lock(&m->lock);
-    struct vm *v = id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
+    struct vm *v = vm_get(m, id);
     for (size_t i = 0; v && i < n; i++)
         if (ppns[i] >= v->npages)
             done = -EINVAL;

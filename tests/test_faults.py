@@ -34,11 +34,11 @@ def test_swap_space_is_reserved_at_creation(small_disk: Path) -> None:
     assert os.listdir(small_disk) == []
     with uvm.Machine(memory="1MiB", swap_size="256KiB", swap_dir=small_disk) as m:
         assert os.statvfs(small_disk).f_bfree * os.statvfs(small_disk).f_frsize < 512 * 1024 - 256 * 1024
-        vm = m.create_vm("a", memory="1280KiB")
+        vm = m.create_vm("a", memory="1200KiB", min="960KiB")   # max - min fits in swap
         vm.run(Fill(seed=1)).join(30)
         vm.run(Verify(seed=1)).join(30)
         with pytest.raises(ValueError, match="^memory: .*cannot be backed"):
-            m.create_vm("b", memory="8KiB")
+            m.create_vm("b", memory="20KiB")   # 16 KiB of swap left unreserved
 
 
 def test_swap_full_stops_only_the_faulting_vm(make_machine) -> None:  # type: ignore[no-untyped-def]
@@ -82,7 +82,7 @@ def test_transient_write_error_loses_nothing(make_machine) -> None:  # type: ign
 
 
 def test_persistent_write_error_stops_the_vm_cleanly(make_machine) -> None:  # type: ignore[no-untyped-def]
-    m = make_machine("1MiB")
+    m = make_machine("1MiB", swap_size="5MiB")
     other = m.create_vm("other", memory="256KiB")
     other.run(Fill(seed=6)).join(30)
     vm = m.create_vm("a", memory="4MiB")

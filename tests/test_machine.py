@@ -70,12 +70,12 @@ def test_vm_errors(make_machine) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="^name: .*already exists"):
         m.create_vm("a", memory="1MiB")
     with pytest.raises(ValueError, match="^memory: .*cannot be backed"):
-        m.create_vm("b", memory="4MiB")       # 2 + 4 > 1 + 4
+        m.create_vm("b", memory="4MiB")       # 2 + 4 > 4 MiB of swap (max - min must fit)
     with pytest.raises(ValueError, match="^name: "):
         m.create_vm("", memory="1MiB")
     with pytest.raises(ValueError, match="^memory: "):
         m.create_vm("c", memory="1KiB")
-    m.create_vm("b", memory="3MiB")           # exactly fills memory + swap
+    m.create_vm("b", memory="2MiB")           # exactly fills the swap
     with pytest.raises(ValueError, match="^vm: "):
         m.destroy_vm("nope")
 

@@ -197,7 +197,7 @@ def test_launch_names_machine_field(tmp_path: Path) -> None:
 
 def test_launch_names_vm_that_cannot_be_backed(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('memory = "4MiB"', 'memory = "1GiB"'))
-    with pytest.raises(ScenarioError, match=rf"^{path}: vm\[2\]\.memory: VM 'empty' .* cannot be backed"):
+    with pytest.raises(ScenarioError, match=rf"^{path}: vm\[2\]\.memory: VM 'empty' cannot be backed: its max - min \(1.0 GiB\) must fit in swap"):
         scenario.launch(scenario.load(path))
 
 

@@ -11,12 +11,14 @@ on real memory and real page faults.
             print(snap.time, {v.name: v.resident for v in snap.vms})
 """
 
+from uvm import policy
 from uvm.errors import SwapFull, UserfaultfdUnavailable, UvmError, VMStopped
 from uvm.machine import Machine
+from uvm.scheduler import MemoryPolicy
 from uvm.sizes import PAGE_SIZE, parse_size
 from uvm.stats import Snapshot, VMSample
 from uvm.vm import VM
 
-__all__ = ["Machine", "VM", "Snapshot", "VMSample", "UvmError", "VMStopped", "SwapFull",
+__all__ = ["Machine", "VM", "MemoryPolicy", "policy", "Snapshot", "VMSample", "UvmError", "VMStopped", "SwapFull",
            "UserfaultfdUnavailable", "PAGE_SIZE", "parse_size"]
 __version__ = "0.1.0"

@@ -15,12 +15,14 @@ from uvm._binding import ffi, lib
 from uvm.errors import USERFAULTFD_HELP, UserfaultfdUnavailable, UvmError
 from uvm.sharing import DEFAULT_RATE, DEFAULT_VM_RATE, ShareScanner, check_rate, scan
 from uvm.sizes import PAGE_SIZE, format_size, parse_pages, parse_size
+from uvm.scheduler import MemoryPolicy, MemoryScheduler
 from uvm.stats import Snapshot, snapshot
-from uvm.vm import VM, vm_dict
+from uvm.vm import DEFAULT_SHARES, VM, check_shares, vm_dict
 
 MACHINE_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_machine_stats").fields]
 SWAP_PER_MEMORY = 4     # default swap capacity, in multiples of machine memory
 FAULT_AROUND_MAX = 64
+PMAP_BYTES = 8          # per guest page: a VM's overhead, reserved with its min
 INJECTIONS = {"swap-write": lib.INJECT_SWAP_WRITE, "swap-read": lib.INJECT_SWAP_READ,
               "swap-full": lib.INJECT_SWAP_FULL, "pager-hold": lib.INJECT_PAGER_HOLD}
 
@@ -53,11 +55,19 @@ def _pager_cpus(pagers: int | Sequence[int] | None) -> list[int]:
     return cpus
 
 
-def _machine_dict(st: Any, scanner: ShareScanner | None) -> dict[str, Any]:
+def _machine_dict(st: Any, scanner: ShareScanner | None,
+                  sched: MemoryScheduler | None) -> dict[str, Any]:
     d: dict[str, Any] = {f: int(getattr(st, f)) for f in MACHINE_STAT_FIELDS}
     d["compression_ratio"] = d["swap_pages"] * PAGE_SIZE / d["swap_bytes"] if d["swap_bytes"] else 1.0
     d["scan_rate"] = scanner.measured_rate if scanner else 0.0
+    d["state"] = sched.state if sched else "unmanaged"
+    d["tax_rate"] = sched.tax_rate if sched else None
     return d
+
+
+def overhead_bytes(pages: int) -> int:
+    """Host memory a VM of `pages` pages costs beyond its own: its pmap."""
+    return pages * PMAP_BYTES
 
 
 class Machine:
@@ -69,16 +79,26 @@ class Machine:
     at `swap_file` and removed at close, or by default is an unlinked file in `swap_dir`
     ($TMPDIR or /var/tmp). `swap_latency` (seconds, default 0) is charged per swap read or
     write request, so the swap device costs what a disk costs, not what the host's page cache
-    costs (the guest OS's virtual disk has the same knob)."""
+    costs (the guest OS's virtual disk has the same knob).
+
+    `policy` runs the paper's memory policy (uvm.MemoryPolicy; True for the defaults): idle
+    sampling, share-based targets with the idle memory tax, and reclamation by free-memory
+    state (ballooning, host paging, blocking). Without it the machine only pages on demand,
+    at random, when no frame is free."""
 
     def __init__(self, memory: int | str = "256MiB", *, swap_file: str | os.PathLike[str] | None = None,
                  swap_size: int | str | None = None, swap_dir: str | os.PathLike[str] | None = None,
                  fault_around: int = 1, pagers: int | Sequence[int] | None = None,
                  reclaim: bool = True, debug: bool = False, sharing: bool = False,
                  swap_latency: float = 0.0,
-                 share_rate: float = DEFAULT_RATE, share_rate_vm: float = DEFAULT_VM_RATE) -> None:
+                 share_rate: float = DEFAULT_RATE, share_rate_vm: float = DEFAULT_VM_RATE,
+                 policy: MemoryPolicy | bool = False) -> None:
         self._m: Any = None
         self._scanner: ShareScanner | None = None
+        self.scheduler: MemoryScheduler | None = None
+        if not isinstance(policy, (bool, MemoryPolicy)):
+            raise ValueError(f"policy: expected a uvm.MemoryPolicy or a bool, got {policy!r}")
+        chosen = MemoryPolicy() if policy is True else policy or None
         self._call_lock = threading.Lock()
         frames = parse_pages(memory, "memory")
         swap_bytes = (parse_size(swap_size, "swap_size") if swap_size is not None
@@ -129,6 +149,8 @@ class Machine:
         self._started = time.monotonic()
         if sharing:
             self._scanner = ShareScanner(self, share_rate, share_rate_vm)
+        if chosen is not None:
+            self.scheduler = MemoryScheduler(self, chosen)
 
     @staticmethod
     def _open_error(err: int, swap_where: str, swap_bytes: int) -> Exception:
@@ -178,6 +200,9 @@ class Machine:
         scanner, self._scanner = self._scanner, None
         if scanner is not None:
             scanner.stop()
+        sched, self.scheduler = self.scheduler, None
+        if sched is not None:
+            sched.stop()
         with self._lock:
             vms = list(self._vms.values())
         for vm in vms:
@@ -193,28 +218,31 @@ class Machine:
         for vm in vms:
             vm._retire()
         self._vms.clear()
-        if scanner is not None and scanner.error is not None:
-            raise scanner.error
+        for worker in (scanner, sched):
+            if worker is not None and worker.error is not None:
+                raise worker.error
 
     # -- guests -----------------------------------------------------------------------
 
-    def create_vm(self, name: str, memory: int | str = "256MiB") -> VM:
-        """Creates a guest of `memory` bytes of guest-physical memory (may exceed machine
-        memory: the pager overcommits onto swap)."""
+    def create_vm(self, name: str, memory: int | str = "256MiB", *, shares: int = DEFAULT_SHARES,
+                  min: int | str = 0) -> VM:
+        """Creates a guest of `memory` bytes of guest-physical memory (its max; may exceed
+        machine memory: the pager overcommits onto swap), with `shares` (its claim on memory
+        relative to other VMs) and `min` bytes guaranteed. Admission control, as in the
+        paper: min plus the VM's overhead must fit in machine memory no other VM has
+        reserved, and max - min must fit in swap no other VM has reserved."""
         if not isinstance(name, str) or not name or not name.isprintable():
             raise ValueError(f"name: expected a non-empty printable string, got {name!r}")
         pages = parse_pages(memory, "memory")
+        min_pages = parse_pages(min, "min", zero=True)
+        if min_pages > pages:
+            raise ValueError(f"min: {format_size(min_pages * PAGE_SIZE)} is more than the VM's "
+                             f"memory ({format_size(pages * PAGE_SIZE)})")
+        check_shares(shares)
         with self._lock:
             if name in self._vms:
                 raise ValueError(f"name: a VM called {name!r} already exists")
-            committed = sum(v.pages for v in self._vms.values())
-            backing = self.frames + self.swap_capacity // PAGE_SIZE
-            if committed + pages > backing:
-                raise ValueError(
-                    f"memory: VM {name!r} ({format_size(pages * PAGE_SIZE)}) cannot be backed: "
-                    f"machine memory {format_size(self.memory)} plus swap "
-                    f"{format_size(self.swap_capacity)} hold {format_size(backing * PAGE_SIZE)}, "
-                    f"and existing VMs already take {format_size(committed * PAGE_SIZE)}")
+            self._admit(name, pages, min_pages)
             slot = ffi.new("int *")
             base = ffi.new("void **")
             with self._core() as m:
@@ -226,9 +254,31 @@ class Machine:
                                  f"{format_size(pages * PAGE_SIZE)} VM")
             if r < 0:
                 raise OSError(-r, f"VM {name!r} could not be created: {os.strerror(-r)}")
-            vm = VM(self, name, slot[0], ffi.cast("char *", base[0]), pages)
+            vm = VM(self, name, slot[0], ffi.cast("char *", base[0]), pages, shares, min_pages)
             self._vms[name] = vm
+        vm._set_target(None)
+        if self.scheduler is not None:
+            self.scheduler.attach(vm)
         return vm
+
+    def _admit(self, name: str, pages: int, min_pages: int) -> None:
+        """Admission control; ValueError naming `min` or `memory` if the VM does not fit."""
+        reserved = sum(v.min * PAGE_SIZE + overhead_bytes(v.pages) for v in self._vms.values())
+        need = min_pages * PAGE_SIZE + overhead_bytes(pages)
+        if need > self.memory - reserved:
+            raise ValueError(
+                f"min: VM {name!r} needs {format_size(need)} of machine memory reserved (min "
+                f"plus {format_size(overhead_bytes(pages))} overhead), but only "
+                f"{format_size(self.memory - reserved)} of {format_size(self.memory)} is unreserved")
+        swap_pages = self.swap_capacity // PAGE_SIZE
+        swap_reserved = sum(v.max - v.min for v in self._vms.values())
+        if pages - min_pages > swap_pages - swap_reserved:
+            raise ValueError(
+                f"memory: VM {name!r} cannot be backed: its max - min "
+                f"({format_size((pages - min_pages) * PAGE_SIZE)}) must fit in swap, and only "
+                f"{format_size((swap_pages - swap_reserved) * PAGE_SIZE)} of the "
+                f"{format_size(self.swap_capacity)} swap file is unreserved (raise swap_size "
+                f"or the VM's min)")
 
     def destroy_vm(self, vm: VM | str) -> None:
         """Stops the VM's workloads and frees all of its frames and swap slots."""
@@ -244,6 +294,8 @@ class Machine:
         for run in vm.runs:
             run.wait(timeout=5.0)
         vm.balloon.stop_driver()
+        if self.scheduler is not None:
+            self.scheduler.detach(vm)
         with self._core() as m:
             vm._retire()
             lib.vm_destroy(m, vm._slot)
@@ -341,9 +393,9 @@ class Machine:
         st = ffi.new("struct uvm_machine_stats *")
         with self._core() as m:
             lib.machine_stats(m, st)
-        return _machine_dict(st, self._scanner)
+        return _machine_dict(st, self._scanner, self.scheduler)
 
-    def stats_with_vms(self, vms: Sequence[VM]) -> tuple[dict[str, Any], list[dict[str, int]]]:
+    def stats_with_vms(self, vms: Sequence[VM]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The machine's counters and those of `vms`, read at one instant (so that, e.g.,
         frames_used is exactly the sum of the VMs' resident pages)."""
         with self._core() as m:
@@ -353,7 +405,7 @@ class Machine:
             lib.machine_snapshot(m, st, ffi.new("int[]", [vm._slot for vm in live] or [0]), vst,
                                  len(live))
         by_vm = {vm.name: vm._with_guest(vm_dict(vst[i])) for i, vm in enumerate(live)}
-        return _machine_dict(st, self._scanner), [by_vm[vm.name] if vm.name in by_vm else vm.stats() for vm in vms]
+        return _machine_dict(st, self._scanner, self.scheduler), [by_vm[vm.name] if vm.name in by_vm else vm.stats() for vm in vms]
 
     def check(self) -> None:
         """Verifies the C core's bookkeeping (frame table against every pmap, per-VM counts);

@@ -16,9 +16,9 @@ _UNITS = {
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_size(value: object, name: str) -> int:
+def parse_size(value: object, name: str, zero: bool = False) -> int:
     """Returns a size in bytes; raises ValueError naming `name` for anything that is not a
-    positive size ("-3", "64XB", 0, True)."""
+    positive size ("-3", "64XB", 0 unless `zero`, True)."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"{name}: expected a size such as '64MiB' or a number of bytes, got {value!r}")
     if isinstance(value, int):
@@ -29,15 +29,16 @@ def parse_size(value: object, name: str) -> int:
         if not m or unit not in _UNITS:
             raise ValueError(f"{name}: {value!r} is not a size (write e.g. '64MiB', '1GiB' or a number of bytes)")
         size = int(float(m.group(1)) * _UNITS[unit])
-    if size <= 0:
-        raise ValueError(f"{name}: must be positive, got {value!r}")
+    if size < 0 or (size == 0 and not zero):
+        raise ValueError(f"{name}: must be {'>= 0' if zero else 'positive'}, got {value!r}")
     return size
 
 
-def parse_pages(value: object, name: str) -> int:
-    """Returns a size in whole pages (rounded up); raises ValueError if it is under a page."""
-    size = parse_size(value, name)
-    if size < PAGE_SIZE:
+def parse_pages(value: object, name: str, zero: bool = False) -> int:
+    """Returns a size in whole pages (rounded up); raises ValueError if it is under a page
+    (and not 0 when `zero` allows it)."""
+    size = parse_size(value, name, zero)
+    if size < PAGE_SIZE and not (zero and size == 0):
         raise ValueError(f"{name}: {value!r} is smaller than one page ({PAGE_SIZE} bytes)")
     return -(-size // PAGE_SIZE)
 

@@ -15,6 +15,7 @@ from uvm.sizes import PAGE_SIZE
 
 if TYPE_CHECKING:
     from uvm.guest.kernel import GuestOS
+    from uvm.sampler import IdleSampler
     from uvm.machine import Machine
     from workloads.base import Run, Workload
 
@@ -22,9 +23,20 @@ PAGE_STATES = {lib.PM_NONE: "none", lib.PM_RESIDENT: "resident", lib.PM_SWAPPED:
                lib.PM_ZERO: "zero", lib.PM_SHARED: "shared", lib.PM_BALLOONED: "ballooned"}
 
 VM_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_vm_stats").fields]
+DEFAULT_SHARES = 1000
+NO_TARGET = 2**64 - 1
+WATCH_STATUS = {lib.WATCH_UNTOUCHED: "untouched", lib.WATCH_TOUCHED: "touched",
+                lib.WATCH_GONE: "gone"}
 
 
-def vm_dict(st: Any) -> dict[str, int]:
+def check_shares(value: object) -> int:
+    """Returns shares; ValueError unless it is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**9:
+        raise ValueError(f"shares: must be an integer from 1 to 10**9, got {value!r}")
+    return value
+
+
+def vm_dict(st: Any) -> dict[str, Any]:
     """A VM's counters (struct uvm_vm_stats) as a plain dict."""
     return {f: int(getattr(st, f)) for f in VM_STAT_FIELDS}
 
@@ -37,11 +49,18 @@ class VM:
     memory access in C; code that must survive that uses `read`/`write` or a workload,
     which turn it into VMStopped."""
 
-    def __init__(self, machine: Machine, name: str, slot: int, base: Any, pages: int) -> None:
+    def __init__(self, machine: Machine, name: str, slot: int, base: Any, pages: int,
+                 shares: int = DEFAULT_SHARES, min_pages: int = 0) -> None:
         self.machine = machine
         self.name = name
         self.pages = pages
         self.size = pages * PAGE_SIZE
+        self.max = pages                    # the paper's max: the configured size, in pages
+        self.min = min_pages                # guaranteed pages (reserved at admission)
+        self._shares = check_shares(shares)
+        self.sampler: IdleSampler | None = None     # set while a memory policy runs
+        self._runnable = threading.Event()          # cleared while the VM is blocked
+        self._runnable.set()
         self._slot = slot
         self._base = base
         self._runs: list[Run] = []
@@ -60,10 +79,11 @@ class VM:
         """The guest-physical memory's address in this process (PPN p at address + p * 4096)."""
         return int(ffi.cast("uintptr_t", self._base))
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """Counters: pages, resident, swapped, zero, ballooned, faults by kind, swap-ins,
-        swap-outs...; balloon_target and balloon_size; and with a guest OS its own counters
-        (guest_free, guest_cache, guest_swapins, guest_swapouts, ...)."""
+        swap-outs...; balloon_target and balloon_size; shares, min, max and blocked; with a
+        memory policy, target, allocated, active (f), reclaim and host_paged; and with a
+        guest OS its own counters (guest_free, guest_cache, guest_swapins, ...)."""
         st = ffi.new("struct uvm_vm_stats *")
         try:
             with self.machine._core() as m:     # destroy_vm holds it too: no slot reuse race
@@ -75,11 +95,15 @@ class VM:
             st.stopped = errno.ESHUTDOWN
         return self._with_guest(vm_dict(st))
 
-    def _with_guest(self, d: dict[str, int]) -> dict[str, int]:
-        """Adds the guest OS's counters (guest_free, guest_cache, guest_swapins, ...) to the
-        host's, if the VM booted an OS."""
+    def _with_guest(self, d: dict[str, Any]) -> dict[str, Any]:
+        """Adds the balloon's, the memory policy's (shares, min, max, target, allocated,
+        active, reclaim, blocked) and the guest OS's counters (guest_free, guest_cache,
+        guest_swapins, ...) to the host's."""
         d["balloon_target"] = self.balloon.target
         d["balloon_size"] = self.balloon.size
+        d.update(shares=self._shares, min=self.min, max=self.max, blocked=int(self.blocked))
+        sched = self.machine.scheduler
+        d.update(sched.vm_stats(self) if sched is not None else {})
         if self.os is not None:
             d.update(self.os.stats())
         return d
@@ -136,6 +160,80 @@ class VM:
         if r < 0:
             raise ValueError(f"ppn: {ppn} is not a page of VM {self.name!r} ({self.pages} pages)")
         return PAGE_STATES[r]
+
+    @property
+    def shares(self) -> int:
+        """The VM's claim on memory beyond its min, relative to other VMs' (settable)."""
+        return self._shares
+
+    @shares.setter
+    def shares(self, value: int) -> None:
+        self._shares = check_shares(value)
+
+    @property
+    def blocked(self) -> bool:
+        """True while the memory scheduler blocks the VM (low state, above its target):
+        its workloads pause between steps until memory frees."""
+        return not self._runnable.is_set()
+
+    def _block(self) -> None:
+        self._runnable.clear()
+
+    def _unblock(self) -> None:
+        self._runnable.set()
+
+    def wait_runnable(self, timeout: float) -> bool:
+        """Waits up to `timeout` seconds while the VM is blocked; returns whether it may run."""
+        return self._runnable.wait(timeout)
+
+    def _set_target(self, target: int | None) -> None:
+        """Tells the C core this VM's min and the scheduler's target (None: no target), so
+        that evictions it makes on its own take from VMs above their targets first."""
+        try:
+            with self.machine._core() as m:
+                if not self._destroyed:
+                    lib.vm_set_limits(m, self._slot, self.min,
+                                      NO_TARGET if target is None else target)
+        except UvmError:
+            pass                            # the machine closed meanwhile
+
+    def _ppn_call(self, fn: Any, ppns: list[int], *extra: Any) -> tuple[int, Any]:
+        if any(not 0 <= p < self.pages for p in ppns):
+            raise ValueError(f"ppns: every PPN must be in [0, {self.pages})")
+        arr = ffi.new("uint64_t[]", ppns)
+        with self.machine._core() as m:
+            r = int(fn(m, self._slot, arr, len(ppns), *extra))
+        if r < 0:
+            raise OSError(-r, f"VM {self.name!r}: {os.strerror(-r)}")
+        return r, arr
+
+    def random_resident(self, count: int) -> list[int]:
+        """Up to `count` distinct resident PPNs, chosen uniformly at random."""
+        out = ffi.new("uint64_t[]", max(1, count))
+        with self.machine._core() as m:
+            n = int(lib.vm_pick_resident(m, self._slot, max(0, count), out))
+        return [int(out[i]) for i in range(max(0, n))]
+
+    def watch(self, ppns: Iterable[int]) -> list[int]:
+        """Idle sampling's trick: unmaps these pages (their frames stay) so that the guest's
+        next touch of each is seen; returns those watched (the resident ones)."""
+        n, arr = self._ppn_call(lib.vm_watch, list(ppns))
+        return [int(arr[i]) for i in range(n)]
+
+    def watch_random(self, count: int) -> list[int]:
+        """Watches up to `count` random resident pages; returns their PPNs."""
+        out = ffi.new("uint64_t[]", max(1, count))
+        with self.machine._core() as m:
+            n = int(lib.vm_watch_random(m, self._slot, max(0, count), out))
+        return [int(out[i]) for i in range(max(0, n))]
+
+    def watched(self, ppns: Iterable[int]) -> list[str]:
+        """For pages watched earlier: 'touched' since, 'untouched', or 'gone' (left machine
+        memory untouched)."""
+        pages = list(ppns)
+        status = ffi.new("uint8_t[]", max(1, len(pages)))
+        self._ppn_call(lib.vm_watched, pages, status)
+        return [WATCH_STATUS[status[i]] for i in range(len(pages))]
 
     def evict(self, ppns: Iterable[int] | None = None) -> int:
         """Pages the given PPNs (default: every resident page) out to swap, as the host's

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from uvm.vm import VM
 
 RATE_WINDOW = 1.0   # seconds over which ops_per_s is measured
+BLOCKED_POLL = 0.05  # seconds between checks for stop while the VM is blocked
 
 
 class Workload(ABC):
@@ -84,6 +85,8 @@ class Run:
     def _main(self) -> None:
         try:
             while not self._stop.is_set():
+                if not self.vm.wait_runnable(BLOCKED_POLL):
+                    continue            # blocked by the memory scheduler: descheduled
                 n = self.workload.step(self.vm)
                 if n is None:
                     break
@@ -102,14 +105,15 @@ class Run:
 
     @property
     def ops_per_s(self) -> float:
-        """Operations per second over about the last second (0 once finished)."""
-        if self.done or len(self._marks) < 2:
+        """Operations per second over about the last second, up to now (0 once finished,
+        or while the VM is blocked)."""
+        if self.done or not self._marks:
             return 0.0
-        now_t, now_ops = self._marks[-1]
+        now = time.monotonic()
         for t, ops in reversed(self._marks):
-            if now_t - t >= RATE_WINDOW:
+            if now - t >= RATE_WINDOW:
                 break
-        return (now_ops - ops) / (now_t - t) if now_t > t else 0.0
+        return (self.ops - ops) / (now - t) if now > t else 0.0
 
     @property
     def elapsed(self) -> float:
