@@ -202,6 +202,8 @@ int share_cow(struct machine *m, struct vm *v, uint64_t ppn);
 void share_drop(struct machine *m, struct vm *v, uint64_t ppn);
 int share_evict(struct machine *m, struct vm *v, uint64_t ppn);
 int share_release(struct machine *m, struct vm *v, uint64_t ppn);
+int share_at_home(struct vm *v, uint64_t ppn);
+int share_fault_home(struct machine *m, struct vm *v, uint64_t ppn, uint64_t flags);
 char *sframe_addr(struct machine *m, uint64_t s);
 
 /* guard.c */

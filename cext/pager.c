@@ -175,6 +175,8 @@ static int serve_resident(struct machine *m, struct vm *v, uint64_t ppn, uint64_
  * frame again, still write-protected. */
 static int serve_shared(struct machine *m, struct vm *v, uint64_t ppn, uint64_t flags)
 {
+    if (share_at_home(v, ppn))
+        return share_fault_home(m, v, ppn, flags);
     if (flags & UFFD_PAGEFAULT_FLAG_WP)
         return share_cow(m, v, ppn);
     char *a = v->guest + ppn * PG;
