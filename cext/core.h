@@ -197,6 +197,7 @@ void *reclaim_main(void *arg);
 /* vm.c */
 void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st);
 struct vm *vm_get(struct machine *m, int id);
+struct vm *vm_get_ppns(struct machine *m, int id, const uint64_t *ppns, size_t n, int *err);
 uint64_t resident_pick(struct machine *m, struct vm *v, uint64_t n, uint64_t *out);
 
 /* share.c */

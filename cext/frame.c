@@ -69,7 +69,9 @@ int machine_check(struct machine *m)
     for (uint64_t i = 0; i < m->nresident && !r; i++) {
         struct vm *v = m->vms[FT_SLOT(m->frames[i])];
         uint64_t ppn = FT_PPN(m->frames[i]);
-        if (!v || ppn >= v->npages || v->pmap[ppn] != PTE_MAKE(PM_RESIDENT, 0, i))
+        /* the entry names this frame; of the flags only PTE_WATCH outlives a call */
+        if (!v || ppn >= v->npages ||
+            v->pmap[ppn] != PTE_MAKE(PM_RESIDENT, PTE_LEN(v->pmap[ppn]) & PTE_WATCH, i))
             r = -EUCLEAN;
     }
     uint32_t *refs = calloc(m->nframes + 1, sizeof *refs);

@@ -30,19 +30,15 @@ static int watch_one(struct vm *v, uint64_t ppn)
  * front of ppns; returns how many, or -errno. */
 int64_t vm_watch(struct machine *m, int id, uint64_t *ppns, size_t n)
 {
+    int err;
     int64_t done = 0;
     pthread_mutex_lock(&m->lock);
-    struct vm *v = vm_get(m, id);
-    if (!v)
-        done = -ENOENT;
+    struct vm *v = vm_get_ppns(m, id, ppns, n, &err);
     for (size_t i = 0; v && i < n; i++)
-        if (ppns[i] >= v->npages)
-            done = -EINVAL;
-    for (size_t i = 0; done >= 0 && i < n; i++)
         if (watch_one(v, ppns[i]))
             ppns[done++] = ppns[i];
     pthread_mutex_unlock(&m->lock);
-    return done;
+    return v ? done : err;
 }
 
 /* picks up to n random resident pages of VM id into out; returns how many, or -errno. */
@@ -74,15 +70,11 @@ int64_t vm_watch_random(struct machine *m, int id, uint64_t n, uint64_t *out)
  * VM id (pages the caller watched); returns how many were touched, or -errno. */
 int64_t vm_watched(struct machine *m, int id, const uint64_t *ppns, size_t n, uint8_t *status)
 {
+    int err;
     int64_t touched = 0;
     pthread_mutex_lock(&m->lock);
-    struct vm *v = vm_get(m, id);
-    if (!v)
-        touched = -ENOENT;
-    for (size_t i = 0; v && i < n; i++)
-        if (ppns[i] >= v->npages)
-            touched = -EINVAL;
-    for (size_t i = 0; touched >= 0 && i < n; i++) {
+    struct vm *v = vm_get_ppns(m, id, ppns, n, &err);
+    for (size_t i = 0; v && i < n; i++) {
         pte_t e = v->pmap[ppns[i]];
         if (PTE_STATE(e) != PM_RESIDENT)
             status[i] = WATCH_GONE;
@@ -93,5 +85,5 @@ int64_t vm_watched(struct machine *m, int id, const uint64_t *ppns, size_t n, ui
         touched += status[i] == WATCH_TOUCHED;
     }
     pthread_mutex_unlock(&m->lock);
-    return touched;
+    return v ? touched : err;
 }

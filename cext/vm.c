@@ -153,6 +153,18 @@ struct vm *vm_get(struct machine *m, int id)
     return id >= 0 && id < MAX_VMS ? m->vms[id] : NULL;
 }
 
+/* returns VM id if every listed PPN is one of its pages, else NULL with *err set to -ENOENT
+ * or -EINVAL. Caller holds m->lock. */
+struct vm *vm_get_ppns(struct machine *m, int id, const uint64_t *ppns, size_t n, int *err)
+{
+    struct vm *v = vm_get(m, id);
+    *err = v ? 0 : -ENOENT;
+    for (size_t i = 0; v && i < n; i++)
+        if (ppns[i] >= v->npages)
+            *err = -EINVAL;
+    return *err ? NULL : v;
+}
+
 /* picks up to n distinct resident PPNs of v, uniformly at random (reservoir sampling over
  * the pmap), into out; returns how many. Caller holds m->lock. */
 uint64_t resident_pick(struct machine *m, struct vm *v, uint64_t n, uint64_t *out)
@@ -299,15 +311,10 @@ static int balloon_one(struct machine *m, struct vm *v, uint64_t ppn)
 int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n)
 {
     int64_t done = 0;
-    int err = 0;
+    int err;
     pthread_mutex_lock(&m->lock);
-    struct vm *v = vm_get(m, id);
-    if (!v)
-        err = -ENOENT;
-    for (size_t i = 0; v && i < n && !err; i++)
-        if (ppns[i] >= v->npages)
-            err = -EINVAL;
-    for (size_t i = 0; !err && i < n; ) {
+    struct vm *v = vm_get_ppns(m, id, ppns, n, &err);
+    for (size_t i = 0; v && !err && i < n; ) {
         uint64_t p = ppns[i];
         if (PTE_STATE(v->pmap[p]) != PM_RESIDENT) {
             if (PTE_STATE(v->pmap[p]) != PM_BALLOONED && (err = balloon_one(m, v, p)) == 0)
@@ -333,13 +340,11 @@ int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n)
  * touch); pages no longer ballooned are skipped. Returns pages changed, or -errno. */
 int64_t vm_unballoon(struct machine *m, int id, const uint64_t *ppns, size_t n)
 {
+    int err;
     int64_t done = 0;
     pthread_mutex_lock(&m->lock);
-    struct vm *v = vm_get(m, id);
-    for (size_t i = 0; v && i < n; i++)
-        if (ppns[i] >= v->npages)
-            done = -EINVAL;
-    for (size_t i = 0; v && done >= 0 && i < n; i++) {
+    struct vm *v = vm_get_ppns(m, id, ppns, n, &err);
+    for (size_t i = 0; v && i < n; i++) {
         if (PTE_STATE(v->pmap[ppns[i]]) == PM_BALLOONED) {
             v->pmap[ppns[i]] = PTE_MAKE(PM_NONE, 0, 0);
             v->st.ballooned--;
@@ -347,5 +352,5 @@ int64_t vm_unballoon(struct machine *m, int id, const uint64_t *ppns, size_t n)
         }
     }
     pthread_mutex_unlock(&m->lock);
-    return v ? done : -ENOENT;
+    return v ? done : err;
 }

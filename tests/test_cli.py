@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from rich.console import Console
 
 from uvm import live, scenario
 from uvm.cli import main
+from uvm.policy import STATES
 
 SMALL = """\
 [machine]
@@ -209,3 +211,57 @@ def test_ticks_end_at_duration() -> None:
     assert live.ticks(2.0, 1.0) == [0.0, 1.0, 2.0]
     assert live.ticks(2.5, 1.0) == [0.0, 1.0, 2.0, 2.5]
     assert live.ticks(0.5, 1.0) == [0.0, 0.5]
+
+
+# -- with the memory policy ------------------------------------------------------------------
+
+POLICY = """\
+[policy]
+sample_period = 0.5
+target_period = 0.5
+tick = 0.1
+"""
+
+
+@pytest.fixture
+def managed(tmp_path: Path) -> Path:
+    path = tmp_path / "managed.toml"
+    path.write_text(POLICY + SMALL.replace('name = "busy"\n', 'name = "busy"\nshares = 2000\n'))
+    return path
+
+
+def test_policy_scenario_runs_end_to_end(managed: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.jsonl"
+    assert main(["run", str(managed), "--duration", "2", "--every", "0.5", "--json", str(out)]) == 0
+    samples = read_timeline(out)
+    check_timeline(samples, 2.0)
+    for s in samples:
+        assert s["machine"]["state"] in STATES and s["machine"]["tax_rate"] == 0.75
+        for v in s["vms"]:
+            st = v["stats"]
+            assert {"target", "allocated", "active", "reclaim", "blocked", "host_paged"} <= set(st)
+            assert 0 <= st["target"] <= st["pages"] and 0.0 <= st["active"] <= 1.0
+            assert st["reclaim"] in ("none", "balloon", "paging", "both", "swap-full")
+            assert st["blocked"] in (0, 1)
+        assert [v["stats"]["shares"] for v in s["vms"]] == [2000, 1000]
+    text = capsys.readouterr().out
+    assert "uvm: memory policy: idle tax 0.75, random victims, 100 pages sampled every 0.5 s" in text
+    assert "busy: resident" in text and ", target " in text and ", f " in text   # plain lines
+    assert "machine 8.0 MiB, state " in text and "% free: frames" in text
+    assert "memory policy: reclamation state " in text and "samples per state: high" in text
+
+
+def test_live_view_with_policy_fits_100_columns(managed: Path) -> None:
+    machine = scenario.launch(scenario.load(managed))
+    try:
+        out = io.StringIO()
+        console = Console(file=out, force_terminal=True, width=100)
+        live.run(machine, "managed", duration=1.0, every=0.5, console=console)
+    finally:
+        machine.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())     # no terminal codes
+    for heading in ("state ", "% free", "sizes in MiB", "alloc", "target", "swapped", "balloon",
+                    " f ", "reclaim", "ops/s", "status", "working-set", "running"):
+        assert heading in text, heading
+    assert "…" not in text, "a cell or heading was cut to fit 100 columns"

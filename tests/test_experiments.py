@@ -64,3 +64,49 @@ def test_balloon_vs_paging_experiment_quick(tmp_path: Path, capsys) -> None:  # 
     assert 0 < paging["double_paging"] <= paging["guest_swapouts"]
     assert all(r["hot_ops_per_s"] > 0 and r["file_ops_per_s"] > 0 for r in rows.values())
     assert "double" in capsys.readouterr().out
+
+
+def test_idle_tax_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["experiment", "idle-tax", "--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "idle-tax.png").read_bytes().startswith(b"\x89PNG")
+    untaxed, taxed = results["phases"]
+    assert (untaxed["tau"], taxed["tau"]) == (0.0, 0.75)
+    # no tax: about even; with it: most memory to the busy VM, which runs faster
+    assert abs(untaxed["busy_target_mib"] - untaxed["idle_target_mib"]) <= 0.1 * untaxed["busy_target_mib"]
+    assert taxed["busy_target_mib"] >= 1.5 * taxed["idle_target_mib"]
+    assert taxed["busy_mib"] > untaxed["busy_mib"] and taxed["idle_mib"] < untaxed["idle_mib"]
+    assert taxed["idle_active"] < 0.1 < 0.9 < taxed["busy_active"]
+    assert results["speedup"] > 1
+    assert all({"busy", "idle", "state"} <= set(row) for row in results["timeline"])
+    assert "throughput at tau = 0.75" in capsys.readouterr().out
+
+
+def test_working_set_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["experiment", "working-set", "--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "working-set.png").read_bytes().startswith(b"\x89PNG")
+    phases = results["phases"]
+    assert [round(ph["true"], 2) for ph in phases] == [f for f, _ in results["params"]["phases"]]
+    for before, ph in zip(phases, phases[1:]):
+        if ph["true"] > before["true"]:         # growing: tracked once the fast average settled
+            assert ph["settled_abs_error"] <= 0.10, ph
+            assert ph["within_after_s"] is not None
+        else:                                   # shrinking: falls, slowly
+            assert ph["estimate_end"] < before["estimate_end"]
+    assert "within 10 pts" in capsys.readouterr().out
+
+
+def test_reallocation_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["experiment", "reallocation", "--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "reallocation.png").read_bytes().startswith(b"\x89PNG")
+    tl = results["timeline"]
+    states = [r["state"] for r in tl]
+    assert states[0] == "high" and states[-1] == "high"
+    assert {"soft", "hard"} & set(states)
+    # balloons inflated under pressure (which ones depends on the sampled activity) and
+    # were given back once VMs stopped
+    assert max(v["balloon"] for r in tl for v in r["vms"].values()) > 0
+    assert tl[-1]["vms"].keys() == {"C"} and tl[-1]["vms"]["C"]["balloon"] == 0
+    assert "time in each state" in capsys.readouterr().out

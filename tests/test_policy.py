@@ -133,7 +133,8 @@ def test_paper_estimator_rises_fast_and_falls_slowly() -> None:
     assert e.estimate(0, 100) == pytest.approx(0.2)
     e.period_done(80, 100)                              # the working set grew
     assert e.fast == pytest.approx(0.5) and e.slow == pytest.approx(0.275)
-    assert e.estimate(0, 100) == pytest.approx(0.5)
+    assert e.estimate(0, 100) == pytest.approx(0.5)     # no touches yet: no lower bound
+    assert e.current == pytest.approx(0.5)
     assert e.estimate(100, 100) == pytest.approx(0.75)  # the running period counts at once
     for _ in range(3):
         e.period_done(20, 100)                          # it shrank again: slow decay

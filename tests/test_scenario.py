@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+import uvm
 from uvm import scenario
+from uvm.policy import (STATES, ColdVictims, LastPeriod, PaperEstimator, RandomVictims,
+                        ShareProportional, Thresholds)
 from uvm.scenario import ScenarioError
 from uvm.sizes import parse_size
 from workloads import KINDS, Idle, WorkingSet
@@ -139,7 +142,7 @@ BAD = [
     (('duration = 3', 'duration = -1'), "run.duration: must be a positive number of seconds, got -1"),
     (('every = 0.5', 'every = "often"'), "run.every: expected a number, got 'often'"),
     (('every = 0.5', 'evry = 0.5'), "run.evry: unknown key"),
-    (('[machine]', '[machin]'), "machin: unknown table (expected one of: machine, run, vm)"),
+    (('[machine]', '[machin]'), "machin: unknown table (expected one of: machine, policy, run, vm)"),
     (('[run]', '[runs]'), "runs: unknown table"),
 ]
 
@@ -210,3 +213,153 @@ def test_launch_creates_vms_and_starts_workloads(tmp_path: Path) -> None:
         assert [[r.workload.kind for r in v.runs] for v in m.vms] == [["working-set"], ["idle"], []]
     finally:
         m.close()
+
+
+# -- the memory policy: [policy], per-VM shares and min ----------------------------------------
+
+POLICY = """\
+[policy]
+tax_rate = 0.5
+victims = "cold"
+estimator = "last-period"
+sample_period = 0.5
+sample_size = 50
+target_period = 1.5
+tick = 0.1
+thresholds = { high = 0.1, soft = 0.05 }
+"""
+
+WITH_POLICY = POLICY + GOOD.replace('name = "hot"\n', 'name = "hot"\nshares = 3000\nmin = "2MiB"\n')
+
+
+def test_policy_table_turns_the_policy_on(tmp_path: Path) -> None:
+    s = scenario.load(write(tmp_path, WITH_POLICY))
+    assert s.policy is not None
+    p = s.policy.build()
+    assert (p.tax_rate, p.sample_period, p.sample_size, p.target_period, p.tick) == (0.5, 0.5, 50, 1.5, 0.1)
+    assert isinstance(p.victims, ColdVictims) and p.estimator is LastPeriod and p.allocation is None
+    assert p.thresholds == Thresholds(high=0.1, soft=0.05, hard=0.02, low=0.01)
+    assert s.policy.build().victims is not p.victims, "each machine needs its own policy objects"
+    assert (s.vms[0].shares, s.vms[0].min) == (3000, "2MiB")
+    assert s.vms[1].create_kwargs() == {}
+    assert scenario.load(write(tmp_path, GOOD)).policy is None
+
+
+def test_empty_policy_table_is_the_default_policy_and_names_allocations() -> None:
+    base = '[machine]\nmemory = "8MiB"\n[[vm]]\nname = "a"\nmemory = "8MiB"\n'
+    s = scenario.loads("[policy]\n" + base)
+    assert s.policy is not None
+    default = uvm.MemoryPolicy()
+    p = s.policy.build()
+    assert (p.tax_rate, p.sample_period, p.sample_size, p.target_period, p.tick, p.thresholds) == (
+        default.tax_rate, default.sample_period, default.sample_size, default.target_period,
+        default.tick, default.thresholds)
+    assert isinstance(p.victims, RandomVictims) and p.estimator is PaperEstimator
+    s = scenario.loads('[policy]\nallocation = "share-proportional"\n' + base)
+    assert s.policy is not None and isinstance(s.policy.build().allocation, ShareProportional)
+
+
+def test_launch_runs_the_policy_with_shares_and_min(tmp_path: Path) -> None:
+    m = scenario.launch(scenario.load(write(tmp_path, WITH_POLICY)))
+    try:
+        assert m.scheduler is not None and m.scheduler.policy.sample_period == 0.5
+        assert isinstance(m.scheduler.policy.victims, ColdVictims)
+        hot, quiet = m.vm("hot"), m.vm("quiet")
+        assert (hot.shares, hot.min, quiet.shares, quiet.min) == (3000, 512, 1000, 0)
+        assert m.stats()["state"] in STATES and m.stats()["tax_rate"] == 0.5
+        assert {"target", "allocated", "active", "reclaim"} <= set(hot.stats())
+    finally:
+        m.close()
+    m = scenario.launch(scenario.load(write(tmp_path, GOOD)))
+    try:
+        assert m.scheduler is None and m.stats()["state"] == "unmanaged"
+    finally:
+        m.close()
+
+
+# (change to WITH_POLICY: old text, new text) -> the field path and the reason
+BAD_POLICY = [
+    (("tax_rate = 0.5", "tax_rate = 1.5"), "policy.tax_rate: must be a number in [0, 1), got 1.5"),
+    (("tax_rate = 0.5", "tax_rate = -0.1"), "policy.tax_rate: must be a number in [0, 1), got -0.1"),
+    (("tax_rate = 0.5", 'tax_rate = "high"'), "policy.tax_rate: expected a number, got 'high'"),
+    (("tax_rate = 0.5", 'tax_rate = 0.5\nallocation = "share-proportional"'),
+     "policy.tax_rate: only the idle-tax allocation has a tax rate"),
+    (("tax_rate = 0.5", 'allocation = "fair"'),
+     "policy.allocation: must be one of ['idle-tax', 'share-proportional'], got 'fair'"),
+    (('victims = "cold"', 'victims = "lru"'), "policy.victims: must be one of ['cold', 'random'], got 'lru'"),
+    (('estimator = "last-period"', "estimator = 1"), "policy.estimator: expected a string, got 1"),
+    (('estimator = "last-period"', 'estimator = "ewma"'),
+     "policy.estimator: must be one of ['last-period', 'paper'], got 'ewma'"),
+    (("sample_period = 0.5", "sample_period = 0"), "policy.sample_period: must be a number of seconds > 0, got 0"),
+    (("sample_size = 50", "sample_size = 0"), "policy.sample_size: must be an integer from 1 to 65536, got 0"),
+    (("sample_size = 50", "sample_size = 5.5"), "policy.sample_size: expected an integer, got 5.5"),
+    (("target_period = 1.5", "target_period = -1"), "policy.target_period: must be a number of seconds > 0, got -1"),
+    (("tick = 0.1", 'tick = "fast"'), "policy.tick: expected a number, got 'fast'"),
+    (("tick = 0.1", "tik = 0.1"), "policy.tik: unknown key"),
+    (("high = 0.1,", "high = 1.5,"), "policy.thresholds.high: must be a fraction in (0, 1), got 1.5"),
+    (("high = 0.1,", "high = 0.03,"), "policy.thresholds: must decrease from high to low"),
+    (("high = 0.1,", "hihg = 0.1,"), "policy.thresholds.hihg: unknown threshold (expected one of: hard, high, low, soft)"),
+    (("soft = 0.05", 'soft = "4%"'), "policy.thresholds.soft: expected a number, got '4%'"),
+    (("thresholds = { high = 0.1, soft = 0.05 }", "thresholds = 0.1"), "policy.thresholds: expected a table, got 0.1"),
+    (("shares = 3000", "shares = 0"), "vm[0].shares: must be an integer from 1 to 10**9, got 0"),
+    (("shares = 3000", 'shares = "many"'), "vm[0].shares: expected an integer, got 'many'"),
+    (('min = "2MiB"', 'min = "32MiB"'), "vm[0].min: 32.0 MiB is more than the VM's memory (24.0 MiB)"),
+    (('min = "2MiB"', 'min = "lots"'), "vm[0].min: 'lots' is not a size"),
+    (('min = "2MiB"', "min = true"), "vm[0].min: expected an integer or a string, got true"),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), BAD_POLICY)
+def test_bad_policy_field_is_named(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    old, new = change
+    assert old in WITH_POLICY
+    path = write(tmp_path, WITH_POLICY.replace(old, new, 1))
+    with pytest.raises(ScenarioError) as info:
+        scenario.load(path)
+    assert str(info.value).startswith(f"{path}: {expected}")
+
+
+def test_policy_must_be_a_table() -> None:
+    with pytest.raises(ScenarioError, match=r"^x\.toml: policy: expected a table, got 3$"):
+        scenario.loads('policy = 3\n[machine]\nmemory = "8MiB"\n[[vm]]\nname = "a"\nmemory = "8MiB"\n',
+                       source="x.toml")
+
+
+def test_launch_names_min_that_admission_control_refuses(tmp_path: Path) -> None:
+    path = write(tmp_path, WITH_POLICY.replace('min = "2MiB"', 'min = "20MiB"'))
+    with pytest.raises(ScenarioError, match=rf"^{path}: vm\[0\]\.min: VM 'hot' needs 20\.\d MiB of machine memory reserved"):
+        scenario.launch(scenario.load(path))
+
+
+HAND_BALLOON = """\
+[machine]
+memory = "32MiB"
+
+[[vm]]
+name = "guest"
+memory = "16MiB"
+[vm.os]
+[vm.workload]
+kind = "guest-idle"
+touch = "4MiB"
+[[vm.balloon]]
+at = 1.0
+target = "4MiB"
+"""
+
+
+def test_hand_set_balloon_targets_conflict_with_a_policy() -> None:
+    assert scenario.loads(HAND_BALLOON).vms[0].balloon       # fine without a policy
+    with pytest.raises(ScenarioError, match=r"^x\.toml: vm\[0\]\.balloon: balloon targets cannot be "
+                                            r"set by hand while a memory policy runs"):
+        scenario.loads("[policy]\n" + HAND_BALLOON, source="x.toml")
+
+
+def test_default_scenario_runs_the_policy_with_unequal_claims() -> None:
+    s = scenario.default()
+    assert s.policy is not None
+    p = s.policy.build()
+    assert p.sample_period <= 2 and p.target_period <= 2, "the policy must act within the run"
+    shares = {v.shares or 1000 for v in s.vms}
+    idle = [v for v in s.vms if v.workload is not None and v.workload.kind == "idle"]
+    assert len(shares) > 1 and idle, "shares or the idle tax must matter"

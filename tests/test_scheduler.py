@@ -60,6 +60,7 @@ def test_watched_pages_lose_nothing_and_report_touches(make_machine: Make) -> No
     assert status[100:150] == ["gone"] * 50
     assert status[150:] == ["untouched"] * 350
     assert vm.stats()["watch_touched"] == 100
+    m.check()                               # watched pages are resident, flagged
     vm.run(Verify(seed=7)).join(30)         # every byte, the watched and swapped ones too
     assert vm.watched(gone) == ["touched"] * 50     # swapped back in by the touch
     m.check()
@@ -128,6 +129,8 @@ def tax_run(make_machine: Make, tau: float) -> dict[str, int]:
     st = {vm.name: vm.stats() for vm in (busy, idle)}
     assert st["idle"]["active"] < 0.2 and st["busy"]["active"] > 0.8
     assert m.stats()["state"] in ("high", "soft", "hard", "low")
+    snap = next(m.watch(0))
+    assert snap.state == snap.machine["state"] and {v.name for v in snap.vms} == {"busy", "idle"}
     return {k: v["target"] for k, v in st.items()}
 
 
@@ -182,3 +185,22 @@ def test_low_state_blocks_vms_above_target_and_loses_nothing(make_machine: Make)
     assert m.memfd_pages() <= 2048
     m.close()
     assert not vm.blocked
+
+
+def test_vms_come_and_go_under_the_scheduler(make_machine: Make) -> None:
+    """Creating and destroying VMs while the scheduler samples, retargets and pages them
+    (tick 10 ms, so it races every step): nothing breaks, the survivors lose nothing."""
+    policy = uvm.MemoryPolicy(sample_period=0.05, target_period=0.02, tick=0.01,
+                              sample_size=200)
+    m = make_machine("4MiB", policy=policy)
+    keep = m.create_vm("keep", memory="3MiB")
+    keep.run(Fill(seed=11)).join(30)
+    for i in range(12):
+        vm = m.create_vm(f"tmp{i}", memory="2MiB")
+        vm.run(Fill(seed=i)).join(30)
+        time.sleep(0.03)
+        m.destroy_vm(vm)
+    keep.run(Verify(seed=11)).join(30)
+    assert m.scheduler is not None and m.scheduler.error is None
+    m.check()
+    m.close()                               # re-raises a scheduler error, if there was one

@@ -82,7 +82,8 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "run", help="run a scenario and watch it live",
         description="Runs a scenario (TOML): creates its machine and VMs, starts their workloads, "
                     "shows per-VM counters while it runs, then a summary. Without FILE, runs the "
-                    "built-in default scenario: five VMs (272 MiB) on a 96 MiB machine, with page sharing.")
+                    "built-in default scenario: five VMs (272 MiB) on a 96 MiB machine, with page sharing "
+                    "and the memory policy (shares and the idle memory tax).")
     p.add_argument("file", nargs="?", metavar="FILE.toml", help="scenario file (default: built in)")
     p.add_argument("--duration", type=_seconds, metavar="SECONDS",
                    help="how long to run (overrides the file's run.duration; default 20)")
@@ -151,3 +152,5 @@ def _print_header(spec: scenario.Scenario, machine: Machine, duration: float, ev
     print(f"uvm: {spec.source}: machine {format_size(machine.memory)}, {len(spec.vms)} VMs with "
           f"{format_size(guests)} of guest memory ({guests / machine.memory:.2f}x overcommit); "
           f"{duration:g} s, a sample every {every:g} s; userfaultfd {mode}", flush=True)
+    if spec.policy is not None:
+        print(f"uvm: memory policy: {spec.policy.describe()}", flush=True)

@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from rich.console import Console, Group
+from rich import box
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from uvm.errors import VMStopped
 from uvm.machine import Machine
+from uvm.policy.states import STATES
 from uvm.sizes import PAGE_SIZE, format_size
 from uvm.stats import Snapshot, VMSample, snapshot
 from uvm.vm import VM
@@ -51,11 +54,25 @@ class Sample:
         return "running" not in self.status.values()
 
 
+    @property
+    def managed(self) -> bool:
+        """True when a memory policy runs (the machine has a reclamation state)."""
+        return bool(self.snapshot.machine.get("state", "unmanaged") != "unmanaged")
+
+    @property
+    def free(self) -> float:
+        """Free machine memory, a fraction."""
+        m = self.snapshot.machine
+        return m["frames_free"] / m["frames_total"] if m["frames_total"] else 0.0
+
+
 @dataclass
 class Result:
-    """How a run ended: its last sample, and whether Ctrl-C cut it short."""
+    """How a run ended: its last sample, whether Ctrl-C cut it short, and how many samples
+    found the machine in each reclamation state (with a memory policy)."""
     last: Sample
     interrupted: bool
+    states: Counter[str] = field(default_factory=Counter)
 
 
 def vm_status(vm: VM) -> str:
@@ -99,6 +116,7 @@ def run(machine: Machine, title: str, duration: float, every: float, console: Co
     workload is left running), showing each sample and appending it to `timeline`. Ctrl-C
     ends the run early with a last sample: Result.interrupted says so."""
     start = time.monotonic()
+    states: Counter[str] = Counter()
     with _display(console, title) as show:
 
         def record() -> Sample:
@@ -107,6 +125,8 @@ def run(machine: Machine, title: str, duration: float, every: float, console: Co
                 timeline.write(json.dumps(sample.to_json()) + "\n")
                 timeline.flush()
             show(sample)
+            if sample.managed:
+                states[sample.snapshot.machine["state"]] += 1
             return sample
 
         try:
@@ -116,8 +136,8 @@ def run(machine: Machine, title: str, duration: float, every: float, console: Co
                 if last.settled:
                     break
         except KeyboardInterrupt:
-            return Result(record(), interrupted=True)
-    return Result(last, interrupted=False)
+            return Result(record(), interrupted=True, states=states)
+    return Result(last, interrupted=False, states=states)
 
 
 @contextmanager
@@ -148,10 +168,20 @@ def _faults(v: VMSample) -> int:
     return v.stats["faults_missing"] + v.stats["faults_minor"] + v.stats["faults_wp"]
 
 
-def machine_line(s: Sample) -> str:
-    """Frames used/free, swap used, compression ratio, sharing, elapsed/duration."""
+def state_text(s: Sample) -> str:
+    """The reclamation state and free memory, e.g. "state soft, 3.2% free" (empty without
+    a memory policy)."""
+    if not s.managed:
+        return ""
+    return f"state {s.snapshot.machine['state']}, {100 * s.free:.1f}% free"
+
+
+def machine_line(s: Sample, state: bool = True) -> str:
+    """The reclamation state (with a policy, unless state=False), frames used/free, swap
+    used, compression ratio, sharing, elapsed/duration."""
     m = s.snapshot.machine
-    return (f"machine {format_size(m['frames_total'] * PAGE_SIZE)}: frames {m['frames_used']} used / "
+    head = f", {state_text(s)}" if state and s.managed else ""
+    return (f"machine {format_size(m['frames_total'] * PAGE_SIZE)}{head}: frames {m['frames_used']} used / "
             f"{m['frames_free']} free · swap {format_size(m['swap_file_bytes'])} of "
             f"{format_size(m['swap_capacity'])}, {m['swap_pages']} pages, compression "
             f"{m['compression_ratio']:.2f}x{sharing_text(m)} · {s.elapsed:.1f} / {s.duration:g} s")
@@ -173,9 +203,20 @@ def plain_lines(s: Sample) -> list[str]:
     for v in s.snapshot.vms:
         lines.append(f"    {v.name}: resident {_mib(v.resident)} MiB, swapped {_mib(v.swapped)} MiB, "
                      f"shared {_mib(v.stats['sharing'])} MiB, zero {_mib(v.zero)} MiB, faults {_faults(v)}, swap-ins {v.stats['swapins']}, "
-                     f"swap-outs {v.stats['swapouts']}{guest_text(v)}, {_count(v.ops_per_s)} ops/s, "
-                     f"{s.status.get(v.name, '')}")
+                     f"swap-outs {v.stats['swapouts']}{guest_text(v)}{policy_text(v)}, "
+                     f"{_count(v.ops_per_s)} ops/s, {s.status.get(v.name, '')}")
     return lines
+
+
+def policy_text(v: VMSample) -> str:
+    """The memory policy's part of a VM's line (empty without a policy): target, allocated,
+    active fraction f, reclaim method, and "blocked" while the low state blocks the VM."""
+    st = v.stats
+    if "target" not in st:
+        return ""
+    blocked = ", blocked" if st["blocked"] else ""
+    return (f", target {_mib(st['target'])} MiB, allocated {_mib(st['allocated'])} MiB, "
+            f"f {st['active']:.2f}, reclaim {st['reclaim']}{blocked}")
 
 
 def guest_text(v: VMSample) -> str:
@@ -197,7 +238,10 @@ def _guest_paging(v: VMSample) -> str:
 
 
 def live_view(s: Sample, title: str) -> Group:
-    """The per-VM table and the machine line."""
+    """The per-VM table and the machine line; with a memory policy, a narrower table of
+    what the policy decides, under a title with the reclamation state."""
+    if s.managed:
+        return _policy_view(s, title)
     table = Table(title=title, title_justify="left")
     for name in ("VM", "workload"):
         table.add_column(name)
@@ -214,8 +258,32 @@ def live_view(s: Sample, title: str) -> Group:
     return Group(table, Text(machine_line(s)))
 
 
+def _policy_view(s: Sample, title: str) -> Group:
+    """With a memory policy: each VM's allocation against its target, what it swapped and
+    ballooned, its active fraction f and how it was reclaimed last; blocked VMs say so in
+    their status. Sizes in MiB; fits a 100-column terminal."""
+    table = Table(title=f"{title} · {state_text(s)} · sizes in MiB", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for name in ("VM", "workload"):
+        table.add_column(name)
+    for name in ("alloc", "target", "swapped", "balloon", "f", "reclaim", "ops/s"):
+        table.add_column(name, justify="right")
+    table.add_column("status")
+    for v in s.snapshot.vms:
+        st = v.stats
+        status = s.status.get(v.name, "")
+        if st.get("blocked") and status == "running":
+            status = "blocked"
+        table.add_row(v.name, s.workloads.get(v.name, ""), _mib(st.get("allocated", 0)),
+                      _mib(st.get("target", 0)), _mib(v.swapped), _mib(st["ballooned"]),
+                      f"{st.get('active', 1.0):.2f}", str(st.get("reclaim", "-")),
+                      _count(v.ops_per_s), _status_text(status))
+    return Group(table, Text(machine_line(s, state=False)))
+
+
 def _status_text(status: str) -> Text:
-    style = "red" if status.startswith(("stopped", "error")) else ""
+    style = ("red" if status.startswith(("stopped", "error"))
+             else "yellow" if status == "blocked" else "")
     return Text(status, style=style)
 
 
@@ -233,7 +301,19 @@ def summary(result: Result, title: str) -> Group:
         table.add_row(v.name, *_totals(v, s.elapsed), _status_text(s.status.get(v.name, "")))
     table.add_section()
     table.add_row("all", *_totals(_sum(s.snapshot.vms), s.elapsed), "")
-    return Group(table, Text(machine_line(s)), Text(_machine_totals(s.snapshot.machine)))
+    lines: list[RenderableType] = [table, Text(machine_line(s)), Text(_machine_totals(s.snapshot.machine))]
+    if s.managed:
+        lines.append(Text(_policy_totals_line(result)))
+    return Group(*lines)
+
+
+def _policy_totals_line(result: Result) -> str:
+    """The memory policy over the run: the state at the end and how often each was seen."""
+    m = result.last.snapshot.machine
+    seen = ", ".join(f"{state} {result.states[state]}" for state in STATES)
+    tax = f", tax rate {m['tax_rate']:g}" if m.get("tax_rate") is not None else ""
+    return (f"memory policy: reclamation state {m['state']} at the end{tax}; "
+            f"samples per state: {seen}")
 
 
 def _totals(v: VMSample, elapsed: float) -> list[str]:
@@ -246,7 +326,7 @@ def _totals(v: VMSample, elapsed: float) -> list[str]:
 
 def _sum(vms: list[VMSample]) -> VMSample:
     """All VMs as one, for the totals row."""
-    keys = {k for v in vms for k in v.stats}
+    keys = {k for v in vms for k, x in v.stats.items() if isinstance(x, (int, float))}
     return VMSample(name="all", resident=sum(v.resident for v in vms),
                     swapped=sum(v.swapped for v in vms), zero=sum(v.zero for v in vms),
                     stats={k: sum(v.stats.get(k, 0) for v in vms) for k in keys},

@@ -54,6 +54,14 @@ class IdleSampler:
         self._run_time = 0.0
         self._active = self.estimator.estimate(0, 0)
 
+    def restart(self, estimator: ActivityEstimator | None = None) -> None:
+        """Forgets every period so far (e.g. after the VM's boot, whose touches say nothing
+        about its working set) and starts afresh, with a new estimator if given."""
+        self.estimator = estimator or type(self.estimator)()
+        self.watching, self.touched, self.sampled = [], 0, 0
+        self.periods, self.history, self._run_time = 0, [], 0.0
+        self._active = self.estimator.estimate(0, 0)
+
     @property
     def active(self) -> float:
         """The estimated active fraction f, in [0, 1]."""

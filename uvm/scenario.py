@@ -7,9 +7,16 @@
     duration = 20               # seconds
     every = 1.0                 # sample period, seconds
 
+    [policy]                    # optional: the paper's memory policy (absent: none)
+    tax_rate = 0.75             # the idle memory tax tau, in [0, 1)
+    sample_period = 2.0         # idle sampling period, seconds (default 30)
+    target_period = 1.0         # how often targets are recomputed (default 5)
+
     [[vm]]
     name = "hot"
     memory = "64MiB"
+    shares = 2000               # its claim on memory (default 1000; needs [policy] to matter)
+    min = "16MiB"               # guaranteed memory (admission control; default 0)
     [vm.workload]               # optional; `kind` is one of workloads.KINDS,
     kind = "working-set"        # the rest are that workload's constructor parameters
     size = "48MiB"
@@ -25,6 +32,11 @@
     [[vm.balloon]]              # balloon targets over time
     at = 5.0                    # seconds into the run
     target = "24MiB"            # a size, or an integer number of pages
+
+[policy] takes every field of uvm.MemoryPolicy that a file can give (see PolicySpec):
+allocation, victims and estimator by name, thresholds as a table {high, soft, hard, low}.
+While a policy runs, its scheduler sets balloon targets itself, so [[vm.balloon]] targets
+set by hand are refused: drop the [policy] table to drive a balloon by hand.
 
 Each table is parsed into a dataclass below: to add a field, add it to the dataclass (its type
 hint is checked, unknown keys are rejected) and, if its value needs checking, check it in
@@ -52,9 +64,14 @@ from typing import Any
 import uvm.guest
 from uvm.balloon import DEFAULT_MAX_FRACTION
 from uvm.machine import Machine
+from uvm.policy import (ActivityEstimator, AllocationPolicy, ColdVictims, IdleTax, LastPeriod,
+                        PaperEstimator, RandomVictims, ShareProportional, Thresholds,
+                        VictimPolicy)
+from uvm.policy.states import STATES
+from uvm.scheduler import MemoryPolicy
 from uvm.sharing import check_rate
-from uvm.sizes import parse_pages, parse_size
-from uvm.vm import VM
+from uvm.sizes import PAGE_SIZE, format_size, parse_pages, parse_size
+from uvm.vm import VM, check_shares
 from workloads import KINDS, Workload
 
 DEFAULT_RESOURCE = "default_scenario.toml"
@@ -125,15 +142,28 @@ class VMSpec:
     memory: int | str
     workload: WorkloadSpec | None = None
     share_rate: float | None = None         # this VM's sharing scan rate (pages/s)
+    shares: int | None = None               # its claim on memory (None: the default, 1000)
+    min: int | str | None = None            # guaranteed memory (None: 0)
     os: OSSpec | None = None
     balloon: list[BalloonStep] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isprintable():
             raise ValueError(f"name: expected a non-empty printable string, got {self.name!r}")
-        parse_pages(self.memory, "memory")
+        pages = parse_pages(self.memory, "memory")
         if self.share_rate is not None:
             check_rate(self.share_rate, "share_rate")
+        if self.shares is not None:
+            check_shares(self.shares)
+        if self.min is not None:
+            min_pages = parse_pages(self.min, "min", zero=True)
+            if min_pages > pages:
+                raise ValueError(f"min: {format_size(min_pages * PAGE_SIZE)} is more than the VM's "
+                                 f"memory ({format_size(pages * PAGE_SIZE)})")
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of Machine.create_vm for shares and min, the ones that are set."""
+        return {k: v for k, v in (("shares", self.shares), ("min", self.min)) if v is not None}
 
     def check_balloon(self, path: str) -> None:
         """Balloon targets need an OS with a balloon driver and must fit its maximum."""
@@ -148,6 +178,57 @@ class VMSpec:
             if step.pages > most:
                 raise ValueError(f"{path}.balloon[{i}].target: {step.pages} pages is beyond the "
                                  f"balloon's maximum of {most} pages ({fraction:.0%} of the VM)")
+
+
+ALLOCATIONS: dict[str, type[AllocationPolicy]] = {"idle-tax": IdleTax,
+                                                  "share-proportional": ShareProportional}
+VICTIMS: dict[str, type[VictimPolicy]] = {"random": RandomVictims, "cold": ColdVictims}
+ESTIMATORS: dict[str, type[ActivityEstimator]] = {"paper": PaperEstimator,
+                                                  "last-period": LastPeriod}
+
+
+@dataclass
+class PolicySpec:
+    """The [policy] table: the memory policy's settings (None: MemoryPolicy's default), the
+    replaceable policies by name, and `thresholds` (a [policy.thresholds] table)."""
+    tax_rate: float | None = None
+    allocation: str = "idle-tax"
+    victims: str = "random"
+    estimator: str = "paper"
+    thresholds: Thresholds | None = None
+    sample_period: float | None = None
+    sample_size: int | None = None
+    target_period: float | None = None
+    tick: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, choices in (("allocation", ALLOCATIONS), ("victims", VICTIMS),
+                              ("estimator", ESTIMATORS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}: must be one of {sorted(choices)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.tax_rate is not None and self.allocation != "idle-tax":
+            raise ValueError(f"tax_rate: only the idle-tax allocation has a tax rate "
+                             f"(allocation is {self.allocation!r})")
+        self.build()                        # MemoryPolicy checks the rest, naming the field
+
+    def build(self) -> MemoryPolicy:
+        """A fresh MemoryPolicy (its policies keep state: each machine needs its own)."""
+        kwargs: dict[str, Any] = {k: getattr(self, k) for k in
+                                  ("tax_rate", "thresholds", "sample_period", "sample_size",
+                                   "target_period", "tick") if getattr(self, k) is not None}
+        if self.allocation != "idle-tax":
+            kwargs["allocation"] = ALLOCATIONS[self.allocation]()
+        return MemoryPolicy(victims=VICTIMS[self.victims](), estimator=ESTIMATORS[self.estimator],
+                            **kwargs)
+
+    def describe(self) -> str:
+        """One line for people: what the policy is and how fast it samples."""
+        policy = self.build()
+        alloc = (f"idle tax {policy.tax_rate:g}" if self.allocation == "idle-tax"
+                 else self.allocation)
+        return (f"{alloc}, {self.victims} victims, {policy.sample_size} pages sampled every "
+                f"{policy.sample_period:g} s, targets every {policy.target_period:g} s")
 
 
 @dataclass
@@ -199,6 +280,7 @@ class Scenario:
     machine: MachineSpec
     run: RunSpec
     vms: list[VMSpec]
+    policy: PolicySpec | None = None        # None: no memory policy
 
     @property
     def name(self) -> str:
@@ -237,7 +319,7 @@ def loads(text: str, source: str = "<scenario>", base: Path | None = None) -> Sc
 
 
 def _scenario(doc: dict[str, Any], source: str, base: Path | None) -> Scenario:
-    _reject_unknown(doc, {"machine", "run", "vm"}, "", "table")
+    _reject_unknown(doc, {"machine", "run", "policy", "vm"}, "", "table")
     if "machine" not in doc:
         raise ValueError("machine: missing (a [machine] table with at least `memory` is required)")
     machine = _record(MachineSpec, doc["machine"], "machine")
@@ -251,7 +333,31 @@ def _scenario(doc: dict[str, Any], source: str, base: Path | None) -> Scenario:
         raise ValueError("vm: at least one [[vm]] entry is required")
     vms = [_vm(raw, f"vm[{i}]") for i, raw in enumerate(raw_vms)]
     _check_unique_names(vms)
-    return Scenario(source, machine, run, vms)
+    policy = _policy(doc["policy"], "policy") if "policy" in doc else None
+    if policy is not None:
+        _check_no_hand_balloons(vms)
+    return Scenario(source, machine, run, vms, policy)
+
+
+def _policy(raw: object, path: str) -> PolicySpec:
+    table = dict(_table(raw, path))
+    thresholds = table.pop("thresholds", None)
+    if thresholds is not None:
+        where = f"{path}.thresholds"
+        _check_params(_table(thresholds, where), {name: (float, False) for name in STATES},
+                      where, "threshold")
+        with _at(path):
+            table["thresholds"] = Thresholds(**thresholds)
+    return _record(PolicySpec, table, path)
+
+
+def _check_no_hand_balloons(vms: list[VMSpec]) -> None:
+    """Balloon targets set by hand would fight the scheduler, which sets them every tick."""
+    for i, vm in enumerate(vms):
+        if vm.balloon:
+            raise ValueError(f"vm[{i}].balloon: balloon targets cannot be set by hand while a "
+                             f"memory policy runs (its scheduler sets them); remove the "
+                             f"[[vm.balloon]] entries or the [policy] table")
 
 
 def _resolve_paths(spec: MachineSpec, base: Path) -> MachineSpec:
@@ -313,12 +419,13 @@ T = typing.TypeVar("T")
 @contextmanager
 def _at(path: str) -> Iterator[None]:
     """Prefixes a ValueError raised inside with the field path it concerns: a message
-    "size: ..." under path "vm[0].workload" becomes "vm[0].workload.size: ..."."""
+    "size: ..." under path "vm[0].workload" becomes "vm[0].workload.size: ..." (and
+    "thresholds.high: ..." under "policy", "policy.thresholds.high: ...")."""
     try:
         yield
     except ValueError as e:
         msg = str(e)
-        joined = f"{path}.{msg}" if re.match(r"\w+: ", msg) else f"{path}: {msg}"
+        joined = f"{path}.{msg}" if re.match(r"\w[\w.]*: ", msg) else f"{path}: {msg}"
         raise ValueError(joined) from e
 
 
@@ -413,8 +520,9 @@ def launch(scenario: Scenario) -> Machine:
     """Creates the scenario's machine and VMs and starts their workloads; errors name the
     field (e.g. a working set larger than its VM), and leave no machine behind."""
     try:
+        policy = scenario.policy.build() if scenario.policy is not None else False
         with _at("machine"):
-            machine = Machine(**scenario.machine.kwargs())
+            machine = Machine(**scenario.machine.kwargs(), policy=policy)
     except ValueError as e:
         raise ScenarioError(f"{scenario.source}: {e}") from e
     try:
@@ -441,7 +549,7 @@ def _populate(machine: Machine, scenario: Scenario) -> None:
     for i, spec in enumerate(scenario.vms):
         try:
             with _at(f"vm[{i}]"):
-                vm = machine.create_vm(spec.name, spec.memory)
+                vm = machine.create_vm(spec.name, spec.memory, **spec.create_kwargs())
                 vm.share_rate = spec.share_rate
             if spec.os is not None:
                 with _at(f"vm[{i}].os"):

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from uvm.errors import SwapFull, VMStopped
 from uvm.policy.allocation import AllocationPolicy, IdleTax, VMInfo, check_tax_rate
 from uvm.policy.estimate import ActivityEstimator, PaperEstimator
 from uvm.policy.states import STATES, ReclaimStates, Thresholds
@@ -158,7 +159,10 @@ class MemoryScheduler:
         vms = [vm for vm in self.machine.vms if vm.sampler is not None]
         for vm in vms:
             if not vm.blocked:
-                vm.sampler.tick(dt)  # type: ignore[union-attr]
+                try:
+                    vm.sampler.tick(dt)  # type: ignore[union-attr]
+                except VMStopped:
+                    pass                        # destroyed meanwhile
         totals, stats = self.machine.stats_with_vms(vms)
         self.free = totals["frames_free"] / totals["frames_total"]
         before = self.state
@@ -213,12 +217,21 @@ class MemoryScheduler:
             can_balloon = vm.balloon.active and vm.balloon.target < vm.balloon.max_pages
             if state == "soft" and can_balloon:
                 continue
-            count = min(excess, budget)
-            victims = self.policy.victims.choose(vm, count)
-            paged = vm.evict(victims[:count]) if victims else 0
+            try:
+                paged = self._page(vm, min(excess, budget))
+            except SwapFull:
+                ps.reclaim = "swap-full"        # the pages stay; the C core copes or stops it
+                continue
+            except VMStopped:
+                continue                        # destroyed meanwhile
             budget -= paged
             ps.paged += paged
             ps.reclaim = "both" if ps.reclaim == "balloon" else "paging" if paged else ps.reclaim
+
+    def _page(self, vm: VM, count: int) -> int:
+        """Pages out up to count pages of vm that the victim policy picks; returns how many."""
+        victims = self.policy.victims.choose(vm, count)
+        return vm.evict(victims[:count]) if victims else 0
 
     # -- for stats ------------------------------------------------------------------------
 

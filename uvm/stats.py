@@ -30,6 +30,11 @@ class Snapshot:
     machine: dict[str, Any]
     vms: list[VMSample] = field(default_factory=list)
 
+    @property
+    def state(self) -> str:
+        """The reclamation state (high, soft, hard, low; 'unmanaged' without a policy)."""
+        return str(self.machine.get("state", "unmanaged"))
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -44,5 +49,5 @@ def snapshot(machine: Machine) -> Snapshot:
         snap.vms.append(VMSample(
             name=vm.name, resident=st["resident"], swapped=st["swapped"], zero=st["zero"],
             stats=st, ops=sum(r.ops for r in runs), ops_per_s=sum(r.ops_per_s for r in runs),
-            stopped=vm.stopped))
+            stopped=vm.stop_reason(st["stopped"])))
     return snap

@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from uvm._binding import ffi, lib
@@ -79,6 +80,15 @@ class VM:
         """The guest-physical memory's address in this process (PPN p at address + p * 4096)."""
         return int(ffi.cast("uintptr_t", self._base))
 
+    @contextmanager
+    def _core(self) -> Iterator[Any]:
+        """The machine's C handle, for a call about this VM's slot: VMStopped if the VM was
+        destroyed (its slot may belong to another VM by now)."""
+        with self.machine._core() as m:
+            if self._destroyed:
+                raise VMStopped(self.name, "the VM was destroyed")
+            yield m
+
     def stats(self) -> dict[str, Any]:
         """Counters: pages, resident, swapped, zero, ballooned, faults by kind, swap-ins,
         swap-outs...; balloon_target and balloon_size; shares, min, max and blocked; with a
@@ -114,7 +124,11 @@ class VM:
     @property
     def stopped(self) -> str | None:
         """None while the VM runs; otherwise why it was stopped."""
-        err = self.stats()["stopped"]
+        return self.stop_reason(self.stats()["stopped"])
+
+    @staticmethod
+    def stop_reason(err: int) -> str | None:
+        """Why a VM whose stats say stopped = err was stopped (None: it runs)."""
         if err == errno.ENOENT:
             return "the VM was destroyed"
         return stop_reason(err) if err else None
@@ -155,7 +169,7 @@ class VM:
     def page_state(self, ppn: int) -> str:
         """The pmap state of one page: 'none', 'resident', 'swapped', 'zero', 'shared' or
         'ballooned'."""
-        with self.machine._core() as m:
+        with self._core() as m:
             r = lib.vm_page_state(m, self._slot, ppn)
         if r < 0:
             raise ValueError(f"ppn: {ppn} is not a page of VM {self.name!r} ({self.pages} pages)")
@@ -190,29 +204,31 @@ class VM:
         """Tells the C core this VM's min and the scheduler's target (None: no target), so
         that evictions it makes on its own take from VMs above their targets first."""
         try:
-            with self.machine._core() as m:
-                if not self._destroyed:
-                    lib.vm_set_limits(m, self._slot, self.min,
-                                      NO_TARGET if target is None else target)
+            with self._core() as m:
+                lib.vm_set_limits(m, self._slot, self.min, NO_TARGET if target is None else target)
         except UvmError:
-            pass                            # the machine closed meanwhile
+            pass                            # the VM or the machine is gone meanwhile
 
     def _ppn_call(self, fn: Any, ppns: list[int], *extra: Any) -> tuple[int, Any]:
         if any(not 0 <= p < self.pages for p in ppns):
             raise ValueError(f"ppns: every PPN must be in [0, {self.pages})")
         arr = ffi.new("uint64_t[]", ppns)
-        with self.machine._core() as m:
+        with self._core() as m:
             r = int(fn(m, self._slot, arr, len(ppns), *extra))
         if r < 0:
             raise OSError(-r, f"VM {self.name!r}: {os.strerror(-r)}")
         return r, arr
 
+    def _pick(self, fn: Any, count: int) -> list[int]:
+        """Calls a C function that writes up to `count` PPNs of this VM; returns them."""
+        out = ffi.new("uint64_t[]", max(1, count))
+        with self._core() as m:
+            n = int(fn(m, self._slot, max(0, count), out))
+        return [int(out[i]) for i in range(max(0, n))]
+
     def random_resident(self, count: int) -> list[int]:
         """Up to `count` distinct resident PPNs, chosen uniformly at random."""
-        out = ffi.new("uint64_t[]", max(1, count))
-        with self.machine._core() as m:
-            n = int(lib.vm_pick_resident(m, self._slot, max(0, count), out))
-        return [int(out[i]) for i in range(max(0, n))]
+        return self._pick(lib.vm_pick_resident, count)
 
     def watch(self, ppns: Iterable[int]) -> list[int]:
         """Idle sampling's trick: unmaps these pages (their frames stay) so that the guest's
@@ -222,10 +238,7 @@ class VM:
 
     def watch_random(self, count: int) -> list[int]:
         """Watches up to `count` random resident pages; returns their PPNs."""
-        out = ffi.new("uint64_t[]", max(1, count))
-        with self.machine._core() as m:
-            n = int(lib.vm_watch_random(m, self._slot, max(0, count), out))
-        return [int(out[i]) for i in range(max(0, n))]
+        return self._pick(lib.vm_watch_random, count)
 
     def watched(self, ppns: Iterable[int]) -> list[str]:
         """For pages watched earlier: 'touched' since, 'untouched', or 'gone' (left machine
@@ -242,14 +255,14 @@ class VM:
         if any(not 0 <= p < self.pages for p in pages):
             raise ValueError(f"ppns: every PPN must be in [0, {self.pages})")
         arr = ffi.new("uint64_t[]", pages)
-        with self.machine._core() as m:
+        with self._core() as m:
             return self._evicted(lib.vm_evict(m, self._slot, arr, len(pages)))
 
     def evict_random(self, count: int) -> int:
         """Pages out `count` resident pages chosen at random; returns how many."""
         if count < 0:
             raise ValueError(f"count: must be >= 0, got {count}")
-        with self.machine._core() as m:
+        with self._core() as m:
             return self._evicted(lib.vm_evict_random(m, self._slot, count))
 
     def balloon_pages(self, ppns: Iterable[int]) -> int:
@@ -267,7 +280,7 @@ class VM:
         pages = list(ppns)
         if any(not 0 <= p < self.pages for p in pages):
             raise ValueError(f"ppns: every PPN must be in [0, {self.pages})")
-        with self.machine._core() as m:
+        with self._core() as m:
             r = int(fn(m, self._slot, ffi.new("uint64_t[]", pages), len(pages)))
         if r < 0:
             raise OSError(-r, f"VM {self.name!r}: ballooning failed: {os.strerror(-r)}")

@@ -12,11 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from uvm.experiments import balloon, balloon_vs_paging, sharing
+from uvm.experiments import (balloon, balloon_vs_paging, idle_tax, reallocation, sharing,
+                             working_set)
 from uvm.experiments.base import Experiment, MissingExtra, pyplot
 
 REGISTRY: dict[str, Experiment] = {e.name: e for e in (sharing.EXPERIMENT, balloon.EXPERIMENT,
-                                                         balloon_vs_paging.EXPERIMENT)}
+                                                         balloon_vs_paging.EXPERIMENT,
+                                                         idle_tax.EXPERIMENT,
+                                                         working_set.EXPERIMENT,
+                                                         reallocation.EXPERIMENT)}
 
 __all__ = ["REGISTRY", "Experiment", "MissingExtra", "run"]
 

@@ -141,12 +141,14 @@ class GuestOS:
             return ppn
 
     def stats(self) -> dict[str, int]:
-        """Guest-side counters (the guest's view: free pages, page cache, its own swap)."""
-        with self.lock:
-            return {"guest_free": len(self.free), "guest_cache": len(self.cache.pages),
-                    "guest_cache_dirty": self.cache.dirty, "guest_process": len(self.anon_lru),
-                    "guest_pinned": len(self.pinned), "guest_swapins": self.swapins,
-                    "guest_swapouts": self.swapouts, "guest_swap_used": self.swap_used,
-                    "guest_cache_hits": self.cache.hits, "guest_cache_misses": self.cache.misses,
-                    "guest_reclaimed": self.reclaimed, "guest_double_paging": self.double_paging,
-                    "guest_disk_reads": self.disk.reads, "guest_disk_writes": self.disk.writes}
+        """Guest-side counters (the guest's view: free pages, page cache, its own swap).
+        Read without the OS lock, which is held across guest disk I/O: a stats reader (the
+        live view, the memory scheduler) must never wait for the guest's disk. Each counter
+        is exact; together they may straddle one guest operation."""
+        return {"guest_free": len(self.free), "guest_cache": len(self.cache.pages),
+                "guest_cache_dirty": self.cache.dirty, "guest_process": len(self.anon_lru),
+                "guest_pinned": len(self.pinned), "guest_swapins": self.swapins,
+                "guest_swapouts": self.swapouts, "guest_swap_used": self.swap_used,
+                "guest_cache_hits": self.cache.hits, "guest_cache_misses": self.cache.misses,
+                "guest_reclaimed": self.reclaimed, "guest_double_paging": self.double_paging,
+                "guest_disk_reads": self.disk.reads, "guest_disk_writes": self.disk.writes}

@@ -31,7 +31,8 @@ class ActivityEstimator(ABC):
 
 class PaperEstimator(ActivityEstimator):
     """ESX's estimator: a slow and a fast exponentially weighted moving average of t / n,
-    and a version of the fast one that includes the current, incomplete period; f is the
+    and a version of the fast one that includes the current, incomplete period (the least
+    the fast average will be once the period ends, given the touches so far); f is the
     largest of the three, so it rises quickly when the working set grows and falls slowly
     when it shrinks. The gains are ours (the paper gives none): fast 0.5, slow 0.125."""
 
@@ -55,8 +56,10 @@ class PaperEstimator(ActivityEstimator):
             # information at all, so that a new VM is not taxed before it is measured)
             self.current = touched / sampled if sampled else 1.0
             return self.current
+        # touched only grows during a period, so touched / sampled is a lower bound of the
+        # period's observation, and this the least the fast average will be after it
         partial = touched / sampled if sampled else 0.0
-        self.current = self.fast + self.fast_gain * (partial - self.fast)
+        self.current = self.fast + self.fast_gain * max(0.0, partial - self.fast)
         return max(self.slow, self.fast, self.current)
 
 
