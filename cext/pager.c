@@ -19,7 +19,8 @@
  * listener looks up the CPU the faulting thread last ran on (userfaultfd gives its thread id):
  * the pager pinned there starts listening if it was not, and a listener whose own CPU has
  * sent no fault for LISTEN_IDLE_NS stops (never the last one). A guest thread's faults are
- * then served on its own CPU, and two busy CPUs get a listener each. */
+ * then served on its own CPU, and two busy CPUs get a listener each. If the look-up fails,
+ * every pager listens from then on, as without this scheme. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -292,12 +293,22 @@ static uint64_t now_ns(void)
 static void listen_follow(struct machine *m, int me, const struct uffd_msg *msg)
 {
     uint64_t now = now_ns();
-    if (msg->event != UFFD_EVENT_PAGEFAULT || !msg->arg.pagefault.feat.ptid ||
+    if (msg->event != UFFD_EVENT_PAGEFAULT ||
         now - __atomic_load_n(&m->listen_checked, __ATOMIC_RELAXED) < LISTEN_CHECK_NS)
         return;
     __atomic_store_n(&m->listen_checked, now, __ATOMIC_RELAXED);
-    int cpu = thread_cpu(msg->arg.pagefault.feat.ptid);
-    for (int j = 0; cpu >= 0 && j < m->npagers; j++) {
+    int cpu = msg->arg.pagefault.feat.ptid ? thread_cpu(msg->arg.pagefault.feat.ptid) : -1;
+    if (cpu < 0) {
+        /* no thread id (an old kernel) or no /proc: all listen, as without this scheme */
+        __atomic_store_n(&m->listeners, ~0ull, __ATOMIC_RELEASE);
+        for (int j = 0; j < m->npagers; j++) {
+            uint64_t one = 1;
+            if (write(m->pager_ctx[j].evfd, &one, sizeof one) < 0)
+                continue;
+        }
+        return;
+    }
+    for (int j = 0; j < m->npagers; j++) {
         if (m->pager_cpu[j] != cpu)
             continue;
         __atomic_store_n(&m->local_seen[j], now, __ATOMIC_RELAXED);
