@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import uvm
+from uvm._binding import lib as uvm_lib
 
 PAGE = 4096
 HERE = Path(__file__).resolve().parent
@@ -168,19 +169,20 @@ def build_pool(pool_pages: int, seed: int = 2002) -> bytearray:
 
 def expected_stored_lengths(pool: bytearray) -> dict[str, list[int]]:
     """What the core should store for each pool page, computed here independently: 0 for a
-    zero page (no slot), 4096 when the LZ4 block would not save a 256-byte unit (stored raw),
+    zero page (no slot), 4096 when the LZ4 block would not save a swap unit (stored raw),
     else the block's length. "liblz4" calls the system's liblz4.so.1 as the core does
     (LZ4_compress_default, output capacity 4095), so its total must equal the core's
     swap_bytes exactly; "lz4-package" uses the `lz4` Python package (another LZ4 build,
     which finds different matches: the sizes differ, the format is the same). Each is left
     out when its library is missing."""
     out: dict[str, list[int]] = {}
+    unit = uvm_lib.UVM_SWAP_UNIT
     pages = [bytes(pool[j * PAGE:(j + 1) * PAGE]) for j in range(len(pool) // PAGE)]
 
     def stored(page: bytes, n: int) -> int:
         if page.count(0) == PAGE:
             return 0
-        return PAGE if n <= 0 or (n + 255) // 256 >= PAGE // 256 else n
+        return PAGE if n <= 0 or (n + unit - 1) // unit >= PAGE // unit else n
 
     try:
         so = ctypes.CDLL("liblz4.so.1")
@@ -272,8 +274,9 @@ class Bench:
         for _ in range(3):
             self.kernel_touch(pages, False, True, 1)
             self.kernel_touch(pages, True, False, 1)
+        # swap as large as the VM: admission control wants max - min to fit (nothing swaps)
         machines = {p: self.machine("256MiB" if n <= 1 << 14 else f"{4 * self.region_mib}MiB", p,
-                                    swap_size="16MiB")
+                                    swap_size=n * PAGE)
                     for p in self.placements}
         runs: dict[tuple[str, int, str], list[float]] = {}
         lats: dict[tuple[str, int, str], list[int]] = {}
@@ -547,7 +550,7 @@ class Bench:
         print(f"compression: {r['swap_pages']} pages hold {r['swap_bytes']} bytes "
               f"(ratio {r['compression_ratio']:.3f} = swap_pages*4096/swap_bytes, recomputed "
               f"{r['compression_ratio_recomputed']:.3f}); {r['zero_pages_no_slot']} zero pages took no slot; "
-              f"counting them, {r['ratio_incl_zero_pages']:.3f}; file space in 256-byte units "
+              f"counting them, {r['ratio_incl_zero_pages']:.3f}; file space in {uvm_lib.UVM_SWAP_UNIT}-byte units "
               f"{r['swap_file_bytes']} bytes")
         for name, exp in r["expected_swap_bytes"].items():
             same = "matches" if exp == r["swap_bytes"] else f"swap_bytes differs by {r['swap_bytes'] - exp:+d}"
@@ -577,7 +580,7 @@ class Bench:
                  f"(CPU {GUEST_CPU}) first-touches {self.region_mib} MiB, fault_around 1, random order")
         out: dict[str, Any] = {}
         for pl in placements:
-            m = self.machine("256MiB", pl, swap_size="16MiB")
+            m = self.machine("256MiB", pl, swap_size=n * PAGE)     # admission: the VM fits
             try:
                 idle = []
                 with pinned(other):

@@ -140,6 +140,10 @@ struct machine {
     int npagers;
     pthread_t pagers[MAX_PAGERS];
     int pager_cpu[MAX_PAGERS];
+    struct pager_ctx { struct machine *m; int i; int evfd; } pager_ctx[MAX_PAGERS];
+    uint64_t listeners;     /* bit i: pager i polls the userfaultfd (see pager.c) */
+    uint64_t listen_checked;    /* when a listener last looked where faults come from (ns) */
+    uint64_t local_seen[MAX_PAGERS];    /* when a fault last came from pager i's CPU (ns) */
     int closing;
     int hold;               /* INJECT_PAGER_HOLD */
     pthread_cond_t hold_cv;
@@ -203,6 +207,8 @@ int share_cow(struct machine *m, struct vm *v, uint64_t ppn);
 void share_drop(struct machine *m, struct vm *v, uint64_t ppn);
 int share_evict(struct machine *m, struct vm *v, uint64_t ppn);
 int share_release(struct machine *m, struct vm *v, uint64_t ppn);
+int share_at_home(struct vm *v, uint64_t ppn);
+int share_fault_home(struct machine *m, struct vm *v, uint64_t ppn, uint64_t flags);
 char *sframe_addr(struct machine *m, uint64_t s);
 
 /* guard.c */

@@ -166,10 +166,10 @@ void trans_slot_put(int slot)
         atomic_store(&trans[slot].taken, 0);
 }
 
-/* publishes [addr, addr + len) as in transition (see the top of this file). */
+/* publishes [addr, addr + len) as in transition (see the top of this file). The caller
+ * has made sure the handler is installed (guard_install), once per batch of transitions. */
 void trans_begin(int slot, char *addr, uint64_t len)
 {
-    guard_install();
     atomic_store(&trans[slot].end, 0);
     atomic_store(&trans[slot].start, (uintptr_t)addr);
     atomic_store(&trans[slot].end, (uintptr_t)addr + len);

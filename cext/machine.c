@@ -53,7 +53,8 @@ static int uffd_setup(int fd)
 {
     uint64_t need = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM |
                     UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_POISON;
-    struct uffdio_api api = { .api = UFFD_API, .features = need };
+    /* the faulting thread's id lets the pagers follow it to its CPU (pager.c) */
+    struct uffdio_api api = { .api = UFFD_API, .features = need | UFFD_FEATURE_THREAD_ID };
     if (ioctl(fd, UFFDIO_API, &api))
         return errno == EINVAL ? -ENOTSUP : -errno;
     return (api.features & need) == need ? 0 : -ENOTSUP;

@@ -8,20 +8,38 @@
  *
  * A fault that cannot be served (swap full, swap I/O error, machine closing) stops the
  * faulting VM: the page is poisoned with UFFDIO_POISON, so the guest thread takes SIGBUS,
- * which guarded accessors and workloads turn into an error. Other VMs go on. */
+ * which guarded accessors and workloads turn into an error. Other VMs go on.
+ *
+ * Listening. Pagers that all poll the one userfaultfd are all woken by every fault: waking
+ * a pager on another CPU costs the faulting CPU an inter-processor interrupt, and when that
+ * pager reads the event first, the guest pays a cross-CPU wake-up (~100 us on a VM whose idle
+ * vCPUs halt) instead of a switch to the pager on its own CPU (~11 us). So when the pagers are
+ * pinned to distinct CPUs, only the pagers of CPUs that faults come from (the listeners) poll
+ * the userfaultfd; the others sleep on their own eventfd. At most every LISTEN_CHECK_NS a
+ * listener looks up the CPU the faulting thread last ran on (userfaultfd gives its thread id):
+ * the pager pinned there starts listening if it was not, and a listener whose own CPU has
+ * sent no fault for LISTEN_IDLE_NS stops (never the last one). A guest thread's faults are
+ * then served on its own CPU, and two busy CPUs get a listener each. If the look-up fails,
+ * every pager listens from then on, as without this scheme. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <time.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include "core.h"
 #include "uffd.h"
 
 #define MSGS_PER_READ 32
+#define LISTEN_CHECK_NS 10000000ull     /* 10 ms between look-ups of a faulting thread's CPU */
+#define LISTEN_IDLE_NS 200000000ull     /* a listener whose CPU sent no fault for 200 ms stops */
 
 /* issues a uffd ioctl, retrying while the kernel says EAGAIN; returns 0 or -errno. */
 static int uffd_ioctl(struct machine *m, unsigned long req, void *arg)
@@ -175,6 +193,8 @@ static int serve_resident(struct machine *m, struct vm *v, uint64_t ppn, uint64_
  * frame again, still write-protected. */
 static int serve_shared(struct machine *m, struct vm *v, uint64_t ppn, uint64_t flags)
 {
+    if (share_at_home(v, ppn))
+        return share_fault_home(m, v, ppn, flags);
     if (flags & UFFD_PAGEFAULT_FLAG_WP)
         return share_cow(m, v, ppn);
     char *a = v->guest + ppn * PG;
@@ -238,23 +258,103 @@ static void fault(struct machine *m, const struct uffd_msg *msg)
         uffd_poison(m, (char *)addr, PG);
 }
 
+/* returns the CPU that thread tid of this process last ran on, or -1. */
+static int thread_cpu(uint32_t tid)
+{
+    char path[64], buf[1024], *save = NULL;
+    snprintf(path, sizeof path, "/proc/self/task/%u/stat", tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');        /* the command name may hold spaces */
+    if (!p)
+        return -1;
+    /* after the name come fields 3, 4, ...; field 39 is "processor" */
+    char *f = strtok_r(p + 1, " ", &save);
+    for (int field = 3; f && field < 39; field++)
+        f = strtok_r(NULL, " ", &save);
+    return f ? atoi(f) : -1;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* when it is time to look (see Listening above): makes the pager pinned on the CPU this
+ * fault came from a listener, and stops listener me if its own CPU has gone quiet. */
+static void listen_follow(struct machine *m, int me, const struct uffd_msg *msg)
+{
+    uint64_t now = now_ns();
+    if (msg->event != UFFD_EVENT_PAGEFAULT ||
+        now - __atomic_load_n(&m->listen_checked, __ATOMIC_RELAXED) < LISTEN_CHECK_NS)
+        return;
+    __atomic_store_n(&m->listen_checked, now, __ATOMIC_RELAXED);
+    int cpu = msg->arg.pagefault.feat.ptid ? thread_cpu(msg->arg.pagefault.feat.ptid) : -1;
+    if (cpu < 0) {
+        /* no thread id (an old kernel) or no /proc: all listen, as without this scheme */
+        __atomic_store_n(&m->listeners, ~0ull, __ATOMIC_RELEASE);
+        for (int j = 0; j < m->npagers; j++) {
+            uint64_t one = 1;
+            if (write(m->pager_ctx[j].evfd, &one, sizeof one) < 0)
+                continue;
+        }
+        return;
+    }
+    for (int j = 0; j < m->npagers; j++) {
+        if (m->pager_cpu[j] != cpu)
+            continue;
+        __atomic_store_n(&m->local_seen[j], now, __ATOMIC_RELAXED);
+        uint64_t bit = 1ull << j, one = 1;
+        if (!(__atomic_fetch_or(&m->listeners, bit, __ATOMIC_ACQ_REL) & bit) &&
+            write(m->pager_ctx[j].evfd, &one, sizeof one) < 0)
+            __atomic_store_n(&m->listeners, ~0ull, __ATOMIC_RELEASE);   /* all listen */
+    }
+    uint64_t old = __atomic_load_n(&m->listeners, __ATOMIC_ACQUIRE);
+    while (now - __atomic_load_n(&m->local_seen[me], __ATOMIC_RELAXED) > LISTEN_IDLE_NS &&
+           (old & ~(1ull << me)) &&
+           !__atomic_compare_exchange_n(&m->listeners, &old, old & ~(1ull << me), 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        ;
+}
+
 /* the pager thread: reads every pending event, then serves them under the lock. */
 static void *pager_main(void *arg)
 {
-    struct machine *m = arg;
+    struct pager_ctx *pc = arg;
+    struct machine *m = pc->m;
     struct uffd_msg msgs[MSGS_PER_READ];
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     for (;;) {
-        struct pollfd p[2] = { { m->uffd, POLLIN, 0 }, { m->stopfd, POLLIN, 0 } };
-        if (poll(p, 2, -1) < 0)
+        uint64_t who = __atomic_load_n(&m->listeners, __ATOMIC_ACQUIRE);
+        int listening = (who >> pc->i) & 1;
+        struct pollfd p[3] = { { m->stopfd, POLLIN, 0 }, { pc->evfd, POLLIN, 0 },
+                               { m->uffd, POLLIN, 0 } };
+        if (poll(p, listening ? 3 : 2, -1) < 0)
             continue;
-        if (p[1].revents)
+        if (p[0].revents)
             break;
+        if (p[1].revents) {     /* the role changed: look again */
+            uint64_t x;
+            if (read(pc->evfd, &x, sizeof x) < 0)
+                continue;
+        }
+        if (!listening || !p[2].revents)
+            continue;
         ssize_t n = read(m->uffd, msgs, sizeof msgs);
         if (n <= 0)
             continue;           /* another pager took them (EAGAIN) */
+        if (who != ~0ull)
+            listen_follow(m, pc->i, &msgs[0]);
         pthread_mutex_lock(&m->lock);
         while (m->hold && !m->closing)
             pthread_cond_wait(&m->hold_cv, &m->lock);
@@ -267,12 +367,37 @@ static void *pager_main(void *arg)
     return NULL;
 }
 
+/* returns whether the pagers are pinned to distinct CPUs (then one listens at a time). */
+static int pinned_apart(struct machine *m)
+{
+    for (int i = 0; i < m->npagers; i++)
+        for (int j = 0; j < i; j++)
+            if (m->pager_cpu[i] < 0 || m->pager_cpu[i] == m->pager_cpu[j])
+                return 0;
+    return m->npagers > 1 && m->pager_cpu[0] >= 0;
+}
+
 /* starts m->npagers pager threads, pinned to cpus[i] when cpus is given; returns 0 or -errno. */
 int pager_start(struct machine *m, const int *cpus)
 {
     for (int i = 0; i < m->npagers; i++) {
-        int r = pthread_create(&m->pagers[i], NULL, pager_main, m);
+        m->pager_cpu[i] = cpus ? cpus[i] : -1;
+        m->pager_ctx[i] = (struct pager_ctx){ m, i, eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) };
+        if (m->pager_ctx[i].evfd < 0) {
+            int r = -errno;
+            while (i-- > 0)
+                close(m->pager_ctx[i].evfd);
+            m->npagers = 0;
+            return r;
+        }
+    }
+    m->listeners = pinned_apart(m) ? 1 : ~0ull;      /* pager 0 listens first */
+    m->local_seen[0] = now_ns();
+    for (int i = 0; i < m->npagers; i++) {
+        int r = pthread_create(&m->pagers[i], NULL, pager_main, &m->pager_ctx[i]);
         if (r) {
+            for (int j = i; j < m->npagers; j++)
+                close(m->pager_ctx[j].evfd);
             m->npagers = i;
             return -r;
         }
@@ -295,7 +420,9 @@ void pager_stop(struct machine *m)
     uint64_t one = 1;
     if (m->stopfd >= 0 && write(m->stopfd, &one, sizeof one) < 0)
         return;
-    for (int i = 0; i < m->npagers; i++)
+    for (int i = 0; i < m->npagers; i++) {
         pthread_join(m->pagers[i], NULL);
+        close(m->pager_ctx[i].evfd);
+    }
     m->npagers = 0;
 }

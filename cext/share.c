@@ -13,6 +13,14 @@
  * copy-on-write (share_cow): copy into the home frame, map the home offset back. Re-mapping
  * goes through a "transition" (see guard.c) so no guest access slips past the pager.
  *
+ * Zero pages are merged without re-mapping: one page frame cannot be mapped at consecutive
+ * addresses of one mapping, so every zero page would need a re-map and a VMA of its own.
+ * Instead a run of zero pages has its home frames punched (which also drops their guest
+ * mappings) and is marked as sharing the zero frame from its home offset (PTE_HOME). Such a
+ * page maps nothing, so any touch faults: a read re-maps it onto the zero frame then, write-
+ * protected like any sharer; a write gets a private zero frame, which is copy-on-write with
+ * nothing to copy (share_fault_home).
+ *
  * Races: a candidate is write-protected before it is hashed, and the scanner holds the
  * machine lock until it has decided, so a guest write in between faults and waits; it then
  * finds the page either still private (and is let through) or shared (and breaks COW).
@@ -32,6 +40,8 @@
 #include "uffd.h"
 
 #define REG_MODES (UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP)
+#define PTE_HOME 4              /* len-field flag of a PM_SHARED entry: not re-mapped, the page
+                                   still maps its home offset, a hole (zero pages, see above) */
 
 
 static uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
@@ -228,7 +238,8 @@ static int maps_room(struct machine *m)
 
 /* maps n guest pages at a onto memfd pages from mpn, registered with the pager; returns 0
  * or -errno. In the window before registration the range is PROT_NONE and "in transition",
- * so a guest touching it waits in the signal handler instead of reaching the kernel. */
+ * so a guest touching it waits in the signal handler instead of reaching the kernel. The
+ * caller has called guard_install() (once per scan or fault, not per re-map). */
 static int remap(struct machine *m, char *a, uint64_t n, uint64_t mpn)
 {
     int r = 0;
@@ -273,6 +284,36 @@ static void queue_merge(struct scan *sc, struct vm *v, uint64_t ppn, uint64_t s)
     sc->mg[sc->n++] = (struct merge){ v, ppn, s };
 }
 
+/* moves (v, ppn)'s bookkeeping from its home frame to shared frame s. */
+static void merge_commit(struct machine *m, struct vm *v, uint64_t ppn, uint64_t s, int flags)
+{
+    struct sframe *f = &m->share.sf[s];
+    frame_remove(m, PTE_VAL(v->pmap[ppn]));
+    v->pmap[ppn] = PTE_MAKE(PM_SHARED, flags, s);
+    f->refs++;
+    v->st.sharing++;
+    m->st.sharing++;
+    if (f->zero) {
+        v->st.zero_shared++;
+        m->st.zero_shared++;
+    }
+}
+
+/* merges a run of n queued zero pages (same VM, consecutive PPNs) without re-mapping them:
+ * one punch frees their home frames and drops their guest mappings; returns pages merged. */
+static int apply_zero_run(struct machine *m, struct merge *run, int n)
+{
+    struct vm *v = run[0].v;
+    if (frame_punch(m, v, run[0].ppn, (uint64_t)n)) {
+        for (int i = 0; i < n; i++)
+            v->pmap[run[i].ppn] &= ~((pte_t)PTE_PENDING << 3);
+        return 0;
+    }
+    for (int i = 0; i < n; i++)
+        merge_commit(m, v, run[i].ppn, run[i].s, PTE_HOME);
+    return n;
+}
+
 /* re-maps a run of n queued merges (same VM, consecutive PPNs and shared frames) and moves
  * their bookkeeping from home frames to the shared frames; returns pages merged. */
 static int apply_run(struct machine *m, struct merge *run, int n)
@@ -293,18 +334,8 @@ static int apply_run(struct machine *m, struct merge *run, int n)
     }
     premap(m, a, (uint64_t)n, 1);
     frame_punch(m, v, run[0].ppn, (uint64_t)n);
-    for (int i = 0; i < n; i++) {
-        struct sframe *f = &m->share.sf[run[i].s];
-        frame_remove(m, PTE_VAL(v->pmap[run[i].ppn]));
-        v->pmap[run[i].ppn] = PTE_MAKE(PM_SHARED, 0, run[i].s);
-        f->refs++;
-        v->st.sharing++;
-        m->st.sharing++;
-        if (f->zero) {
-            v->st.zero_shared++;
-            m->st.zero_shared++;
-        }
-    }
+    for (int i = 0; i < n; i++)
+        merge_commit(m, v, run[i].ppn, run[i].s, 0);
     return n;
 }
 
@@ -316,6 +347,16 @@ static int merge_cmp(const void *x, const void *y)
     return a->ppn < b->ppn ? -1 : a->ppn > b->ppn;
 }
 
+/* returns whether merge b continues the run that ends with merge a: the same VM, the next
+ * PPN, and either the next shared frame or, for a run of zero pages, the zero frame again. */
+static int run_continues(const struct share *sh, const struct merge *a, const struct merge *b)
+{
+    if (b->v != a->v || b->ppn != a->ppn + 1)
+        return 0;
+    int za = (int64_t)a->s == sh->zero, zb = (int64_t)b->s == sh->zero;
+    return za == zb && (za || b->s == a->s + 1);
+}
+
 /* applies every queued merge, coalescing runs; returns pages merged. */
 static int apply_merges(struct machine *m, struct scan *sc)
 {
@@ -323,10 +364,12 @@ static int apply_merges(struct machine *m, struct scan *sc)
     qsort(sc->mg, (size_t)sc->n, sizeof sc->mg[0], merge_cmp);
     for (int i = 0; i < sc->n;) {
         int j = i + 1;
-        while (j < sc->n && sc->mg[j].v == sc->mg[i].v && sc->mg[j].ppn == sc->mg[j - 1].ppn + 1 &&
-               sc->mg[j].s == sc->mg[j - 1].s + 1)
+        while (j < sc->n && run_continues(&m->share, &sc->mg[j - 1], &sc->mg[j]))
             j++;
-        done += apply_run(m, &sc->mg[i], j - i);
+        if ((int64_t)sc->mg[i].s == m->share.zero)
+            done += apply_zero_run(m, &sc->mg[i], j - i);
+        else
+            done += apply_run(m, &sc->mg[i], j - i);
         i = j;
     }
     sc->n = 0;
@@ -468,6 +511,7 @@ static int64_t scan_random(struct machine *m, struct vm *v)
 int64_t share_scan(struct machine *m, int id, uint64_t first, uint64_t n, int random)
 {
     int64_t merged = 0;
+    guard_install();            /* once per scan: every re-map below relies on it */
     pthread_mutex_lock(&m->lock);
     struct vm *v = vm_get(m, id);
     if (id >= 0 && !v) {
@@ -501,6 +545,7 @@ int share_cow(struct machine *m, struct vm *v, uint64_t ppn)
         return r;
     memcpy(frame_addr(m, v, ppn), sframe_addr(m, s), PG);
     char *a = v->guest + ppn * PG;
+    guard_install();
     if ((r = remap(m, a, 1, v->base + ppn))) {
         frame_punch(m, v, ppn, 1);
         return r;
@@ -509,6 +554,45 @@ int share_cow(struct machine *m, struct vm *v, uint64_t ppn)
     premap(m, a, 1, 0);         /* maps the private copy and wakes the writer */
     if (m->share.sf[s].zero)
         v->st.zero_shared--;
+    sframe_put(m, s);
+    v->st.sharing--;
+    v->st.cow_breaks++;
+    m->st.cow_breaks++;
+    return 0;
+}
+
+/* returns whether shared page (v, ppn) was merged without re-mapping (a zero page that still
+ * maps its home offset, a hole). */
+int share_at_home(struct vm *v, uint64_t ppn)
+{
+    return (PTE_LEN(v->pmap[ppn]) & PTE_HOME) != 0;
+}
+
+/* serves a fault on a zero page merged without re-mapping (share_at_home): a read re-maps it
+ * onto the zero frame, write-protected; a write, or a read when no mapping can be added, gets
+ * a private zero frame (copy-on-write with nothing to copy). Returns 0 or -errno. */
+int share_fault_home(struct machine *m, struct vm *v, uint64_t ppn, uint64_t flags)
+{
+    uint64_t s = PTE_VAL(v->pmap[ppn]);
+    char *a = v->guest + ppn * PG;
+    int r;
+    if (!(flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) && maps_room(m)) {
+        guard_install();
+        if ((r = remap(m, a, 1, m->share.sh_base + s)) == 0) {
+            v->pmap[ppn] = PTE_MAKE(PM_SHARED, 0, s);
+            premap(m, a, 1, 1);     /* maps the zero frame and wakes the reader */
+            return 0;
+        }
+        if (remap(m, a, 1, v->base + ppn))     /* back to the home offset, for a private frame */
+            return r;
+    }
+    if ((r = ensure_free(m, 1)) < 0)
+        return r;
+    struct uffdio_zeropage z = { .range = { (uint64_t)a, PG } };
+    if (ioctl(m->uffd, UFFDIO_ZEROPAGE, &z))    /* maps a fresh zero frame and wakes */
+        return -errno;
+    frame_add(m, v, ppn);
+    v->st.zero_shared--;
     sframe_put(m, s);
     v->st.sharing--;
     v->st.cow_breaks++;
@@ -527,9 +611,12 @@ void share_drop(struct machine *m, struct vm *v, uint64_t ppn)
 int share_release(struct machine *m, struct vm *v, uint64_t ppn)
 {
     uint64_t s = PTE_VAL(v->pmap[ppn]);
-    int r = remap(m, v->guest + ppn * PG, 1, v->base + ppn);
-    if (r)
-        return r;
+    if (!share_at_home(v, ppn)) {
+        guard_install();
+        int r = remap(m, v->guest + ppn * PG, 1, v->base + ppn);
+        if (r)
+            return r;
+    }
     if (m->share.sf[s].zero)
         v->st.zero_shared--;
     sframe_put(m, s);

@@ -1,5 +1,5 @@
-/* swap.c: the compressed swap file. Space is kept in 256-byte units with a bitmap; a
- * page takes as many contiguous units as its LZ4 block needs (16 when stored raw), and
+/* swap.c: the compressed swap file. Space is kept in 512-byte units with a bitmap; a
+ * page takes as many contiguous units as its LZ4 block needs (8 when stored raw), and
  * an all-zero page takes none. Callers hold m->lock. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,7 +25,7 @@ int swap_open(struct swap *s, const char *path, const char *dir, uint64_t bytes,
 {
     memset(s, 0, sizeof *s);
     s->debug = debug;
-    /* Compressed pages take runs of 1..16 units, so free space fragments; an eighth more
+    /* Compressed pages take runs of 1..8 units, so free space fragments; an eighth more
      * units than the nominal capacity absorbs that, so admission control (which counts
      * raw pages) stays a promise the swap map can keep. The file is sparse either way. */
     s->capacity = bytes;

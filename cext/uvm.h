@@ -4,7 +4,7 @@
  * loops, which run on the caller's thread as a guest would. */
 
 #define UVM_PAGE_SIZE 4096
-#define UVM_SWAP_UNIT 256
+#define UVM_SWAP_UNIT 512      /* swap space is kept in units of this many bytes */
 
 /* pmap states of a guest page (PPN) */
 #define PM_NONE 0       /* never touched: the next touch gets a zeroed frame */

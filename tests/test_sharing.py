@@ -247,3 +247,46 @@ def test_merging_stops_at_the_mapping_limit(make_machine, low_map_limit: int) ->
         assert a.read(p * PAGE, PAGE) == bytes(want)
         assert b.read(p * PAGE, PAGE) == content(p * 2)
     m.check()
+
+
+def test_zero_pages_merge_without_mappings(make_machine) -> None:  # type: ignore[no-untyped-def]
+    """Zero pages share the zero frame without a mapping each; a read maps the zero frame
+    (still shared), a write gets a private page; eviction and ballooning still work."""
+    m = make_machine("8MiB")
+    a, b = twins(m)
+    z = m.create_vm("z", memory="256KiB")       # 64 pages: 0..31 zero, 32..63 private
+    fill(z, [None] * 32 + [500 + p for p in range(32)])
+    for vm in (a, b):                           # two zero pages in each twin as well
+        vm.memory[3 * PAGE:5 * PAGE] = bytes(2 * PAGE)
+    maps0 = count_maps()
+    assert m.share_now() + m.share_now() == 28 + 36
+    st = m.stats()
+    assert st["zero_shared"] == 36 and st["shared_frames"] == 15
+    assert st["frames_used"] == m.memfd_pages() == 15 + 32
+    assert count_maps() - maps0 <= 2 * 2        # one alias per twin's two runs, none for zeros
+    assert z.page_state(7) == "shared"
+    assert z.read(7 * PAGE, PAGE) == bytes(PAGE)            # a read maps the zero frame
+    assert a.read(3 * PAGE, PAGE) == bytes(PAGE)
+    assert z.page_state(7) == a.page_state(3) == "shared"
+    pfn = [pagemap_pfn(vm.address + p * PAGE) for vm, p in ((z, 7), (a, 3))]
+    assert pfn[0] and pfn[0] == pfn[1]
+    assert m.stats()["frames_used"] == m.memfd_pages() == 47
+    z.memory[8 * PAGE + 5] = 0x44                           # a write: private, no copy needed
+    assert z.page_state(8) == "resident" and z.stats()["cow_breaks"] == 1
+    assert z.read(8 * PAGE, 8) == b"\0" * 5 + b"\x44\0\0"
+    z.memory[7 * PAGE] = 0x45                               # a read-mapped one breaks as usual
+    assert z.page_state(7) == "resident" and z.stats()["cow_breaks"] == 2
+    assert z.evict([9]) == 1 and z.page_state(9) == "zero"
+    assert z.balloon_pages([10]) == 1 and z.page_state(10) == "ballooned"
+    st = m.stats()
+    assert st["zero_shared"] == 32 and st["frames_used"] == m.memfd_pages() == 15 + 32 + 2
+    for p in range(32):
+        if p not in (7, 8, 10):
+            assert z.read(p * PAGE, PAGE) == bytes(PAGE), p
+    check(a, list(range(3)))
+    m.check()
+
+
+def count_maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
