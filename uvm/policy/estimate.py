@@ -52,9 +52,9 @@ class PaperEstimator(ActivityEstimator):
 
     def estimate(self, touched: int, sampled: int) -> float:
         if self.fast is None or self.slow is None:
-            # no period finished yet: all we know is the running one (f = 1 with no
-            # information at all, so that a new VM is not taxed before it is measured)
-            self.current = touched / sampled if sampled else 1.0
+            # no period finished yet: a new VM counts as fully active until it is measured,
+            # so that it is not taxed on a half-counted first sample
+            self.current = 1.0
             return self.current
         # touched only grows during a period, so touched / sampled is a lower bound of the
         # period's observation, and this the least the fast average will be after it
