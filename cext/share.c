@@ -535,6 +535,17 @@ int64_t share_scan(struct machine *m, int id, uint64_t first, uint64_t n, int ra
 
 /* -- the pager's side ------------------------------------------------------------------ */
 
+/* counts a copy-on-write break of a page of v that left shared frame s for a private frame. */
+static void cow_broken(struct machine *m, struct vm *v, uint64_t s)
+{
+    if (m->share.sf[s].zero)
+        v->st.zero_shared--;
+    sframe_put(m, s);
+    v->st.sharing--;
+    v->st.cow_breaks++;
+    m->st.cow_breaks++;
+}
+
 /* breaks copy-on-write for a write to shared page (v, ppn): the page gets its home frame
  * back with the shared content; returns 0 or -errno. */
 int share_cow(struct machine *m, struct vm *v, uint64_t ppn)
@@ -552,12 +563,7 @@ int share_cow(struct machine *m, struct vm *v, uint64_t ppn)
     }
     frame_add(m, v, ppn);
     premap(m, a, 1, 0);         /* maps the private copy and wakes the writer */
-    if (m->share.sf[s].zero)
-        v->st.zero_shared--;
-    sframe_put(m, s);
-    v->st.sharing--;
-    v->st.cow_breaks++;
-    m->st.cow_breaks++;
+    cow_broken(m, v, s);
     return 0;
 }
 
@@ -592,11 +598,7 @@ int share_fault_home(struct machine *m, struct vm *v, uint64_t ppn, uint64_t fla
     if (ioctl(m->uffd, UFFDIO_ZEROPAGE, &z))    /* maps a fresh zero frame and wakes */
         return -errno;
     frame_add(m, v, ppn);
-    v->st.zero_shared--;
-    sframe_put(m, s);
-    v->st.sharing--;
-    v->st.cow_breaks++;
-    m->st.cow_breaks++;
+    cow_broken(m, v, s);
     return 0;
 }
 
