@@ -6,7 +6,7 @@
         --duration SECONDS --every SECONDS --json TIMELINE.jsonl
     uvm experiment NAME          one of the paper's experiments (uvm/experiments/)
         --quick --out DIR
-    uvm lab list | start NAME DIR | check NAME [DIR] --seed N
+    uvm lab list | start NAME DIR | check NAME [DIR] --seed N --timeout SECONDS
                                  kernel-course labs with an autograder (uvm/labs/)
 
 User mistakes (a bad scenario or argument, no userfaultfd) print `uvm: error: ...` and exit
@@ -77,6 +77,8 @@ def _add_lab(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     check.add_argument("dir", nargs="?", default=".", metavar="DIR",
                        help="the directory holding the module (default: the current one)")
     check.add_argument("--seed", type=int, default=1, help="the scenarios' seed (default 1)")
+    check.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                       help="stop a check that runs longer (default: each check's own limit)")
     check.set_defaults(command=_lab_check)
 
 
@@ -97,7 +99,7 @@ def _lab_start(args: argparse.Namespace) -> int:
 
 def _lab_check(args: argparse.Namespace) -> int:
     report = labs.grade(labs.get(args.name), Path(args.dir), args.seed,
-                        lambda line: print(line, flush=True))
+                        lambda line: print(line, flush=True), args.timeout)
     return 0 if report.passed else EXIT_FAILED
 
 

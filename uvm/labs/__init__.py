@@ -42,8 +42,8 @@ def start(lab: Lab, directory: Path) -> list[Path]:
         raise ValueError(f"DIR: {directory} exists and is not a directory")
     taken = [str(p) for p in files if p.exists()]
     if taken:
-        raise ValueError(f"DIR: {', '.join(taken)} already exist(s); uvm lab start never "
-                         f"overwrites (pick another directory, or move the file away)")
+        raise ValueError(f"DIR: {' and '.join(taken)} already {'exists' if len(taken) == 1 else 'exist'}; "
+                         f"uvm lab start never overwrites (pick another directory, or move it away)")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for path, text in files.items():

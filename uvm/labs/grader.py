@@ -86,10 +86,11 @@ def load(path: Path, lab: Lab) -> ModuleType:
     return module
 
 
-def grade(lab: Lab, directory: Path, seed: int = 1,
-          log: Callable[[str], None] | None = None) -> Report:
+def grade(lab: Lab, directory: Path, seed: int = 1, log: Callable[[str], None] | None = None,
+          timeout: float | None = None) -> Report:
     """Grades DIRECTORY/lab.module on every check of lab; `log` gets the report's lines as
-    they come. ValueError if the module is not there."""
+    they come; `timeout` (seconds) replaces each check's own. ValueError if the module is
+    not there."""
     path = (directory / lab.module).resolve()
     if not path.is_file():
         raise ValueError(f"DIR: no {lab.module} in {directory} (uvm lab start {lab.name} "
@@ -102,7 +103,7 @@ def grade(lab: Lab, directory: Path, seed: int = 1,
         if unloadable:
             result = Result(check.name, False, "not run", error=unloadable)
         else:
-            result = _run(check, path, lab, check_seed(seed, check))
+            result = _run(check, path, lab, check_seed(seed, check), timeout or check.timeout)
             if result.measured == "import failed":
                 unloadable = f"not run: {lab.module} does not import (see above)"
         report.results.append(result)
@@ -112,8 +113,8 @@ def grade(lab: Lab, directory: Path, seed: int = 1,
     return report
 
 
-def _run(check: Check, path: Path, lab: Lab, seed: int) -> Result:
-    """Runs one check in a forked child, bounded by check.timeout."""
+def _run(check: Check, path: Path, lab: Lab, seed: int, timeout: float) -> Result:
+    """Runs one check in a forked child, bounded by `timeout` seconds."""
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(check, path, lab, seed, send),
@@ -121,7 +122,7 @@ def _run(check: Check, path: Path, lab: Lab, seed: int) -> Result:
     child.start()
     send.close()
     try:
-        if receive.poll(check.timeout):
+        if receive.poll(timeout):
             try:
                 result: Result = receive.recv()
                 return result
@@ -129,7 +130,7 @@ def _run(check: Check, path: Path, lab: Lab, seed: int) -> Result:
                 pass                    # the child died before it could answer
         else:
             child.kill()
-            return Result(check.name, False, f"no answer within {check.timeout:g} s",
+            return Result(check.name, False, f"no answer within {timeout:g} s",
                           "your code may loop forever or wait for something that never comes",
                           "timed out: the check was stopped")
     finally:

@@ -139,7 +139,7 @@ def double_paging(policy: VictimPolicy, seed: int) -> Paging:
 def measures_double_paging(module: ModuleType, seed: int) -> Outcome:
     yours, theirs = double_paging(_new(module), seed), double_paging(RandomVictims(), seed)
     ok = yours.paged >= 0.9 * yours.asked and yours.guest_swapouts > 0
-    return Outcome(ok, f"double paging: with yours {yours.double} of the guest's "
+    return Outcome(ok, f"with yours {yours.double} of the guest's "
                        f"{yours.guest_swapouts} swap-outs were of pages the host had swapped out "
                        f"({yours.double / max(1, yours.guest_swapouts):.0%}), with RandomVictims "
                        f"{theirs.double} of {theirs.guest_swapouts} "
