@@ -181,12 +181,13 @@ def test_start_never_overwrites(tmp_path: Path) -> None:
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
-    for args in (["lab", "check", "victims", str(tmp_path)], ["lab", "start", "nosuch", str(tmp_path)],
+    for args in (["lab", "start", "nosuch", str(tmp_path)],
                  ["lab", "check", "estimator", str(tmp_path), "--timeout", "-1"]):
         out = uvm_cli(*args, cwd=tmp_path)
         assert out.returncode == 2, args
         assert "Traceback" not in out.stderr and out.stderr.strip(), args
     out = uvm_cli("lab", "check", "victims", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2
     assert out.stderr == (f"uvm: error: DIR: no victims.py in {tmp_path} (uvm lab start victims "
                           f"{tmp_path} writes the starter)\n")
 
@@ -216,7 +217,7 @@ def test_a_hang_is_a_failed_check_after_the_timeout(tmp_path: Path) -> None:
 
         class Allocation(IdleTax):
             def targets(self, vms, available):
-                if self.tax_rate == 0:
+                if {v.name for v in vms} == {"idle", "busy"}:
                     while True:
                         pass
                 return super().targets(vms, available)
@@ -225,9 +226,9 @@ def test_a_hang_is_a_failed_check_after_the_timeout(tmp_path: Path) -> None:
     out = uvm_cli("lab", "check", "allocation", str(d), "--timeout", "2", cwd=tmp_path)
     assert time.monotonic() - t0 < 60
     got = verdicts(out.stdout)
-    assert got["tau = 0 is share-proportional"] == "FAIL"
-    assert got["more shares never mean less memory"] in ("PASS", "FAIL")    # tau is random there
-    assert "no answer within 2 s" in out.stdout and "timed out" in out.stdout
+    hung = {"targets within [min, max]", "the idle VM pays the tax"}   # they ask about idle and busy
+    assert {n for n, v in got.items() if v == "FAIL"} == hung, out.stdout
+    assert out.stdout.count("no answer within 2 s") == 2 and "timed out" in out.stdout
     assert out.returncode == 1 and "Traceback" not in out.stderr
 
 
@@ -259,13 +260,10 @@ def test_a_module_that_does_not_import_is_reported_once(tmp_path: Path) -> None:
 
 def test_grading_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     d = write(tmp_path, "allocation", WRONG["allocation"][0])
-    write(tmp_path, "estimator", REFERENCE["estimator"])
-    runs = {seed: [uvm_cli("lab", "check", lab, str(d), "--seed", seed, cwd=tmp_path).stdout
-                   for lab in ("allocation", "estimator") for _ in range(2)]
-            for seed in ("1", "7")}
-    for outs in runs.values():
-        assert outs[0] == outs[1] and outs[2] == outs[3]
-    assert runs["1"][0] != runs["7"][0]             # the seed changes the scenarios
+    first, again, other = (uvm_cli("lab", "check", "allocation", str(d), "--seed", seed,
+                                   cwd=tmp_path).stdout for seed in ("1", "1", "7"))
+    assert first == again
+    assert first != other                           # the seed changes the scenarios
 
 
 UNPRIVILEGED = textwrap.dedent("""
