@@ -18,7 +18,6 @@ import uvm.guest
 from uvm.balloon import MAX_RATE, MIN_RATE, BalloonDriver, BalloonRate
 from uvm.labs.base import Check, Feedback, Lab, Outcome, solution_class
 from uvm.machine import Machine
-from uvm.sizes import PAGE_SIZE
 
 MAX_STEPS = 100_000
 SLACK = 1e-9            # relative, for rates computed from floating pauses

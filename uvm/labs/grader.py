@@ -65,10 +65,6 @@ class Report:
         verdict = "all checks pass" if self.passed else "not yet"
         return f"score: {self.score}/{len(self.results)} ({verdict})"
 
-    def lines(self) -> list[str]:
-        """The report as `uvm lab check` prints it."""
-        return [self.header(), *(ln for r in self.results for ln in r.lines()), self.summary()]
-
 
 def check_seed(seed: int, check: Check) -> int:
     """The seed one check runs with: fixed by the lab's seed and the check's name."""
