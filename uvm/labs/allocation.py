@@ -9,6 +9,7 @@ the revocation order equalizing rho, and more shares never meaning less memory."
 
 from __future__ import annotations
 
+import numbers
 import random
 from collections.abc import Sequence
 from types import ModuleType
@@ -28,9 +29,9 @@ def _targets(module: ModuleType, tau: float, vms: Sequence[VMInfo], available: i
         raise Feedback(f"targets() returned {type(out).__name__}, not a dict of name -> pages")
     for v in vms:
         t = out.get(v.name)
-        if isinstance(t, bool) or not isinstance(t, int):
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
             raise Feedback(f"targets() gave VM {v.name!r} {t!r}, not a whole number of pages")
-    return out
+    return {v.name: int(out[v.name]) for v in vms}
 
 
 def _random_vms(rng: random.Random) -> tuple[list[VMInfo], int]:

@@ -131,6 +131,9 @@ def _run(check: Check, path: Path, lab: Lab, seed: int, timeout: float) -> Resul
                           "timed out: the check was stopped")
     finally:
         child.join(KILL_WAIT)
+        if child.is_alive():            # answered, but threads of the student's keep it up
+            child.kill()
+            child.join(KILL_WAIT)
         receive.close()
     code = child.exitcode
     why = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
