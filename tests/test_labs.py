@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import uvm.labs
 
@@ -299,3 +301,36 @@ def test_a_lab_is_graded_as_an_unprivileged_user(tmp_path: Path) -> None:
             assert set(verdicts(out.stdout).values()) == {"PASS"}
     finally:
         shutil.rmtree(work)
+
+
+@given(st.lists(st.tuples(st.integers(0, 600), st.integers(0, 600)), min_size=1, max_size=40),
+       st.integers(1, 5000))
+@settings(max_examples=200, deadline=None)
+def test_adaptive_rate_keeps_its_bounds_against_any_guest(answers: list[tuple[int, int]],
+                                                          target: int) -> None:
+    """The balloon driver's default rate adaptation, against a model guest whose free and
+    reclaimable pages change between requests at random: it never asks beyond the target,
+    never inflates faster than MAX_RATE, keeps its rate in [MIN_RATE, MAX_RATE], halves
+    after a chunk the guest had to reclaim for and doubles after one it did not."""
+    from uvm.balloon import MAX_RATE, MIN_RATE, AdaptiveRate
+    from uvm.labs.balloon import ModelGuest
+
+    pace = AdaptiveRate()
+    guest = ModelGuest(free=0, reclaimable=0)
+    left = target
+    for free, reclaimable in answers:
+        guest.free, guest.reclaimable = free, reclaimable
+        before = pace.rate
+        first = len(guest.chunks)
+        left -= guest.inflate(pace, left)
+        for c in guest.chunks[first:]:
+            assert 1 <= c.asked and c.got <= c.asked
+            assert c.got == 0 or c.got / c.pause <= MAX_RATE
+            assert MIN_RATE <= pace.rate <= MAX_RATE
+        last = guest.chunks[-1] if len(guest.chunks) > first else None
+        if last is not None and len(guest.chunks) == first + 1 and last.got == last.asked:
+            assert pace.rate == (max(MIN_RATE, before / 2) if last.reclaimed
+                                 else min(MAX_RATE, before * 2))
+        if left == 0:
+            break
+    assert left >= 0
