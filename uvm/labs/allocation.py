@@ -1,4 +1,4 @@
-"""Lab allocation: the allocation policy with the idle memory tax (paper section 5).
+"""Lab allocation: the allocation policy with the idle memory tax (paper sections 5.1 and 5.2).
 
 The grader needs no machine: it asks the student's policy for targets on seeded sets of
 VMs (shares, min, max, demand, active fraction) and checks properties that any correct
@@ -193,7 +193,7 @@ class Allocation(AllocationPolicy):
 '''
 
 LAB = Lab(
-    name="allocation", title="the idle memory tax", section="section 5 (shares vs. working sets)",
+    name="allocation", title="the idle memory tax", section="sections 5.1 and 5.2 (share-based allocation, reclaiming idle memory)",
     module="allocation.py", cls="Allocation",
     build="""
 An `uvm.policy.AllocationPolicy`: given one `VMInfo` per VM (name, shares S, min, max,

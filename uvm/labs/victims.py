@@ -1,4 +1,4 @@
-"""Lab victims: a victim policy for host paging (paper sections 3 and 6.3).
+"""Lab victims: a victim policy for host paging (paper section 3: 3.1 and 3.3).
 
 The grader plays the host's memory scheduler itself, synchronously, so that a scenario
 replays the same accesses for a given seed: a VM on a machine with room to spare (the C
@@ -179,7 +179,7 @@ class Victims(VictimPolicy):
 
 LAB = Lab(
     name="victims", title="a victim policy for host paging",
-    section="sections 3 (double paging) and 6.3 (host paging)", module="victims.py", cls="Victims",
+    section="section 3 (3.1 on double paging, 3.3 on demand paging)", module="victims.py", cls="Victims",
     build="""
 A `uvm.policy.VictimPolicy`: when the host must take memory from a VM and cannot balloon,
 it pages the VM's pages out to its swap file. Your `choose(vm, count)` picks which: return
