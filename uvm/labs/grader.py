@@ -35,6 +35,7 @@ class Result:
     measured: str
     hint: str = ""
     error: str = ""             # the student's traceback or a one-line reason
+    imported: bool = True       # False: the student's module failed to import
 
     def lines(self) -> list[str]:
         out = [f"  {'PASS' if self.passed else 'FAIL'}  {self.name}: {self.measured}"]
@@ -100,7 +101,7 @@ def grade(lab: Lab, directory: Path, seed: int = 1, log: Callable[[str], None] |
             result = Result(check.name, False, "not run", error=unloadable)
         else:
             result = _run(check, path, lab, check_seed(seed, check), timeout or check.timeout)
-            if result.measured == "import failed":
+            if not result.imported:
                 unloadable = f"not run: {lab.module} does not import (see above)"
         report.results.append(result)
         for line in result.lines():
@@ -150,7 +151,7 @@ def _child(check: Check, path: Path, lab: Lab, seed: int, send: Connection) -> N
     except BaseException as e:          # a syntax error, or any failure of the import
         send.send(Result(check.name, False, "import failed",
                          f"fix {lab.module} so that `python {lab.module}` runs",
-                         student_error(e, path)))
+                         student_error(e, path), imported=False))
         return
     try:
         outcome = check.run(module, seed)
