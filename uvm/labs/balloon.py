@@ -192,9 +192,8 @@ def real_guest(module: ModuleType, seed: int) -> Outcome:
             time.sleep(0.02)
         if pace.error is not None:
             raise pace.error
-        size, hard = vm.balloon.size, driver.hard
+        size, hard, swapouts = vm.balloon.size, driver.hard, gos.swapouts
         lost = sum(p.read(v)[:64] != b for v, b in data.items())
-        swapouts = gos.swapouts
         driver.stop()
     ok = size == target and lost == 0 and pace.fastest <= MAX_RATE * (1 + SLACK)
     return Outcome(ok, f"balloon {size} of {target} pages in a real guest ({hard} chunks needed "
