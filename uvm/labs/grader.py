@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from types import ModuleType
 
+from uvm.errors import UserfaultfdUnavailable
 from uvm.labs.base import Check, Feedback, Lab, Outcome
 
 KILL_WAIT = 5.0         # seconds to wait for a killed child
@@ -157,6 +158,9 @@ def _child(check: Check, path: Path, lab: Lab, seed: int, send: Connection) -> N
         outcome = check.run(module, seed)
     except Feedback as e:
         outcome = Outcome(False, str(e))
+    except UserfaultfdUnavailable as e:     # this machine, not the student's code
+        outcome = Outcome(False, f"cannot run a VM here: {e}",
+                          "labs need Linux 5.11 or later (user-mode userfaultfd)")
     except BaseException as e:
         theirs = any(Path(f.filename).resolve() == path for f in traceback.extract_tb(e.__traceback__))
         send.send(Result(check.name, False,
