@@ -16,6 +16,7 @@ from uvm.errors import USERFAULTFD_HELP, UserfaultfdUnavailable, UvmError
 from uvm.sharing import DEFAULT_RATE, DEFAULT_VM_RATE, ShareScanner, check_rate, scan
 from uvm.sizes import PAGE_SIZE, format_size, parse_pages, parse_size
 from uvm.scheduler import MemoryPolicy, MemoryScheduler
+from uvm.seeds import check_seed, derive, new_seed
 from uvm.stats import Snapshot, snapshot
 from uvm.vm import DEFAULT_SHARES, VM, check_shares, vm_dict
 
@@ -84,7 +85,12 @@ class Machine:
     `policy` runs the paper's memory policy (uvm.MemoryPolicy; True for the defaults): idle
     sampling, share-based targets with the idle memory tax, and reclamation by free-memory
     state (ballooning, host paging, blocking). Without it the machine only pages on demand,
-    at random, when no frame is free."""
+    at random, when no frame is free.
+
+    `seed` (default: drawn from the OS; `machine.seed` tells it) seeds the C core's own
+    random choices: victims, idle sampling and the sharing scanner's picks. It does not make
+    paging deterministic: those choices interleave with the guests' threads as the OS
+    schedules them (uvm/seeds.py)."""
 
     def __init__(self, memory: int | str = "256MiB", *, swap_file: str | os.PathLike[str] | None = None,
                  swap_size: int | str | None = None, swap_dir: str | os.PathLike[str] | None = None,
@@ -92,7 +98,7 @@ class Machine:
                  reclaim: bool = True, debug: bool = False, sharing: bool = False,
                  swap_latency: float = 0.0,
                  share_rate: float = DEFAULT_RATE, share_rate_vm: float = DEFAULT_VM_RATE,
-                 policy: MemoryPolicy | bool = False) -> None:
+                 policy: MemoryPolicy | bool = False, seed: int | None = None) -> None:
         self._m: Any = None
         self._scanner: ShareScanner | None = None
         self.scheduler: MemoryScheduler | None = None
@@ -111,6 +117,7 @@ class Machine:
             raise ValueError(f"swap_latency: must be a number of seconds in [0, 1], got {swap_latency!r}")
         check_rate(share_rate, "share_rate")
         check_rate(share_rate_vm, "share_rate_vm")
+        self.seed = new_seed() if seed is None else check_seed(seed)
         cpus = _pager_cpus(pagers)
         directory = os.fspath(swap_dir) if swap_dir is not None else os.environ.get("TMPDIR", "/var/tmp")
         if swap_file is None and not os.path.isdir(directory):
@@ -133,6 +140,7 @@ class Machine:
         cfg.reclaim = int(reclaim)
         cfg.debug = int(debug)
         cfg.swap_latency_ns = round(swap_latency * 1e9)
+        cfg.seed = derive(self.seed, "core")
         out = ffi.new("struct machine **")
         r = lib.machine_open(cfg, out)
         if r < 0:
@@ -143,6 +151,8 @@ class Machine:
         self.swap_capacity = swap_bytes
         self.swap_file = path
         self.swap_latency = float(swap_latency)
+        self.pager_cpus = list(cpus)              # -1: a pager not pinned
+        self.swap_dir = None if path is not None else directory
         self._fault_around = fault_around
         self._vms: dict[str, VM] = {}
         self._lock = threading.Lock()
