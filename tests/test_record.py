@@ -175,3 +175,20 @@ def test_a_record_without_a_checkout_has_no_commit(monkeypatch: pytest.MonkeyPat
                                                    tmp_path: Path) -> None:
     monkeypatch.setattr(record, "SOURCE_TREE", tmp_path)
     assert record._source_commit() == {"commit": None, "dirty": None}
+
+
+def test_docs_have_a_row_for_every_field() -> None:
+    """docs/record.md documents every field of every output (a table row each)."""
+    from uvm.experiments.runner import Figure, Repeat, Results
+    from uvm.record import Build, Header, Host
+
+    doc = (REPO / "docs" / "record.md").read_text()
+    models = [(Header, ""), (Build, "uvm."), (Host, "host."), (timeline.SampleLine, ""),
+              (timeline.MachineLine, "machine."), (timeline.VMLine, "vms[]."),
+              (timeline.PolicyLine, "vms[].policy."), (timeline.GuestLine, "vms[].guest."),
+              (timeline.EndLine, ""), (timeline.Summary, ""), (Results, ""),
+              (Figure, "figures.NAME."), (Repeat, "repeats[].")]
+    nested = {"uvm", "host", "machine", "vms", "policy", "guest", "record"}
+    missing = [f"{prefix}{name}" for model, prefix in models for name in model.model_fields
+               if name not in nested and f"| `{prefix}{name}` |" not in doc]
+    assert not missing, f"docs/record.md has no row for {missing}"

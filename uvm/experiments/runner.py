@@ -35,8 +35,8 @@ class Figure(BaseModel):
 class Repeat(BaseModel):
     """One trial: its seed and key figures (null: the trial had none, e.g. never settled)."""
     model_config = ConfigDict(extra="forbid")
-    seed: int
-    figures: dict[str, float | None]
+    seed: int = Field(description="the trial's seed")
+    figures: dict[str, float | None] = Field(description="its key figures")
 
 
 class Results(BaseModel):
