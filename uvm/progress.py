@@ -7,10 +7,12 @@ logs, pipes), where the runs' own printed lines say how far they are.
             ...
             bar.update(i + 1, "repeat 2 of 3")
 
-Lines printed to stdout while the bar shows go above it (rich redirects them)."""
+Lines printed to stdout while the bar shows go above it when stdout is the terminal too (rich
+redirects them); when stdout is a file or a pipe they go there untouched."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -49,6 +51,7 @@ def bar(title: str, total: float, console: Console | None = None) -> Iterator[Ba
         return
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True,
+                  redirect_stdout=sys.stdout.isatty(), redirect_stderr=False) as progress:
         task = progress.add_task(title, total=total)
         yield Bar(progress, task, title)
