@@ -135,7 +135,7 @@ def _seed(text: str) -> int:
     try:
         return check_seed(int(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {text!r}") from None
 
 
 def _repeat(text: str) -> int:
@@ -143,7 +143,7 @@ def _repeat(text: str) -> int:
     try:
         return check_repeat(int(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 1000, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 1000, got {text!r}") from None
 
 
 def _seconds(text: str) -> float:

@@ -47,50 +47,55 @@ SOURCE_TREE = Path(__file__).resolve().parent.parent
 Mode = Literal["privileged", "user", "unavailable"]
 
 
+def described(description: str, deterministic: bool = False, default: Any = ...) -> Any:
+    """A model field with its meaning and whether the same command with the same seed gives
+    the same value (in the JSON Schema as "deterministic"; docs/record.md's last column)."""
+    return Field(default, description=description,
+                 json_schema_extra={"deterministic": deterministic})
+
+
 class Build(BaseModel):
     """Which uvm ran."""
     model_config = ConfigDict(extra="forbid")
-    version: str = Field(description="uvm's version")
-    commit: str | None = Field(description="git commit uvm was built or run from (null: unknown)")
-    dirty: bool | None = Field(description="true if tracked files differed from that commit")
+    version: str = described("uvm's version", True)
+    commit: str | None = described("git commit uvm was built or run from (null: unknown)", True)
+    dirty: bool | None = described("true if tracked files differed from that commit", True)
 
 
 class Host(BaseModel):
-    """Where it ran."""
+    """Where it ran (fixed by the host, not by the seed)."""
     model_config = ConfigDict(extra="forbid")
-    python: str = Field(description="Python version, e.g. 3.11.7")
-    kernel: str = Field(description="the kernel's release (uname -r)")
-    os: str = Field(description="the operating system (uname -s)")
-    cpu_model: str = Field(description="CPU model name (/proc/cpuinfo)")
-    cpu_count: int = Field(description="CPUs of the host")
-    cpus_usable: int = Field(description="CPUs this process may run on (its affinity)")
-    memory_bytes: int = Field(description="the host's memory (MemTotal)")
-    mode: Mode = Field(description="userfaultfd mode: privileged (full: faults inside syscalls "
-                                   "served too), user (UFFD_USER_MODE_ONLY, unprivileged), or "
-                                   "unavailable")
+    python: str = described("Python version, e.g. 3.11.7")
+    kernel: str = described("the kernel's release (uname -r)")
+    os: str = described("the operating system (uname -s)")
+    cpu_model: str = described("CPU model name (/proc/cpuinfo)")
+    cpu_count: int = described("CPUs of the host")
+    cpus_usable: int = described("CPUs this process may run on (its affinity)")
+    memory_bytes: int = described("the host's memory (MemTotal)")
+    mode: Mode = described("userfaultfd mode: privileged (full: faults inside syscalls served "
+                           "too), user (UFFD_USER_MODE_ONLY, unprivileged), or unavailable")
 
 
 class Header(BaseModel):
     """The run record: what ran, where, how it was configured and seeded, and when."""
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["run", "experiment"] = Field(description="`uvm run` or `uvm experiment`")
-    name: str = Field(description="the scenario's or the experiment's name")
+    kind: Literal["run", "experiment"] = described("`uvm run` or `uvm experiment`", True)
+    name: str = described("the scenario's or the experiment's name", True)
     uvm: Build
     host: Host
-    fault_path: Literal["pager"] = Field(description="how faults are served: pager threads")
-    page_size_bytes: int = Field(description="the page size every `_pages` field counts in")
-    command: list[str] = Field(description="the command line (argv) that started the run")
-    config: dict[str, Any] = Field(description="the full configuration, every default filled "
-                                               "in: a scenario's tables, or an experiment's "
-                                               "parameters")
-    seed: int = Field(description="the run's seed (--seed); everything random derives from it")
-    seeds: dict[str, int] = Field(description="seeds derived from `seed`, by part (machine, "
-                                              "each VM's workload, each repeat)")
-    started: str = Field(description="start time, ISO 8601 in UTC")
-    duration_s: float | None = Field(None, description="wall-clock run time, seconds "
-                                                       "(null until the run ends)")
-    partial: bool | None = Field(None, description="true if the run was cut short (Ctrl-C, an "
-                                                   "error); null until the run ends")
+    fault_path: Literal["pager"] = described("how faults are served: pager threads", True)
+    page_size_bytes: int = described("the page size every `_pages` field counts in", True)
+    command: list[str] = described("the command line (argv) that started the run", True)
+    config: dict[str, Any] = described("the full configuration, every default filled in: a "
+                                       "scenario's tables, or an experiment's parameters", True)
+    seed: int = described("the run's seed (--seed); everything random derives from it", True)
+    seeds: dict[str, int] = described("seeds derived from `seed`, by part (machine, each VM's "
+                                      "workload, each repeat)", True)
+    started: str = described("start time, ISO 8601 in UTC")
+    duration_s: float | None = described("wall-clock run time, seconds (null until the run "
+                                          "ends)", default=None)
+    partial: bool | None = described("true if the run was cut short (Ctrl-C); null until the "
+                                     "run ends", default=None)
     _t0: float = PrivateAttr(default_factory=time.monotonic)
 
     def finish(self, partial: bool) -> Header:

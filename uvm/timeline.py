@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from uvm.record import Header
+from uvm.record import Header, described
 from uvm.stats import Snapshot, VMSample
 
 # internal counter name -> record name; counters absent here are derived or dropped below
@@ -66,122 +66,116 @@ GUEST_FIELDS = {
 }
 
 
-def _f(description: str, deterministic: bool = False, default: Any = ...) -> Any:
-    """A field with its meaning and whether a fixed seed fixes its value."""
-    return Field(default, description=description,
-                 json_schema_extra={"deterministic": deterministic})
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class MachineLine(_Strict):
     """The machine's counters at one sample."""
-    frames_total_pages: int = _f("machine memory M", True)
-    frames_used_pages: int = _f("frames holding a page (resident or shared)")
-    frames_free_pages: int = _f("free frames")
-    swap_capacity_bytes: int = _f("capacity of the swap file", True)
-    swap_pages: int = _f("pages holding a slot in the swap file")
-    swap_compressed_bytes: int = _f("compressed bytes those pages occupy")
-    swap_file_bytes: int = _f("bytes of the swap file in use (whole units)")
-    compression_ratio: float = _f("swap_pages * page size / swap_compressed_bytes (1.0: empty)")
-    swapins: int = _f("pages read back from swap")
-    swapouts: int = _f("pages written to swap")
-    swapouts_zero: int = _f("evicted pages found all-zero (no slot used)")
-    evict_fault_path: int = _f("evictions done by a pager to serve a fault")
-    evict_background: int = _f("evictions done by the background reclaim thread")
-    swap_errors: int = _f("swap reads or writes that failed")
-    faults: int = _f("faults served, all VMs and kinds")
-    vms: int = _f("VMs on the machine", True)
-    pmap_bytes: int = _f("host memory for the pmaps", True)
-    frame_table_bytes: int = _f("host memory for the frame table", True)
-    swap_map_bytes: int = _f("host memory for the swap slot map", True)
-    share_table_bytes: int = _f("host memory for the sharing hash table and shared frames")
-    shared_frames_pages: int = _f("frames holding shared content")
-    sharing_pages: int = _f("guest pages mapped onto a shared frame")
-    zero_shared_pages: int = _f("guest pages mapped onto the zero page")
-    saved_pages: int = _f("frames sharing saves: sharing_pages - shared_frames_pages")
-    hints: int = _f("hint entries in the sharing table")
-    hint_hits: int = _f("scanned pages that matched a hint and were merged")
-    shared_hits: int = _f("scanned pages that matched a shared frame")
-    hash_collisions: int = _f("equal hashes with different content")
-    cow_breaks: int = _f("writes that broke copy-on-write")
-    scanned: int = _f("pages the sharing scanner looked at")
-    merge_stopped: bool = _f("true while merging is stopped at the mapping limit")
-    merge_stops: int = _f("times merging stopped at the mapping limit")
-    scan_rate_pages_per_s: float = _f("the sharing scanner's measured rate")
-    state: str = _f("reclamation state: high, soft, hard, low, or unmanaged (no policy)")
-    tax_rate: float | None = _f("the idle memory tax rate (null: no policy)", True)
+    frames_total_pages: int = described("machine memory M", True)
+    frames_used_pages: int = described("frames holding a page (resident or shared)")
+    frames_free_pages: int = described("free frames")
+    swap_capacity_bytes: int = described("capacity of the swap file", True)
+    swap_pages: int = described("pages holding a slot in the swap file")
+    swap_compressed_bytes: int = described("compressed bytes those pages occupy")
+    swap_file_bytes: int = described("bytes of the swap file in use (whole units)")
+    compression_ratio: float = described("swap_pages * page size / swap_compressed_bytes (1.0: empty)")
+    swapins: int = described("pages read back from swap")
+    swapouts: int = described("pages written to swap")
+    swapouts_zero: int = described("evicted pages found all-zero (no slot used)")
+    evict_fault_path: int = described("evictions done by a pager to serve a fault")
+    evict_background: int = described("evictions done by the background reclaim thread")
+    swap_errors: int = described("swap reads or writes that failed")
+    faults: int = described("faults served, all VMs and kinds")
+    vms: int = described("VMs on the machine", True)
+    pmap_bytes: int = described("host memory for the pmaps", True)
+    frame_table_bytes: int = described("host memory for the frame table", True)
+    swap_map_bytes: int = described("host memory for the swap slot map", True)
+    share_table_bytes: int = described("host memory for the sharing hash table and shared frames")
+    shared_frames_pages: int = described("frames holding shared content")
+    sharing_pages: int = described("guest pages mapped onto a shared frame")
+    zero_shared_pages: int = described("guest pages mapped onto the zero page")
+    saved_pages: int = described("frames sharing saves: sharing_pages - shared_frames_pages")
+    hints: int = described("hint entries in the sharing table")
+    hint_hits: int = described("scanned pages that matched a hint and were merged")
+    shared_hits: int = described("scanned pages that matched a shared frame")
+    hash_collisions: int = described("equal hashes with different content")
+    cow_breaks: int = described("writes that broke copy-on-write")
+    scanned: int = described("pages the sharing scanner looked at")
+    merge_stopped: bool = described("true while merging is stopped at the mapping limit")
+    merge_stops: int = described("times merging stopped at the mapping limit")
+    scan_rate_pages_per_s: float = described("the sharing scanner's measured rate")
+    state: str = described("reclamation state: high, soft, hard, low, or unmanaged (no policy)")
+    tax_rate: float | None = described("the idle memory tax rate (null: no policy)", True)
 
 
 class PolicyLine(_Strict):
     """What the memory policy last decided for a VM."""
-    target_pages: int = _f("the VM's allocation target")
-    allocated_pages: int = _f("machine memory it holds: resident + shared pages")
-    active: float = _f("its active fraction f, from idle sampling (0..1)")
-    reclaim: str = _f("how it gave memory last: none, balloon, paging, both, swap-full")
-    host_paged: int = _f("pages the policy paged out of it")
+    target_pages: int = described("the VM's allocation target")
+    allocated_pages: int = described("machine memory it holds: resident + shared pages")
+    active: float = described("its active fraction f, from idle sampling (0..1)")
+    reclaim: str = described("how it gave memory last: none, balloon, paging, both, swap-full")
+    host_paged: int = described("pages the policy paged out of it")
 
 
 class GuestLine(_Strict):
     """The guest OS's own counters (a VM that booted uvm.guest)."""
-    free_pages: int = _f("the guest's free pages")
-    cache_pages: int = _f("pages in its page cache")
-    cache_dirty_pages: int = _f("dirty pages in its page cache")
-    process_pages: int = _f("pages of its processes")
-    pinned_pages: int = _f("pinned pages (the balloon's among them)")
-    swapins: int = _f("pages the guest read back from its own swap")
-    swapouts: int = _f("pages the guest wrote to its own swap")
-    swap_used_pages: int = _f("pages in the guest's swap")
-    cache_hits: int = _f("page-cache hits")
-    cache_misses: int = _f("page-cache misses (disk reads)")
-    reclaimed: int = _f("pages the guest reclaimed")
-    double_paging: int = _f("guest swap-outs of pages the host had swapped (read back first)")
-    disk_reads: int = _f("virtual disk reads")
-    disk_writes: int = _f("virtual disk writes")
+    free_pages: int = described("the guest's free pages")
+    cache_pages: int = described("pages in its page cache")
+    cache_dirty_pages: int = described("dirty pages in its page cache")
+    process_pages: int = described("pages of its processes")
+    pinned_pages: int = described("pinned pages (the balloon's among them)")
+    swapins: int = described("pages the guest read back from its own swap")
+    swapouts: int = described("pages the guest wrote to its own swap")
+    swap_used_pages: int = described("pages in the guest's swap")
+    cache_hits: int = described("page-cache hits")
+    cache_misses: int = described("page-cache misses (disk reads)")
+    reclaimed: int = described("pages the guest reclaimed")
+    double_paging: int = described("guest swap-outs of pages the host had swapped (read back first)")
+    disk_reads: int = described("virtual disk reads")
+    disk_writes: int = described("virtual disk writes")
 
 
 class VMLine(_Strict):
     """One VM at one sample."""
-    name: str = _f("the VM's name", True)
-    workload: str = _f("its workloads' kinds, comma-separated", True)
-    status: str = _f("running, finished, no workload, stopped: <why>, error: <what>")
-    stopped: str | None = _f("why the host stopped the VM (null: it was not stopped)")
-    ops: int = _f("operations its workloads did (deterministic once a workload with a fixed "
-                  "number of operations has finished)")
-    ops_per_s: float = _f("operations per second over about the last second")
-    size_pages: int = _f("its guest-physical memory (the paper's max)", True)
-    resident_pages: int = _f("pages backed by a frame of its own")
-    swapped_pages: int = _f("pages in the host's swap")
-    zero_pages: int = _f("pages never touched, or known to be zero")
-    faults_missing: int = _f("MISSING faults (first touch, swap-in)")
-    faults_minor: int = _f("MINOR faults (re-access of a watched page)")
-    faults_wp: int = _f("write-protect faults (copy-on-write, watched writes)")
-    zero_fills: int = _f("frames handed out zeroed")
-    fault_around: int = _f("of those, neighbours filled ahead of a touch")
-    swapins: int = _f("pages read back from the host's swap")
-    swapouts: int = _f("pages written to the host's swap")
-    swapouts_zero: int = _f("evicted pages found all-zero (no slot used)")
-    sharing_pages: int = _f("pages mapped onto a shared frame")
-    zero_shared_pages: int = _f("of those, pages mapped onto the zero page")
-    cow_breaks: int = _f("writes that broke copy-on-write")
-    scanned: int = _f("pages the sharing scanner looked at")
-    ballooned_pages: int = _f("pages in its balloon")
-    balloon_touched: int = _f("ballooned pages the guest touched anyway (given a zero page)")
-    watch_touched: int = _f("watched (sampled) pages the guest touched again")
-    balloon_target_pages: int = _f("the balloon's target")
-    shares: int = _f("its shares S", True)
-    min_pages: int = _f("its guaranteed minimum", True)
-    blocked: bool = _f("true while the policy blocks it (the low state)")
-    policy: PolicyLine | None = _f("the memory policy's view (null: no policy)")
-    guest: GuestLine | None = _f("its guest OS's counters (null: no guest OS)")
+    name: str = described("the VM's name", True)
+    workload: str = described("its workloads' kinds, comma-separated", True)
+    status: str = described("running, finished, no workload, stopped: <why>, error: <what>")
+    stopped: str | None = described("why the host stopped the VM (null: it was not stopped)")
+    ops: int = described("operations its workloads did (deterministic once a workload with a "
+                         "fixed number of operations has finished)")
+    ops_per_s: float = described("operations per second over about the last second")
+    size_pages: int = described("its guest-physical memory (the paper's max)", True)
+    resident_pages: int = described("pages backed by a frame of its own")
+    swapped_pages: int = described("pages in the host's swap")
+    zero_pages: int = described("pages never touched, or known to be zero")
+    faults_missing: int = described("MISSING faults (first touch, swap-in)")
+    faults_minor: int = described("MINOR faults (re-access of a watched page)")
+    faults_wp: int = described("write-protect faults (copy-on-write, watched writes)")
+    zero_fills: int = described("frames handed out zeroed")
+    fault_around: int = described("of those, neighbours filled ahead of a touch")
+    swapins: int = described("pages read back from the host's swap")
+    swapouts: int = described("pages written to the host's swap")
+    swapouts_zero: int = described("evicted pages found all-zero (no slot used)")
+    sharing_pages: int = described("pages mapped onto a shared frame")
+    zero_shared_pages: int = described("of those, pages mapped onto the zero page")
+    cow_breaks: int = described("writes that broke copy-on-write")
+    scanned: int = described("pages the sharing scanner looked at")
+    ballooned_pages: int = described("pages in its balloon")
+    balloon_touched: int = described("ballooned pages the guest touched anyway (given a zero page)")
+    watch_touched: int = described("watched (sampled) pages the guest touched again")
+    balloon_target_pages: int = described("the balloon's target")
+    shares: int = described("its shares S", True)
+    min_pages: int = described("its guaranteed minimum", True)
+    blocked: bool = described("true while the policy blocks it (the low state)")
+    policy: PolicyLine | None = described("the memory policy's view (null: no policy)")
+    guest: GuestLine | None = described("its guest OS's counters (null: no guest OS)")
 
 
 class SampleLine(_Strict):
     """A timeline line: the machine and every VM at one instant."""
     type: Literal["sample"] = "sample"
-    t_s: float = _f("seconds since the run started (monotonic clock; the only clock)")
+    t_s: float = described("seconds since the run started (monotonic clock; the only clock)")
     machine: MachineLine
     vms: list[VMLine]
 
@@ -194,24 +188,19 @@ class HeaderLine(Header):
 class EndLine(_Strict):
     """The timeline's last line: how the run ended."""
     type: Literal["end"] = "end"
-    duration_s: float = _f("wall-clock run time, seconds")
-    partial: bool = _f("true if the run was cut short (Ctrl-C)")
-    samples: int = _f("sample lines written")
-
-
-class TimelineLine(BaseModel):
-    """Any line of a timeline (tell them apart by `type`)."""
-    line: HeaderLine | SampleLine | EndLine = Field(discriminator="type")
+    duration_s: float = described("wall-clock run time, seconds")
+    partial: bool = described("true if the run was cut short (Ctrl-C)")
+    samples: int = described("sample lines written")
 
 
 class Summary(_Strict):
     """`uvm run --summary-json FILE`: the record and the run's final counters."""
     record: Header
-    interrupted: bool = _f("true if Ctrl-C ended the run")
-    failed: list[str] = _f("errors workloads raised (other than their VM being stopped)")
-    states_seen: dict[str, int] = _f("samples that found the machine in each reclamation "
-                                     "state (empty without a policy)")
-    final: SampleLine = _f("the last sample: every counter at the end of the run")
+    interrupted: bool = described("true if Ctrl-C ended the run")
+    failed: list[str] = described("errors workloads raised (other than their VM being stopped)")
+    states_seen: dict[str, int] = described("samples that found the machine in each "
+                                            "reclamation state (empty without a policy)")
+    final: SampleLine = described("the last sample: every counter at the end of the run")
 
 
 def sample_line(t_s: float, snap: Snapshot, workloads: dict[str, str],
