@@ -29,8 +29,8 @@ from rich.console import Console
 from uvm import experiments, live, record, resolved, scenario, schema
 from uvm.errors import UserfaultfdUnavailable
 from uvm.experiments.runner import check_repeat
-from uvm.seeds import check_seed
 from uvm.machine import Machine
+from uvm.seeds import check_seed
 from uvm.sizes import format_size
 
 EXIT_USAGE = 2          # a user mistake, as argparse uses it

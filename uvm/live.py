@@ -22,8 +22,8 @@ from rich.text import Text
 from uvm.errors import VMStopped
 from uvm.machine import Machine
 from uvm.policy.states import STATES
-from uvm.sizes import PAGE_SIZE, format_size
 from uvm.record import Header
+from uvm.sizes import PAGE_SIZE, format_size
 from uvm.stats import Snapshot, VMSample, snapshot
 from uvm.timeline import EndLine, HeaderLine, SampleLine, Summary, sample_line
 from uvm.vm import VM
