@@ -192,3 +192,16 @@ def test_docs_have_a_row_for_every_field() -> None:
     missing = [f"{prefix}{name}" for model, prefix in models for name in model.model_fields
                if name not in nested and f"| `{prefix}{name}` |" not in doc]
     assert not missing, f"docs/record.md has no row for {missing}"
+
+
+def test_the_record_says_which_userfaultfd_mode(monkeypatch: pytest.MonkeyPatch,
+                                                make_machine: Any) -> None:
+    """Probed without a machine, or read from the machine; UVM_UFFD_USER_MODE=1 forces the
+    unprivileged mode (as on a student's machine)."""
+    full = record.host().mode
+    assert full in ("privileged", "user")
+    monkeypatch.setenv("UVM_UFFD_USER_MODE", "1")
+    assert record.host().mode == "user"
+    m = make_machine("1MiB")
+    assert m.user_mode and record.header(kind="run", name="x", config={}, seed=1,
+                                         machine=m).host.mode == "user"
