@@ -79,7 +79,8 @@ class Host(BaseModel):
 class Header(BaseModel):
     """The run record: what ran, where, how it was configured and seeded, and when."""
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["run", "experiment"] = described("`uvm run` or `uvm experiment`", True)
+    kind: str = described("the command that produced it: run, experiment (and whatever "
+                          "later commands record themselves as)", True)
     name: str = described("the scenario's or the experiment's name", True)
     uvm: Build
     host: Host
@@ -109,7 +110,7 @@ class Header(BaseModel):
         return self.model_dump(mode="json")
 
 
-def header(*, kind: Literal["run", "experiment"], name: str, config: dict[str, Any], seed: int,
+def header(*, kind: str, name: str, config: dict[str, Any], seed: int,
            seeds: dict[str, int] | None = None, machine: Machine | None = None,
            argv: list[str] | None = None) -> Header:
     """The record of a run starting now. `config` is the configuration with every default
