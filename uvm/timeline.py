@@ -49,7 +49,8 @@ VM_FIELDS = {
     "swapins": "swapins", "swapouts": "swapouts", "swapouts_zero": "swapouts_zero",
     "sharing": "sharing_pages", "zero_shared": "zero_shared_pages", "cow_breaks": "cow_breaks",
     "scanned": "scanned", "ballooned": "ballooned_pages", "balloon_touched": "balloon_touched",
-    "watch_touched": "watch_touched", "balloon_target": "balloon_target_pages",
+    "watch_touched": "watch_touched", "hints": "hint_pages", "shared_saved": "shared_saved_pages",
+    "balloon_target": "balloon_target_pages",
     "shares": "shares", "min": "min_pages",
 }
 VM_DROPPED = {"stopped": "`stopped`, the reason as text", "balloon_size": "ballooned_pages",
@@ -164,6 +165,10 @@ class VMLine(_Strict):
     ballooned_pages: int = described("pages in its balloon")
     balloon_touched: int = described("ballooned pages the guest touched anyway (given a zero page)")
     watch_touched: int = described("watched (sampled) pages the guest touched again")
+    hint_pages: int = described("its pages named by a hint in the sharing table (unshared, "
+                                "hashed, waiting for a match; esxtop's COWH)")
+    shared_saved_pages: int = described("frames its sharing saves: a page on a frame with r "
+                                        "sharers counts (r - 1) / r (esxtop's SHRDSVD)")
     balloon_target_pages: int = described("the balloon's target")
     shares: int = described("its shares S", True)
     min_pages: int = described("its guaranteed minimum", True)
