@@ -50,7 +50,7 @@ VM_FIELDS = {
     "sharing": "sharing_pages", "zero_shared": "zero_shared_pages", "cow_breaks": "cow_breaks",
     "scanned": "scanned", "ballooned": "ballooned_pages", "balloon_touched": "balloon_touched",
     "watch_touched": "watch_touched", "hints": "hint_pages", "shared_saved": "shared_saved_pages",
-    "balloon_target": "balloon_target_pages",
+    "balloon_target": "balloon_target_pages", "balloon_max": "balloon_max_pages",
     "shares": "shares", "min": "min_pages",
 }
 VM_DROPPED = {"stopped": "`stopped`, the reason as text", "balloon_size": "ballooned_pages",
@@ -170,6 +170,9 @@ class VMLine(_Strict):
     shared_saved_pages: int = described("frames its sharing saves: a page on a frame with r "
                                         "sharers counts (r - 1) / r (esxtop's SHRDSVD)")
     balloon_target_pages: int = described("the balloon's target")
+    balloon_max_pages: int = described("the most its balloon may hold")
+    balloon_active: bool = described("true while a balloon driver runs in the guest (esxtop's "
+                                      "MCTL?): without one the host must page instead")
     shares: int = described("its shares S", True)
     min_pages: int = described("its guaranteed minimum", True)
     blocked: bool = described("true while the policy blocks it (the low state)")
@@ -228,5 +231,6 @@ def _vm_line(v: VMSample, workload: str, status: str) -> VMLine:
              if "guest_free" in st else None)
     return VMLine(name=v.name, workload=workload, status=status, stopped=v.stopped, ops=v.ops,
                   ops_per_s=round(v.ops_per_s, 1), blocked=bool(st["blocked"]),
+                  balloon_active=bool(st["balloon_active"]),
                   policy=None if policy is None else PolicyLine(**policy),
                   guest=None if guest is None else GuestLine(**guest), **fields)

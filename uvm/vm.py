@@ -111,6 +111,8 @@ class VM:
         guest_swapins, ...) to the host's."""
         d["balloon_target"] = self.balloon.target
         d["balloon_size"] = self.balloon.size
+        d["balloon_max"] = self.balloon.max_pages
+        d["balloon_active"] = int(self.balloon.active)
         d.update(shares=self._shares, min=self.min, max=self.max, blocked=int(self.blocked))
         sched = self.machine.scheduler
         d.update(sched.vm_stats(self) if sched is not None else {})
