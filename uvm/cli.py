@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 
-from uvm import experiments, labs, live, record, resolved, scenario, schema
+from uvm import experiments, labs, live, pagemap, record, resolved, scenario, schema, top
 from uvm.errors import UserfaultfdUnavailable
 from uvm.experiments.runner import check_repeat
 from uvm.machine import Machine
@@ -64,7 +64,25 @@ def _parser() -> argparse.ArgumentParser:
     _add_experiment(commands)
     _add_lab(commands)
     _add_schema(commands)
+    _add_top(commands)
     return parser
+
+
+def _add_top(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "top", help="esxtop's memory panel of a running `uvm run`",
+        description="Attaches to a running `uvm run` (through its socket: the only one running, "
+                    "or the one of PID, or the socket PATH) or follows a --json timeline file, "
+                    "and shows esxtop's memory panel until the run ends. See docs/top.md.")
+    p.add_argument("target", nargs="?", metavar="PID|PATH", help="which run (default: the only one)")
+    p.add_argument("--json", metavar="FILE", help="follow this timeline (uvm run --json FILE)")
+    p.add_argument("--once", action="store_true", help="print one panel and exit")
+    p.set_defaults(command=_top)
+
+
+def _top(args: argparse.Namespace) -> int:
+    """`uvm top`: the panel of a running run, until it ends."""
+    return top.attach(args.target, args.json, _console(), args.once)
 
 
 def _add_lab(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -173,6 +191,14 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--summary-json", metavar="FILE",
                    help="write the run record and the final counters as JSON "
                         "(`uvm schema summary`)")
+    p.add_argument("--wide", action="store_true",
+                   help="show esxtop's memory panel (as `uvm top` does) instead of the table")
+    p.add_argument("--map", action="store_true",
+                   help="show each VM's page map: its pages as a grid coloured by pmap state")
+    p.add_argument("--map-every", type=_seconds, metavar="SECONDS",
+                   help="write a PNG frame of the page maps every SECONDS, and an animated GIF")
+    p.add_argument("--map-out", metavar="DIR",
+                   help="where --map-every writes (default: results/NAME-pagemap)")
     p.set_defaults(command=_run)
 
 
@@ -215,7 +241,14 @@ def _run(args: argparse.Namespace) -> int:
         try:
             header = resolved.scenario_header(spec, machine, seed, duration, every)
             _print_header(spec, machine, duration, every, seed)
-            result = live.run(machine, spec.name, duration, every, console, timeline, header)
+            with top.serving(_warn) as server, \
+                    pagemap.recording(machine, Path(args.map_out or Path("results") / f"{spec.name}-pagemap"),
+                                      args.map_every) as maps:
+                result = live.run(machine, spec.name, duration, every, console, timeline, header,
+                                  view=_view(args, machine, console, spec.name),
+                                  tap=server.send if server is not None else None)
+            if maps is not None:
+                print(f"uvm: {maps.report()}", flush=True)
             failed = live.workload_errors(machine)
         finally:
             machine.close()
@@ -226,6 +259,25 @@ def _run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if failed else 0
+
+
+def _view(args: argparse.Namespace, machine: Machine, console: Console, title: str) -> live.View | None:
+    """uvm run --wide (esxtop's memory panel), --map (the page map) or both; None: the table."""
+    wide = top.Wide(title) if args.wide else None
+    if not args.map:
+        return wide
+
+    def view(s: live.Sample) -> RenderableType:
+        width, height = console.size
+        panel = wide(s) if wide is not None else None
+        rows = height - (len(s.snapshot.vms) + 8 if panel is not None else 0)
+        grids = pagemap.screen(pagemap.take(machine), width, rows, live.machine_line(s))
+        return Group(panel, grids) if panel is not None else grids
+    return view
+
+
+def _warn(message: str) -> None:
+    print(f"uvm: {message}", file=sys.stderr, flush=True)
 
 
 def _console() -> Console:

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from pydantic import BaseModel
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -29,6 +28,7 @@ from uvm.timeline import EndLine, HeaderLine, SampleLine, Summary, sample_line
 from uvm.vm import VM
 
 MIB = 1 << 20
+TimelineLine = HeaderLine | SampleLine | EndLine
 
 
 @dataclass
@@ -61,6 +61,10 @@ class Sample:
         """Free machine memory, a fraction."""
         m = self.snapshot.machine
         return m["frames_free"] / m["frames_total"] if m["frames_total"] else 0.0
+
+
+View = Callable[[Sample], RenderableType]     # draws a sample (run's `view` hook)
+Tap = Callable[[TimelineLine], None]          # gets each timeline line (run's `tap` hook)
 
 
 @dataclass
@@ -117,18 +121,21 @@ def ticks(duration: float, every: float) -> list[float]:
 
 
 def run(machine: Machine, title: str, duration: float, every: float, console: Console,
-        timeline: TextIO | None = None, header: Header | None = None) -> Result:
+        timeline: TextIO | None = None, header: Header | None = None,
+        view: View | None = None, tap: Tap | None = None) -> Result:
     """Samples the machine every `every` seconds for `duration` seconds (or until no
     workload is left running), showing each sample and appending it to `timeline`: after
     the run record `header` (if given) as the first line, and before an end line. Ctrl-C
-    ends the run early with a last sample: Result.interrupted says so."""
+    ends the run early with a last sample: Result.interrupted says so. Hooks: `view` draws a
+    sample instead of the table (uvm run --wide, --map); `tap` gets every timeline line too
+    (the socket uvm top attaches to)."""
     start = time.monotonic()
     states: Counter[str] = Counter()
     count = 0
-    write = _writer(timeline)
+    write = _writer(timeline, tap)
     if header is not None:
         write(HeaderLine(**header.model_dump()))
-    with _display(console, title) as show:
+    with _display(console, title, view) as show:
 
         def record() -> Sample:
             nonlocal count
@@ -155,23 +162,30 @@ def run(machine: Machine, title: str, duration: float, every: float, console: Co
     return Result(last, interrupted=interrupted, states=states, samples=count)
 
 
-def _writer(timeline: TextIO | None) -> Callable[[BaseModel], None]:
-    """Appends a line to the timeline (flushed: a reader may follow it live)."""
-    def write(line: BaseModel) -> None:
+def _writer(timeline: TextIO | None, tap: Tap | None = None) -> Callable[[TimelineLine], None]:
+    """Appends a line to the timeline (flushed: a reader may follow it live) and hands it
+    to the tap."""
+    def write(line: TimelineLine) -> None:
         if timeline is not None:
             timeline.write(line.model_dump_json() + "\n")
             timeline.flush()
+        if tap is not None:
+            tap(line)
     return write
 
 
 @contextmanager
-def _display(console: Console, title: str) -> Iterator[Callable[[Sample], None]]:
-    """A live table on a terminal; plain periodic lines otherwise (CI logs)."""
+def _display(console: Console, title: str, view: View | None = None) -> Iterator[Callable[[Sample], None]]:
+    """A live table (or `view`) on a terminal; plain periodic lines (or `view`) otherwise
+    (CI logs)."""
     if not console.is_terminal:
-        yield lambda s: console.out("\n".join(plain_lines(s)), highlight=False)
+        if view is not None:
+            yield lambda s: console.print(view(s))
+        else:
+            yield lambda s: console.out("\n".join(plain_lines(s)), highlight=False)
         return
     with Live(console=console, auto_refresh=False) as live:
-        yield lambda s: live.update(live_view(s, title), refresh=True)
+        yield lambda s: live.update(view(s) if view else live_view(s, title), refresh=True)
 
 
 # -- rendering ---------------------------------------------------------------------------

@@ -233,6 +233,7 @@ class MapRecorder:
         self.out = out
         self.every = every
         self.frames: list[Path] = []
+        self.gif: Path | None = None
         self.error: BaseException | None = None
         self._images: list[Any] = []
         self._started = machine.uptime
@@ -271,11 +272,16 @@ class MapRecorder:
             raise self.error
         if not self._images:
             return None
-        gif = self.out / "pagemap.gif"
+        self.gif = self.out / "pagemap.gif"
         first, *rest = self._images
-        first.save(gif, save_all=True, append_images=rest, loop=0,
+        first.save(self.gif, save_all=True, append_images=rest, loop=0,
                    duration=max(100, min(1000, round(self.every * 1000))))
-        return gif
+        return self.gif
+
+    def report(self) -> str:
+        """What it wrote, in one line."""
+        return (f"wrote {len(self.frames)} page-map frames ({self.out}/pagemap-NNNN.png)"
+                + (f" and {self.gif}" if self.gif else ""))
 
 
 @contextmanager

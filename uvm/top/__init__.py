@@ -1,0 +1,52 @@
+"""An esxtop-style memory view of a running `uvm run`: `uvm top` (attached through a local
+socket, or following a --json timeline) and `uvm run --wide`. Both read the run's timeline
+(uvm/timeline.py), the same lines `uvm run --json` writes, so what top shows is what the
+run records. docs/top.md maps each esxtop field to uvm's.
+
+    fields.py   esxtop's columns and header lines, computed from a timeline sample
+    screen.py   the panel (rich)
+    server.py   the socket `uvm run` serves its timeline on
+    attach.py   finding a run, reading its socket or following its file, the display loop
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console, RenderableType
+
+from uvm.top.attach import find, follow, socket_lines, watch
+from uvm.top.screen import panel
+from uvm.top.server import pid_of, serving
+from uvm.timeline import SampleLine
+
+if TYPE_CHECKING:
+    from uvm.live import Sample
+
+__all__ = ["Wide", "attach", "panel", "serving"]
+
+
+class Wide:
+    """`uvm run --wide`: the live view's hook that draws each sample as the panel."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.before: SampleLine | None = None
+
+    def __call__(self, sample: Sample) -> RenderableType:
+        line = sample.line()
+        view = panel(line, self.before, self.title)
+        self.before = line
+        return view
+
+
+def attach(target: str | None, json_file: str | None, console: Console, once: bool = False) -> int:
+    """`uvm top [PID|PATH] [--json FILE] [--once]`: shows the run's panel until it ends;
+    returns the exit status. ValueError naming the argument for a bad one."""
+    if target is not None and json_file is not None:
+        raise ValueError("PID: name a run (PID or PATH) or a timeline (--json FILE), not both")
+    if json_file is not None:
+        return watch(follow(Path(json_file)), json_file, console, once)
+    path = find(target)
+    return watch(socket_lines(path), f"pid {pid_of(path)}", console, once)
