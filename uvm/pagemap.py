@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.text import Text
 
 from uvm._binding import lib
@@ -143,28 +143,30 @@ def _percentages(pages: bytes) -> str:
     return " ".join(f"{STATES[i].name} {100 * c / n:.0f}%" for i, c in enumerate(counts(pages)) if c)
 
 
-def grid(vm: VMMap, width: int, rows: int) -> Text:
+def grid(vm: VMMap, width: int, rows: int) -> Group:
     """A VM's map as `rows` lines of at most `width` cells, under a title line with its page
     count, what a cell covers and the share of each state."""
     cells, k = downsample(vm.pages, max(1, width * rows))
-    text = Text(f"{vm.name}: {len(vm.pages)} pages, a cell = {k} page{'s' if k > 1 else ''} · "
-                f"{_percentages(vm.pages)}", no_wrap=True, overflow="ellipsis")
+    title = Text(f"{vm.name}: {len(vm.pages)} pages, a cell = {k} page{'s' if k > 1 else ''} · "
+                 f"{_percentages(vm.pages)}", no_wrap=True, overflow="ellipsis")
+    text = Text(no_wrap=True, overflow="crop")
     for r in range(0, len(cells), width):
-        text.append("\n")
+        if r:
+            text.append("\n")
         row = cells[r:r + width]
         start = 0
         for j in range(1, len(row) + 1):
             if j == len(row) or row[j] != row[start]:
                 text.append(STATES[row[start]].char * (j - start), style=_style(row[start]))
                 start = j
-    return text
+    return Group(title, text)
 
 
 def screen(maps: Sequence[VMMap], width: int, height: int, heading: str = "") -> Group:
     """Every VM's grid, sized to fill a width x height terminal, with the legend."""
     free = height - 2 - (1 if heading else 0) - len(maps)   # heading, legend, VM titles
     rows = max(1, free // max(1, len(maps)))
-    parts: list[Text] = [Text(heading, no_wrap=True, overflow="ellipsis")] if heading else []
+    parts: list[RenderableType] = [Text(heading, no_wrap=True, overflow="ellipsis")] if heading else []
     parts += [grid(vm, max(8, width), rows) for vm in maps]
     parts.append(legend())
     return Group(*parts)

@@ -6,7 +6,7 @@ run records. docs/top.md maps each esxtop field to uvm's.
     fields.py   esxtop's columns and header lines, computed from a timeline sample
     screen.py   the panel (rich)
     server.py   the socket `uvm run` serves its timeline on
-    attach.py   finding a run, reading its socket or following its file, the display loop
+    client.py   finding a run, reading its socket or following its file, the display loop
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console, RenderableType
 
-from uvm.top.attach import find, follow, socket_lines, watch
+from uvm.top.client import find, follow, socket_lines, watch
 from uvm.top.screen import panel
 from uvm.top.server import pid_of, serving
 from uvm.timeline import SampleLine
