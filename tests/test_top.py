@@ -363,3 +363,43 @@ _SAMPLE = json.dumps({
                         "reclaim": "balloon", "host_paged": 0},
              "guest": None}],
 })
+
+
+# -- --map-every in experiments ------------------------------------------------------------
+
+def test_every_experiment_opens_its_machines_through_the_trial() -> None:
+    """--map-every reaches every experiment: each opens its machines with trial.machine."""
+    import inspect
+
+    from uvm import experiments
+
+    for exp in experiments.REGISTRY.values():
+        source = inspect.getsource(inspect.getmodule(exp.run))  # type: ignore[arg-type]
+        assert "trial.machine(" in source and "with Machine(" not in source, exp.name
+
+
+def test_trial_machine_records_page_maps(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from uvm.experiments.base import MapSpec, Trial
+
+    said: list[str] = []
+    trial = Trial(quick=True, seed=5, log=said.append, maps=MapSpec(0.2, tmp_path))
+    with trial.machine(memory="4MiB") as m:
+        vm = m.create_vm("v", memory="1MiB")
+        vm.write(0, b"x" * 4096 * 100)
+        time.sleep(0.7)
+        with trial.machine(memory="4MiB"):
+            pass                                  # a second machine: a directory of its own
+    first, second = tmp_path / "pagemap" / "5-0", tmp_path / "pagemap" / "5-1"
+    frames = sorted(first.glob("pagemap-*.png"))
+    assert len(frames) >= 3 and (second / "pagemap-0000.png").exists()
+    with Image.open(first / "pagemap.gif") as gif:
+        assert gif.n_frames == len(frames)
+    with Image.open(frames[-1]) as last:           # the last frame shows v's 100 resident pages
+        assert last.mode == "P" and pagemap.RESIDENT in {c for _, c in last.getcolors()}
+    assert any("wrote" in line and str(first) in line for line in said)
+    no_maps = Trial(quick=True, seed=5, log=said.append)
+    with no_maps.machine(memory="4MiB"):
+        pass
+    assert not (tmp_path / "pagemap" / "5-2").exists()

@@ -159,6 +159,9 @@ def _add_experiment(commands: argparse._SubParsersAction[argparse.ArgumentParser
                    help="seed of every machine and workload (default: drawn, and recorded)")
     p.add_argument("--repeat", type=_repeat, default=1, metavar="N",
                    help="run it N times (seeds N, N+1, ...): median and spread of its figures")
+    p.add_argument("--map-every", type=_seconds, metavar="SECONDS",
+                   help="draw the page maps of its machines every SECONDS: PNG frames and an "
+                        "animated GIF in DIR/pagemap/")
     p.set_defaults(command=_experiment)
 
 
@@ -166,7 +169,7 @@ def _experiment(args: argparse.Namespace) -> int:
     """`uvm experiment NAME`: run it, print as it goes, write results.json and the plot."""
     out = Path(args.out or Path("results") / args.name)
     experiments.run(args.name, args.quick, out, lambda line: print(line, flush=True),
-                    seed=args.seed, repeat=args.repeat)
+                    seed=args.seed, repeat=args.repeat, map_every=args.map_every)
     return 0
 
 

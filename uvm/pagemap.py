@@ -28,7 +28,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from uvm._binding import lib
-from uvm.errors import UvmError, VMStopped
+from uvm.errors import MissingExtra, UvmError, VMStopped
 
 if TYPE_CHECKING:
     from uvm.machine import Machine
@@ -60,6 +60,7 @@ _BY_PMAP = {lib.PM_NONE: NEVER, lib.PM_RESIDENT: RESIDENT, lib.PM_SWAPPED: SWAPP
 IMAGE_WIDTH = 128           # cells per row of a VM's block in an image
 IMAGE_CELLS = 128 * 128     # at most this many cells per VM in an image (else downsampled)
 IMAGE_SCALE = 3             # pixels per cell, each way
+LEGEND_COLUMN = 105         # pixels per legend entry
 
 
 def state_of(byte: int) -> int:
@@ -179,8 +180,6 @@ def _pillow() -> Any:
     try:
         from PIL import Image, ImageDraw
     except ImportError as e:
-        from uvm.experiments.base import MissingExtra
-
         raise MissingExtra("page-map images need Pillow: pip install 'uvm[plot]' "
                            "(or pip install pillow)") from e
     return Image, ImageDraw
@@ -200,7 +199,9 @@ def image(maps: Sequence[VMMap], caption: str = "") -> Any:
         blocks.append((vm, k, block.resize((IMAGE_WIDTH * IMAGE_SCALE, rows * IMAGE_SCALE),
                                            Image.Resampling.NEAREST)))
     width = max(IMAGE_WIDTH * IMAGE_SCALE, 420)
-    height = label + sum(label + b.height + 4 for _, _, b in blocks) + label * len(STATES)
+    per_row = width // LEGEND_COLUMN
+    legend_rows = math.ceil(len(STATES) / per_row)
+    height = label + sum(label + b.height + 4 for _, _, b in blocks) + label * legend_rows
     paper, ink = len(STATES), len(STATES) + 1      # palette: the states, white, black
     img = Image.new("P", (width, height), paper)
     img.putpalette([c for s in STATES for c in s.rgb] + [255, 255, 255] + [0, 0, 0])
@@ -215,9 +216,9 @@ def image(maps: Sequence[VMMap], caption: str = "") -> Any:
         img.paste(block, (0, y))
         y += block.height + 4
     for i, s in enumerate(STATES):
-        draw.rectangle((2, y + 2, 11, y + 11), fill=i)
-        draw.text((16, y), s.name, fill=ink)
-        y += label
+        x, row = (i % per_row) * LEGEND_COLUMN, y + (i // per_row) * label
+        draw.rectangle((x + 2, row + 2, x + 11, row + 11), fill=i)
+        draw.text((x + 16, row), s.name, fill=ink)
     return img
 
 

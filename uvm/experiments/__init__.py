@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from uvm.errors import MissingExtra
 from uvm.experiments import (balloon, balloon_vs_paging, idle_tax, reallocation, sharing,
                              runner, working_set)
-from uvm.experiments.base import Experiment, MissingExtra, Trial
+from uvm.experiments.base import Experiment, MapSpec, Trial
 
 REGISTRY: dict[str, Experiment] = {e.name: e for e in (sharing.EXPERIMENT, balloon.EXPERIMENT,
                                                          balloon_vs_paging.EXPERIMENT,
@@ -28,10 +29,12 @@ __all__ = ["REGISTRY", "Experiment", "MissingExtra", "Trial", "run"]
 
 
 def run(name: str, quick: bool, out: Path, log: Callable[[str], None], seed: int | None = None,
-        repeat: int = 1) -> dict[str, Any]:
+        repeat: int = 1, map_every: float | None = None) -> dict[str, Any]:
     """Runs experiment `name` `repeat` times (seeded with seed, seed+1, ...; default: a seed
-    drawn and recorded), writes out/results.json and out/NAME.png; returns the results
+    drawn and recorded), writes out/results.json and out/NAME.png, and with map_every the
+    page maps of its machines every map_every seconds (out/pagemap/); returns the results
     (uvm/experiments/runner.py)."""
     if name not in REGISTRY:
         raise ValueError(f"experiment: must be one of {sorted(REGISTRY)}, got {name!r}")
-    return runner.run(REGISTRY[name], quick, out, log, seed, repeat)
+    maps = MapSpec(map_every, out) if map_every is not None else None
+    return runner.run(REGISTRY[name], quick, out, log, seed, repeat, maps)

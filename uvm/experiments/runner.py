@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from uvm import progress, record
-from uvm.experiments.base import Experiment, Trial, pyplot
+from uvm.experiments.base import Experiment, MapSpec, Trial, pyplot
 from uvm.seeds import check_seed, new_seed
 
 
@@ -59,9 +59,10 @@ def check_repeat(value: object) -> int:
 
 
 def run(exp: Experiment, quick: bool, out: Path, log: Callable[[str], None],
-        seed: int | None = None, repeat: int = 1) -> dict[str, Any]:
+        seed: int | None = None, repeat: int = 1, maps: MapSpec | None = None) -> dict[str, Any]:
     """Runs `exp` `repeat` times (seeds seed, seed+1, ...; seed default: drawn), writes
-    out/results.json and the plot of the first trial; returns the results."""
+    out/results.json and the plot of the first trial (and with `maps`, its machines' page
+    maps); returns the results."""
     seed = new_seed() if seed is None else check_seed(seed)
     check_repeat(repeat)
     check_seed(seed + repeat - 1, "seed")
@@ -83,7 +84,7 @@ def run(exp: Experiment, quick: bool, out: Path, log: Callable[[str], None],
                     bar.update(i + min(max(done, 0.0), 1.0),
                                f"trial {i + 1}/{repeat}: {what}" if repeat > 1 else what)
 
-                trials.append(exp.run(Trial(quick, s, log, step)))
+                trials.append(exp.run(Trial(quick, s, log, step, maps)))
                 bar.update(i + 1)
         except KeyboardInterrupt:
             if not trials:

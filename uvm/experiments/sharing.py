@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from uvm.experiments.base import Experiment, Trial, pyplot
-from uvm.machine import Machine
 from uvm.sizes import PAGE_SIZE, parse_size
 from workloads import OSImage
 
@@ -36,7 +35,7 @@ def params(quick: bool) -> dict[str, Any]:
 def measure(n: int, p: dict[str, Any], trial: Trial) -> dict[str, Any]:
     """Boots n VMs, shares until converged, returns the counts."""
     per_vm = sum(parse_size(p[k], k) for k in ("image", "private", "zeroed"))
-    with Machine(memory=n * per_vm + 32 * MIB, reclaim=False, seed=trial.seed_for("machine", n)) as m:
+    with trial.machine(memory=n * per_vm + 32 * MIB, reclaim=False, seed=trial.seed_for("machine", n)) as m:
         vms = [m.create_vm(f"vm{i}", memory=per_vm + 2 * MIB) for i in range(n)]
         runs = [vm.run(OSImage(image=p["image"], private=p["private"], zeroed=p["zeroed"],
                                     seed=trial.seed_for("vm", i)))

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from uvm.experiments.base import Experiment, Trial, pyplot
-from uvm.machine import Machine
 from uvm.policy.estimate import PaperEstimator
 from uvm.scheduler import MemoryPolicy
 from uvm.workloads import Fill, WorkingSet
@@ -44,7 +43,7 @@ def run(trial: Trial) -> dict[str, Any]:
                           tick=p["every_s"] / 2, estimator=PaperEstimator)
     timeline: list[dict[str, Any]] = []
     phases: list[dict[str, Any]] = []
-    with Machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
+    with trial.machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
         vm = m.create_vm("vm", memory=f"{p['vm_mib']}MiB")
         vm.run(Fill(seed=trial.seed_for("fill"))).join(60)
         assert vm.sampler is not None
