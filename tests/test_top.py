@@ -26,7 +26,7 @@ from uvm.timeline import SampleLine
 from uvm.top import fields
 
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][0-9A-Za-z]|[=>78])")
-PANEL_FIELDS = ("MEMSZ", "GRANT", "SZTGT", "TCHD", "MCTLSZ", "MCTLTGT", "SWCUR", "SWTGT",
+PANEL_FIELDS = ("MEMSZ", "GRANT", "AMIN", "ASHRS", "SZTGT", "TCHD", "MCTLSZ", "MCTLTGT", "SWCUR", "SWTGT",
                 "SHRD", "ZERO", "SHRDSVD", "COWH", "OVHD", "PMEM", "PSHARE", "MEMCTL")
 DEFAULT_VMS = ("zipf", "stream", "idle", "web1", "web2")
 

@@ -4,9 +4,11 @@
     uvm run FILE.toml            a scenario file (format: uvm/scenario.py, or the default's
                                  own file, uvm/default_scenario.toml)
         --duration SECONDS --every SECONDS --seed N --json TIMELINE.jsonl
-        --summary-json FILE
+        --summary-json FILE --wide --map --map-every SECONDS --map-out DIR
     uvm experiment NAME          one of the paper's experiments (uvm/experiments/)
-        --quick --out DIR --seed N --repeat N
+        --quick --out DIR --seed N --repeat N --map-every SECONDS
+    uvm top [PID|PATH] [--json FILE] [--once]
+                                 esxtop's memory panel of a running run (uvm/top/)
     uvm schema NAME              the JSON Schema of an output (uvm/schema.py)
     uvm lab list | start NAME DIR | check NAME [DIR] --seed N --timeout SECONDS
                                  kernel-course labs with an autograder (uvm/labs/)

@@ -225,7 +225,7 @@ def image(maps: Sequence[VMMap], caption: str = "") -> Any:
 class MapRecorder:
     """Writes a PNG frame of the machine's page maps every `every` seconds into `out`
     (pagemap-0000.png, ...) on a thread of its own, and at stop() an animated GIF of them
-    (pagemap.gif), one frame per period. Errors on the thread are re-raised by stop()."""
+    (pagemap.gif, read back from the PNGs so no frame stays in memory), one frame per period. Errors on the thread are re-raised by stop()."""
 
     def __init__(self, machine: Machine, out: Path, every: float) -> None:
         if not every > 0:
@@ -238,7 +238,6 @@ class MapRecorder:
         self.frames: list[Path] = []
         self.gif: Path | None = None
         self.error: BaseException | None = None
-        self._images: list[Any] = []
         self._started = machine.uptime
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="uvm-pagemap", daemon=True)
@@ -264,7 +263,6 @@ class MapRecorder:
         path = self.out / f"pagemap-{len(self.frames):04d}.png"
         img.save(path)
         self.frames.append(path)
-        self._images.append(img)
         return path
 
     def stop(self) -> Path | None:
@@ -273,18 +271,27 @@ class MapRecorder:
         self._thread.join()
         if self.error is not None:
             raise self.error
-        if not self._images:
+        if not self.frames:
             return None
+        Image, _ = _pillow()
         self.gif = self.out / "pagemap.gif"
-        first, *rest = self._images
-        first.save(self.gif, save_all=True, append_images=rest, loop=0,
-                   duration=max(100, min(1000, round(self.every * 1000))))
+        with Image.open(self.frames[0]) as first:
+            rest = _opened(Image, self.frames[1:])      # read as the GIF is written
+            first.save(self.gif, save_all=True, append_images=rest, loop=0,
+                       duration=max(100, min(1000, round(self.every * 1000))))
         return self.gif
 
     def report(self) -> str:
         """What it wrote, in one line."""
         return (f"wrote {len(self.frames)} page-map frames ({self.out}/pagemap-NNNN.png)"
                 + (f" and {self.gif}" if self.gif else ""))
+
+
+def _opened(Image: Any, paths: list[Path]) -> Iterator[Any]:
+    """Each image file in turn, closed once the next is wanted."""
+    for path in paths:
+        with Image.open(path) as img:
+            yield img
 
 
 @contextmanager

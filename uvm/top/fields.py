@@ -92,6 +92,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("NAME", lambda v, r: v.name, "the VM's name"),
     Column("MEMSZ", lambda v, r: _size(v.size_pages), "configured size: size_pages"),
     Column("GRANT", lambda v, r: _size(grant(v)), "backed by machine memory: resident_pages + sharing_pages"),
+    Column("AMIN", lambda v, r: _size(v.min_pages), "its guaranteed min: min_pages"),
+    Column("ASHRS", lambda v, r: str(v.shares), "its shares S: shares"),
     Column("SZTGT", lambda v, r: _size(target(v)), "the policy's target: policy.target_pages"),
     Column("TCHD", lambda v, r: _size(touched(v)), "touched estimate: policy.active x size_pages"),
     Column("%ACTV", lambda v, r: "-" if v.policy is None else f"{100 * v.policy.active:.0f}",
