@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import signal
 import stat
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,8 @@ DEFAULT_VMS = ("zipf", "stream", "idle", "web1", "web2")
 
 class Terminal:
     """A command running on a pseudo-terminal of rows x cols; `text` is what it printed,
-    escape sequences removed."""
+    escape sequences removed. A thread drains the terminal all along, so the command never
+    blocks on a full terminal while the test waits for another."""
 
     def __init__(self, argv: list[str], env: dict[str, str], rows: int = 60, cols: int = 220) -> None:
         import fcntl
@@ -45,24 +46,28 @@ class Terminal:
                                      start_new_session=True)
         os.close(slave)
         self.raw = b""
+        self._eof = threading.Event()
+        self._reader = threading.Thread(target=self._drain, name="pty-reader", daemon=True)
+        self._reader.start()
 
-    def read(self, timeout: float, until: str | None = None) -> str:
-        """Reads until the command exits (or `until` shows up); fails after timeout s."""
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:                 # EIO: the command exited and closed the terminal
+                chunk = b""
+            if not chunk:
+                self._eof.set()
+                return
+            self.raw += chunk
+
+    def read(self, timeout: float) -> str:
+        """Waits until the command exits and its output is read; fails after timeout s."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if until is not None and until in self.text:
+            if self._eof.wait(0.1) and self.proc.poll() is not None:
                 return self.text
-            ready, _, _ = select.select([self.master], [], [], 0.1)
-            if ready:
-                try:
-                    chunk = os.read(self.master, 65536)
-                except OSError:             # EIO: the command exited and closed the terminal
-                    chunk = b""
-                if not chunk and self.proc.poll() is not None:
-                    return self.text
-                self.raw += chunk
-            elif self.proc.poll() is not None and until is None:
-                return self.text
+            time.sleep(0.05)
         self.kill()
         raise AssertionError(f"{self.proc.args} timed out after {timeout} s; screen:\n{self.text[-3000:]}")
 
@@ -81,6 +86,7 @@ class Terminal:
 
     def close(self) -> None:
         self.kill()
+        self._reader.join(timeout=10)
         os.close(self.master)
 
 

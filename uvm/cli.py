@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console
 
 from uvm import experiments, labs, live, pagemap, record, resolved, scenario, schema, top
 from uvm.errors import UserfaultfdUnavailable
@@ -250,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
                     pagemap.recording(machine, Path(args.map_out or Path("results") / f"{spec.name}-pagemap"),
                                       args.map_every) as maps:
                 result = live.run(machine, spec.name, duration, every, console, timeline, header,
-                                  view=_view(args, machine, console, spec.name),
+                                  view=top.run_view(machine, console, spec.name, args.wide, args.map),
                                   tap=server.send if server is not None else None)
             if maps is not None:
                 print(f"uvm: {maps.report()}", flush=True)
@@ -264,21 +264,6 @@ def _run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if failed else 0
-
-
-def _view(args: argparse.Namespace, machine: Machine, console: Console, title: str) -> live.View | None:
-    """uvm run --wide (esxtop's memory panel), --map (the page map) or both; None: the table."""
-    wide = top.Wide(title) if args.wide else None
-    if not args.map:
-        return wide
-
-    def view(s: live.Sample) -> RenderableType:
-        width, height = console.size
-        panel = wide(s) if wide is not None else None
-        rows = height - (len(s.snapshot.vms) + 8 if panel is not None else 0)
-        grids = pagemap.screen(pagemap.take(machine), width, rows, live.machine_line(s))
-        return Group(panel, grids) if panel is not None else grids
-    return view
 
 
 def _warn(message: str) -> None:

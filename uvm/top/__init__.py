@@ -6,39 +6,22 @@ run records. docs/top.md maps each esxtop field to uvm's.
     fields.py   esxtop's columns and header lines, computed from a timeline sample
     screen.py   the panel (rich)
     server.py   the socket `uvm run` serves its timeline on
+    views.py    the live view's hooks: uvm run --wide and --map
     client.py   finding a run, reading its socket or following its file, the display loop
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from rich.console import Console, RenderableType
+from rich.console import Console
 
 from uvm.top.client import find, follow, socket_lines, watch
 from uvm.top.screen import panel
 from uvm.top.server import pid_of, serving
-from uvm.timeline import SampleLine
+from uvm.top.views import Wide, run_view
 
-if TYPE_CHECKING:
-    from uvm.live import Sample
-
-__all__ = ["Wide", "attach", "panel", "serving"]
-
-
-class Wide:
-    """`uvm run --wide`: the live view's hook that draws each sample as the panel."""
-
-    def __init__(self, title: str) -> None:
-        self.title = title
-        self.before: SampleLine | None = None
-
-    def __call__(self, sample: Sample) -> RenderableType:
-        line = sample.line()
-        view = panel(line, self.before, self.title)
-        self.before = line
-        return view
+__all__ = ["Wide", "attach", "panel", "run_view", "serving"]
 
 
 def attach(target: str | None, json_file: str | None, console: Console, once: bool = False) -> int:

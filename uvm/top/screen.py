@@ -16,7 +16,9 @@ def panel(now: SampleLine, before: SampleLine | None, title: str) -> Group:
     """The panel for sample `now` (`before`, the previous sample, gives the rates)."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for c in COLUMNS:
-        table.add_column(c.name, justify="left" if c.name == "NAME" else "right", no_wrap=True)
+        # never squeezed into "12.…": a narrow terminal shows fewer columns, as esxtop does
+        table.add_column(c.name, justify="left" if c.name == "NAME" else "right", no_wrap=True,
+                         min_width=max(len(c.name), 6), overflow="crop")
     per_vm = rates(now, before)
     for v in now.vms:
         table.add_row(*(c.value(v, per_vm[v.name]) for c in COLUMNS))
