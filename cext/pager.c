@@ -34,6 +34,7 @@
 #include <time.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include "core.h"
 #include "uffd.h"
 
@@ -61,13 +62,25 @@ int uffd_wake(struct machine *m, char *addr, uint64_t len)
     return uffd_ioctl(m, UFFDIO_WAKE, &r);
 }
 
-/* makes [addr, addr + len) raise SIGBUS on access and wakes its waiters; returns 0 or -errno. */
+/* makes [addr, addr + len) raise SIGBUS on access and wakes its waiters; returns 0 or -errno.
+ * UFFDIO_POISON refuses any PTE, even a marker: a write-protected page takes a WP fault
+ * while mapped, and dropping its mapping leaves a uffd-wp marker behind. Waking the writer
+ * would only make it fault again, forever. So the mapping is dropped (MADV_DONTNEED keeps
+ * the frame in the memfd: nothing is lost), then the marker (un-protecting a page that maps
+ * nothing lets no write through: the next touch is a fault, which waits for the lock the
+ * caller holds), and the poison lands. If it still cannot (the mapping is gone), the waiter
+ * is woken to retry and see (a destroyed VM's range faults as an inaccessible reservation). */
 int uffd_poison(struct machine *m, char *addr, uint64_t len)
 {
     struct uffdio_poison p = { .range = { .start = (uint64_t)addr, .len = len } };
     int r = uffd_ioctl(m, UFFDIO_POISON, &p);
-    /* EEXIST: the page is mapped; anything else (the mapping is gone or broken): either
-     * way the waiter must not sleep forever, so wake it to retry and see */
+    if (r == -EEXIST && madvise(addr, len, MADV_DONTNEED) == 0) {
+        struct uffdio_writeprotect w = { .range = p.range, .mode = 0 };
+        if ((r = uffd_ioctl(m, UFFDIO_WRITEPROTECT, &w)) == 0) {
+            p.updated = 0;
+            r = uffd_ioctl(m, UFFDIO_POISON, &p);
+        }
+    }
     return r ? uffd_wake(m, addr, len) : 0;
 }
 

@@ -1,0 +1,146 @@
+"""Hardening of the C core and the Machine/VM API (issue 8): every fault of a stopped VM
+ends in VMStopped, fault injection cannot wedge the process, sharing degrades at the mapping
+limit instead of stopping VMs, MPN space is reused, no descriptor leaks, and bad arguments
+get one clear line naming the argument."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import uvm
+
+PG = 4096
+STOPPER = 1000          # a swapped page whose failed swap-in stops the VM
+
+
+def _outcome(fn: Callable[[], object], timeout: float = 10.0) -> object:
+    """Runs fn on its own thread; returns what it returned or raised, or "hung"."""
+    out: list[object] = []
+
+    def main() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:      # noqa: BLE001 - the test inspects it
+            out.append(e)
+
+    t = threading.Thread(target=main, name="guest-access", daemon=True)
+    t.start()
+    t.join(timeout)
+    return "hung" if t.is_alive() else out[0]
+
+
+def _stop(m: uvm.Machine, vm: uvm.VM) -> None:
+    """Stops vm the defined way: a swap read error on a swap-in."""
+    vm.write(STOPPER * PG, b"stop")
+    vm.evict([STOPPER])
+    m.inject_fault("swap-read", 1)
+    with pytest.raises(uvm.VMStopped, match="I/O error"):
+        vm.read(STOPPER * PG, 1)
+
+
+# Each sets page 5 of VM a (VM b holds the same content where sharing needs a partner) into
+# one state, and returns the state page_state must report; b's copy must survive.
+CONTENT = b"shared by a and b" * 100
+
+
+def _shared(m: uvm.Machine, a: uvm.VM, b: uvm.VM) -> str:
+    a.write(5 * PG, CONTENT)
+    b.write(5 * PG, CONTENT)
+    assert m.share_now() >= 2
+    return "shared"
+
+
+def _zero_shared(m: uvm.Machine, a: uvm.VM, b: uvm.VM) -> str:
+    a.write(5 * PG, bytes(PG))          # touched, all zeros: merged without a mapping
+    m.share_now()
+    return "shared"
+
+
+def _zero_shared_mapped(m: uvm.Machine, a: uvm.VM, b: uvm.VM) -> str:
+    _zero_shared(m, a, b)
+    assert a.read(5 * PG, PG) == bytes(PG)  # a read maps the zero frame, write-protected
+    return "shared"
+
+
+def _watched(m: uvm.Machine, a: uvm.VM, b: uvm.VM) -> str:
+    a.write(5 * PG, b"watched")
+    assert a.watch([5]) == [5]          # resident, unmapped
+    return "resident"
+
+
+def _swapped(m: uvm.Machine, a: uvm.VM, b: uvm.VM) -> str:
+    a.write(5 * PG, b"swapped")
+    assert a.evict([5]) == 1
+    return "swapped"
+
+
+def _zero(m: uvm.Machine, a: uvm.VM, b: uvm.VM) -> str:
+    a.write(5 * PG, b"\0")
+    assert a.evict([5]) == 1
+    return "zero"
+
+
+def _ballooned(m: uvm.Machine, a: uvm.VM, b: uvm.VM) -> str:
+    a.write(5 * PG, b"ballooned")
+    assert a.balloon_pages([5]) == 1
+    return "ballooned"
+
+
+def _untouched(m: uvm.Machine, a: uvm.VM, b: uvm.VM) -> str:
+    return "none"
+
+
+STATES: dict[str, Callable[[uvm.Machine, uvm.VM, uvm.VM], str]] = {
+    "shared": _shared, "zero-shared": _zero_shared, "zero-shared-mapped": _zero_shared_mapped,
+    "watched": _watched, "swapped": _swapped, "zero": _zero, "ballooned": _ballooned,
+    "untouched": _untouched}
+
+# states in which the page stays mapped (readable without a fault), with its content
+MAPPED = {"shared": CONTENT + bytes(PG - len(CONTENT)), "zero-shared-mapped": bytes(PG)}
+
+
+@pytest.mark.parametrize("access", ["read", "write"])
+@pytest.mark.parametrize("state", sorted(STATES))
+def test_every_fault_of_a_stopped_vm_raises(make_machine: Any, state: str, access: str) -> None:
+    m = make_machine("8MiB", sharing=True, share_rate=0, reclaim=False)
+    a = m.create_vm("a", memory="4MiB")
+    b = m.create_vm("b", memory="4MiB")
+    b.write(0, b"b's own page")
+    expect = STATES[state](m, a, b)
+    _stop(m, a)
+    assert a.page_state(5) == expect
+    op: Callable[[], object] = ((lambda: a.read(5 * PG, PG)) if access == "read"
+                                else (lambda: a.write(5 * PG, b"Z" * 64)))
+    got = _outcome(op)
+    if access == "read" and state in MAPPED:
+        # a page still mapped takes no fault at all: reading it is no fault to answer
+        assert got == MAPPED[state], f"{state}/{access}: {str(got)[:80]}"
+    else:
+        assert isinstance(got, uvm.VMStopped), f"{state}/{access}: {str(got)[:80]}"
+        assert "I/O error" in str(got)
+    assert a.page_state(5) == expect            # nothing discarded, nothing changed
+    # the other VM runs on, and a shared frame kept its content (the write never landed)
+    assert b.read(0, 12) == b"b's own page"
+    if state == "shared":
+        assert b.read(5 * PG, len(CONTENT)) == CONTENT
+    m.check()
+
+
+def test_stopped_vm_write_to_shared_page_issue_reproducer(make_machine: Any) -> None:
+    """Issue 8, defect 1, as reported."""
+    m = make_machine("4MiB", sharing=True, share_rate=0, reclaim=False)
+    vm = m.create_vm("a", memory="4MiB")
+    vm.write(0, b"X" * 8192)
+    vm.write(8192, b"y")
+    m.share_now()
+    vm.evict([2])
+    m.inject_fault("swap-read", 1)
+    with pytest.raises(uvm.VMStopped):
+        vm.read(8192, 1)
+    got = _outcome(lambda: vm.write(0, b"Z"))
+    assert isinstance(got, uvm.VMStopped), got
+    m.check()
