@@ -51,8 +51,9 @@ struct vm {
 };
 
 struct swap {
-    int fd;
+    int fd;                 /* -1: none */
     char *path;             /* NULL when unlinked */
+    uint64_t dev, ino;      /* the named file created, to remove only that one */
     uint64_t capacity;      /* nominal capacity in bytes */
     uint64_t units;         /* usable UVM_SWAP_UNIT units (capacity plus slack) */
     uint64_t *bitmap;       /* 1 bit per unit: 1 = in use */

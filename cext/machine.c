@@ -70,7 +70,7 @@ int machine_open(const struct uvm_config *cfg, struct machine **out)
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->hold_cv, NULL);
     pthread_cond_init(&m->reclaim_cv, NULL);
-    m->memfd = m->uffd = m->stopfd = -1;
+    m->memfd = m->uffd = m->stopfd = m->swap.fd = -1;
     m->view = MAP_FAILED;
     m->nframes = cfg->frames;
     m->fault_around = cfg->fault_around < 1 ? 1 : cfg->fault_around;

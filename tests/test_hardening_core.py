@@ -5,8 +5,12 @@ get one clear line naming the argument."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,3 +148,45 @@ def test_stopped_vm_write_to_shared_page_issue_reproducer(make_machine: Any) -> 
     got = _outcome(lambda: vm.write(0, b"Z"))
     assert isinstance(got, uvm.VMStopped), got
     m.check()
+
+
+# -- descriptors: -1 is "none", fd 0 is a descriptor like any other (defect 8) ------------
+
+CHILD_WITHOUT_STDIN = r"""
+import os, sys
+import uvm
+os.close(0)
+m = uvm.Machine(memory="1MiB", swap_dir=sys.argv[1])
+vm = m.create_vm("a", memory="1MiB")
+vm.write(0, b"x")
+print("swap fd 0:", os.readlink("/proc/self/fd/0"))
+m.close()
+try:
+    print("after close fd 0:", os.readlink("/proc/self/fd/0"))
+except FileNotFoundError:
+    print("after close fd 0: closed")
+"""
+
+
+def test_swap_file_on_fd_0_is_closed(tmp_path: Path) -> None:
+    """With stdin closed, the swap file gets fd 0; close() must close it (it leaked, with
+    the whole reserved swap space, and stdin read guest memory)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", CHILD_WITHOUT_STDIN, str(tmp_path)],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("swap fd 0:") and "(deleted)" in lines[0], lines
+    assert lines[1] == "after close fd 0: closed", lines
+
+
+def test_close_removes_only_the_swap_file_it_created(tmp_path: Path) -> None:
+    path = tmp_path / "swap"
+    m = uvm.Machine(memory="1MiB", swap_file=path)
+    path.unlink()
+    path.write_bytes(b"someone else's file")
+    m.close()
+    assert path.read_bytes() == b"someone else's file"
+    with uvm.Machine(memory="1MiB", swap_file=tmp_path / "swap2"):
+        assert (tmp_path / "swap2").exists()
+    assert not (tmp_path / "swap2").exists()
