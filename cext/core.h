@@ -146,7 +146,8 @@ struct machine {
     uint64_t listen_checked;    /* when a listener last looked where faults come from (ns) */
     uint64_t local_seen[MAX_PAGERS];    /* when a fault last came from pager i's CPU (ns) */
     int closing;
-    int hold;               /* INJECT_PAGER_HOLD */
+    int hold;               /* INJECT_PAGER_HOLD: the pagers wait ... */
+    uint64_t hold_until;    /* ... until then (CLOCK_MONOTONIC ns) at the latest */
     pthread_cond_t hold_cv;
 
     int reclaim;
@@ -220,6 +221,10 @@ void trans_end(int slot);
 int live_add(char *start, uint64_t len);
 void live_remove(int slot);
 void guard_install(void);
+
+/* machine.c */
+int machine_held(struct machine *m);
+uint64_t now_ns(void);
 
 /* pager.c */
 int pager_start(struct machine *m, const int *cpus);

@@ -294,13 +294,6 @@ static int thread_cpu(uint32_t tid)
     return f ? atoi(f) : -1;
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* when it is time to look (see Listening above): makes the pager pinned on the CPU this
  * fault came from a listener, and stops listener me if its own CPU has gone quiet. */
 static void listen_follow(struct machine *m, int me, const struct uffd_msg *msg)
@@ -369,8 +362,11 @@ static void *pager_main(void *arg)
         if (who != ~0ull)
             listen_follow(m, pc->i, &msgs[0]);
         pthread_mutex_lock(&m->lock);
-        while (m->hold && !m->closing)
-            pthread_cond_wait(&m->hold_cv, &m->lock);
+        while (machine_held(m) && !m->closing) {
+            struct timespec until = { (time_t)(m->hold_until / 1000000000u),
+                                      (long)(m->hold_until % 1000000000u) };
+            pthread_cond_timedwait(&m->hold_cv, &m->lock, &until);
+        }
         for (size_t i = 0; i < (size_t)n / sizeof msgs[0]; i++)
             if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
                 fault(m, &msgs[i]);

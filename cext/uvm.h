@@ -17,7 +17,9 @@
 /* fault injection points (machine_inject) */
 #define INJECT_SWAP_WRITE 1  /* the next n swap writes fail with EIO */
 #define INJECT_SWAP_READ 2   /* the next n swap reads fail with EIO */
-#define INJECT_PAGER_HOLD 3  /* n = 1: pagers stop serving faults; n = 0: resume */
+#define INJECT_PAGER_HOLD 3  /* n > 0: pagers stop serving faults for n ms (at most
+                                HOLD_MAX_MS; then they resume by themselves); 0: resume */
+#define HOLD_MAX_MS 60000
 #define INJECT_SWAP_FULL 4   /* the next n swap writes fail with ENOSPC (device full) */
 
 struct machine;

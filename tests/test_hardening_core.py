@@ -190,3 +190,52 @@ def test_close_removes_only_the_swap_file_it_created(tmp_path: Path) -> None:
     with uvm.Machine(memory="1MiB", swap_file=tmp_path / "swap2"):
         assert (tmp_path / "swap2").exists()
     assert not (tmp_path / "swap2").exists()
+
+
+# -- fault injection cannot wedge the process (defect 3) -----------------------------------
+
+CHILD_HOLD = r"""
+import sys, threading, time
+import uvm
+with uvm.Machine(memory="1MiB", swap_dir=sys.argv[1]) as m:
+    vm = m.create_vm("a", memory="1MiB")
+    m.inject_fault("pager-hold", 1, timeout=float(sys.argv[2]))
+    start = time.monotonic()
+
+    def plain_write():              # holds the GIL while its fault waits for the pager
+        vm.memory[4096:4100] = b"held"
+
+    t = threading.Thread(target=plain_write, name="plain-write")
+    t.start()
+    t.join(30)
+    print("served" if not t.is_alive() else "hung", round(time.monotonic() - start, 1))
+    print(bytes(vm.read(4096, 4)).decode())
+"""
+
+
+def test_pager_hold_ends_by_itself_under_a_gil_holding_fault(tmp_path: Path) -> None:
+    """A plain vm.memory write faults while holding the GIL, so no Python thread can resume
+    the pagers: the hold must end by itself (it deadlocked the interpreter). In a child
+    process, so that a regression hangs the child, not the suite."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", CHILD_HOLD, str(tmp_path), "1.0"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    served, waited = r.stdout.split()[:2]
+    assert served == "served"
+    assert float(waited) >= 0.9             # the hold did hold the fault until its timeout
+    assert r.stdout.split()[2] == "held"
+
+
+def test_pager_hold_resumes_at_once_with_count_0(make_machine: Any) -> None:
+    m = make_machine("1MiB")
+    vm = m.create_vm("a", memory="1MiB")
+    m.inject_fault("pager-hold", 1, timeout=60)
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(vm.read(0, 4)), name="reader")
+    t.start()
+    t.join(0.3)
+    assert t.is_alive()                     # held
+    m.inject_fault("pager-hold", 0)
+    t.join(10)
+    assert not t.is_alive() and got == [bytes(4)]

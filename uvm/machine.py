@@ -23,6 +23,9 @@ MACHINE_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_machine_stats").fiel
 SWAP_PER_MEMORY = 4     # default swap capacity, in multiples of machine memory
 FAULT_AROUND_MAX = 64
 PMAP_BYTES = 8          # per guest page: a VM's overhead, reserved with its min
+HOLD_DEFAULT = 5.0      # seconds a pager-hold lasts unless resumed sooner
+HOLD_MAX = lib.HOLD_MAX_MS / 1000
+INJECT_COUNT_MAX = 2**62
 INJECTIONS = {"swap-write": lib.INJECT_SWAP_WRITE, "swap-read": lib.INJECT_SWAP_READ,
               "swap-full": lib.INJECT_SWAP_FULL, "pager-hold": lib.INJECT_PAGER_HOLD}
 
@@ -325,17 +328,29 @@ class Machine:
             lib.machine_set_fault_around(m, pages)
         self._fault_around = pages
 
-    def inject_fault(self, kind: str, count: int = 1) -> None:
+    def inject_fault(self, kind: str, count: int = 1, *, timeout: float = HOLD_DEFAULT) -> None:
         """Fault injection for tests and labs: 'swap-write' / 'swap-read' make the next
         `count` swap writes / reads fail with EIO, 'swap-full' the next `count` writes fail
-        with ENOSPC (the device is full); 'pager-hold' with count 1 makes the
-        pagers stop serving faults (guests block) and with 0 resumes them."""
+        with ENOSPC (the device is full); 'pager-hold' with count 1 makes the pagers stop
+        serving faults (guests block) for `timeout` seconds at most (default 5, at most 60),
+        and with 0 resumes them at once.
+
+        The hold always ends by itself: a guest thread that faults while holding the GIL (a
+        plain `vm.memory` write does) blocks every Python thread, including the one that
+        would have resumed the pagers, so an unbounded hold could wedge the process."""
         if kind not in INJECTIONS:
             raise ValueError(f"kind: must be one of {sorted(INJECTIONS)}, got {kind!r}")
-        if count < 0:
-            raise ValueError(f"count: must be >= 0, got {count}")
+        top = 1 if kind == "pager-hold" else INJECT_COUNT_MAX
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= top:
+            raise ValueError(f"count: must be an integer from 0 to {top} for {kind!r}, "
+                             f"got {count!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 < timeout <= HOLD_MAX:
+            raise ValueError(f"timeout: must be a number of seconds in (0, {HOLD_MAX:g}], "
+                             f"got {timeout!r}")
+        n = max(1, round(timeout * 1000)) * count if kind == "pager-hold" else count
         with self._core() as m:
-            lib.machine_inject(m, INJECTIONS[kind], count)
+            lib.machine_inject(m, INJECTIONS[kind], n)
 
     # -- content-based page sharing -----------------------------------------------------
 
