@@ -120,8 +120,8 @@ struct machine {
     char *view;             /* machine view: the whole memfd, unregistered */
     uint64_t view_pages;
     uint64_t mpn_next;      /* MPN slices are handed out by bump allocation ... */
-    struct { uint64_t base, npages; } holes[MAX_VMS];   /* ... and reused from holes */
-    int nholes;
+    struct { uint64_t base, npages; } holes[MAX_VMS + 1];   /* ... and reused from holes: */
+    int nholes;             /* sorted by base, never adjacent (coalesced), none at mpn_next */
 
     uint64_t nframes;       /* M */
     uint64_t nresident;     /* private frames (home frames of resident pages) */

@@ -204,6 +204,13 @@ static void stats_locked(struct machine *m, struct uvm_machine_stats *st)
     st->frame_table_bytes = m->nframes * sizeof *m->frames;
     st->swap_map_bytes = ((m->swap.units + 63) / 64 + 1) * 8;
     st->uffd_user_mode = m->user_mode;
+    st->mpn_free = st->mpn_largest_free = m->share.sh_base - m->mpn_next;
+    st->mpn_holes = (uint64_t)m->nholes;
+    for (int i = 0; i < m->nholes; i++) {
+        st->mpn_free += m->holes[i].npages;
+        if (m->holes[i].npages > st->mpn_largest_free)
+            st->mpn_largest_free = m->holes[i].npages;
+    }
     st->shared_frames = m->nshared;
     st->saved = m->st.sharing - m->nshared;
     st->share_table_bytes = (m->share.mask + 1) * sizeof(struct share_entry) +

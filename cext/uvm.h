@@ -92,6 +92,9 @@ struct uvm_machine_stats {
     uint64_t scanned;
     uint64_t merge_stopped;     /* 1 while merging is stopped at the mapping limit */
     uint64_t merge_stops;       /* times it stopped */
+    uint64_t mpn_free;          /* pages of MPN space free for VMs' slices */
+    uint64_t mpn_largest_free;  /* of those, the largest contiguous run: the biggest VM that fits */
+    uint64_t mpn_holes;         /* free runs below the top slice (coalesced: never adjacent) */
     int uffd_user_mode;         /* 1: UFFD_USER_MODE_ONLY (unprivileged) */
 };
 
