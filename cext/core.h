@@ -108,7 +108,8 @@ struct share {
     int64_t zero;           /* index of the zero page's shared frame, or -1 */
     int stopped;            /* merging stopped at the mapping limit */
     long max_maps, vma_est; /* vm.max_map_count and our running estimate of VMAs */
-    uint64_t since_count;
+    uint64_t since_count;   /* pages scanned since the last count */
+    uint64_t counted_at, count_cost;    /* when maps were last counted, and what it took (ns) */
     int trans;              /* this machine's slot in the transition table */
     struct scan *scan;
 };

@@ -302,3 +302,123 @@ def test_mpn_space_does_not_fragment_over_create_destroy_cycles(make_machine: An
     st = m.stats()
     assert st["mpn_holes"] == 0 and st["mpn_free"] == st["mpn_largest_free"] == free0
     assert _maps() - maps_before < 64
+
+
+# -- sharing at the mapping limit, when the application made the mappings (defect 5) -------
+
+class _Mappings:
+    """`count` real mappings made by this process (one region, every other page made
+    inaccessible, so no two neighbours merge), removed on exit."""
+
+    def __init__(self, count: int) -> None:
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.mmap.restype = ctypes.c_void_p
+        self._libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                                    ctypes.c_int, ctypes.c_long]
+        self._libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self._libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.pages = count + 1
+        prot_read, map_private_anon = 1, 0x02 | 0x20
+        self.base = self._libc.mmap(None, self.pages * PG, prot_read, map_private_anon, -1, 0)
+        assert self.base not in (None, 2**64 - 1)
+        for p in range(1, self.pages, 2):
+            assert self._libc.mprotect(self.base + p * PG, PG, 0) == 0
+
+    def __enter__(self) -> _Mappings:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._libc.munmap(self.base, self.pages * PG) == 0
+
+
+def test_sharing_stops_merging_when_the_application_nears_the_mapping_limit(
+        make_machine: Any) -> None:
+    """Mappings the application makes after the machine was created count against the same
+    vm.max_map_count. Merging must stop before the limit (a count before each pass), leave
+    every page private and intact, and never stop a VM; once the mappings are gone it
+    resumes. (It merged on into the real limit, then stopped VMs with "no machine frame
+    could be freed".)"""
+    with open("/proc/sys/vm/max_map_count") as f:
+        limit = int(f.read())
+    if limit > 300_000:
+        pytest.skip(f"vm.max_map_count is {limit}: too many mappings to make in a test")
+    m = make_machine("32MiB", sharing=True, share_rate=0, reclaim=False)
+    a = m.create_vm("a", memory="8MiB")
+    b = m.create_vm("b", memory="8MiB")
+    for p in range(2048):       # even pages equal in a and b, odd ones unique: 2048 aliases
+        same = (p + 1).to_bytes(4, "little") * 16
+        a.write(p * PG, same if p % 2 == 0 else b"a" + same)
+        b.write(p * PG, same if p % 2 == 0 else b"b" + same)
+    with _Mappings(limit - _maps() - 3000):
+        assert m.share_now() == 0
+        st = m.stats()
+        assert st["merge_stopped"] == 1 and st["merge_stops"] >= 1
+        assert a.stopped is None and b.stopped is None
+        m.check()
+    for p in range(0, 2048, 97):
+        same = (p + 1).to_bytes(4, "little") * 16
+        for vm in (a, b):
+            want = same if p % 2 == 0 else vm.name.encode() + same
+            assert vm.read(p * PG, PG) == want + bytes(PG - len(want))
+    import time
+
+    time.sleep(0.15)            # the next pass counts again
+    assert m.share_now() == 2048 and m.stats()["merge_stopped"] == 0
+    assert a.read(2 * PG, 8) == (3).to_bytes(4, "little") * 2
+    m.check()
+
+
+def test_copy_on_write_one_mapping_short_of_the_limit_keeps_the_vm_running(
+        make_machine: Any) -> None:
+    """A write to one page of a run of shared pages splits the run's mapping (two more); with
+    the application holding all but one mapping, the whole run is broken instead (its
+    mapping replaced whole). The VM was stopped ("no machine frame could be freed")."""
+    import ctypes
+
+    m = make_machine("32MiB", sharing=True, share_rate=0, reclaim=False)
+    a = m.create_vm("a", memory="1MiB")
+    b = m.create_vm("b", memory="1MiB")
+    for p in range(64):
+        same = (p + 1).to_bytes(4, "little") * 16
+        a.write(p * PG, same)
+        b.write(p * PG, same)
+    assert m.share_now() == 128
+    with open("/proc/sys/vm/max_map_count") as f:
+        limit = int(f.read())
+    if limit > 300_000:
+        pytest.skip(f"vm.max_map_count is {limit}: too many mappings to make in a test")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    with _Mappings(limit - _maps() - 40):
+        extra = []
+        prot = 1
+        while True:             # the last few, one by one, until the kernel refuses
+            addr = libc.mmap(None, PG, prot, 0x22, -1, 0)
+            if addr in (None, 2**64 - 1):
+                break
+            extra.append(addr)
+            prot ^= 1
+        libc.munmap(extra.pop(), PG)        # one to spare
+        # no new thread here: creating one needs a mapping
+        outcome: object
+        try:
+            a.write(10 * PG, b"Z")
+            outcome = "written"
+        except uvm.VMStopped as e:
+            outcome = e
+        for addr in extra:
+            libc.munmap(addr, PG)
+    assert outcome == "written", outcome
+    assert a.stopped is None
+    assert a.read(10 * PG, 4) == b"Z\0\0\0"
+    for p in range(64):         # every other page of the run is intact, and b's too
+        same = (p + 1).to_bytes(4, "little") * 16
+        assert b.read(p * PG, 64) == same
+        if p != 10:
+            assert a.read(p * PG, 64) == same
+    m.check()
