@@ -89,8 +89,11 @@ int machine_open(const struct uvm_config *cfg, struct machine **out)
         goto fail;
     memset(m->zbuf, 0, (size_t)FAULT_AROUND_MAX * PG);
 
-    if ((r = swap_open(&m->swap, cfg->swap_path, cfg->swap_dir, cfg->swap_bytes, cfg->debug)))
+    if ((r = swap_open(&m->swap, cfg->swap_path, cfg->swap_dir, cfg->swap_bytes, cfg->debug))) {
+        if (cfg->swap_failed)
+            *cfg->swap_failed = 1;
         goto fail;
+    }
     r = -errno;
     m->memfd = memfd_create("uvm-machine", MFD_CLOEXEC);
     if (m->memfd < 0 || ftruncate(m->memfd, (off_t)VIEW_BYTES))

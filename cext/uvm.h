@@ -35,6 +35,8 @@ struct uvm_config {
     int reclaim;            /* 1: a background thread keeps a few frames free */
     int debug;              /* 1: fill freed swap space with a poison byte */
     uint64_t swap_latency_ns; /* charged per swap read or write request (a disk); 0: none */
+    int *swap_failed;       /* out, if not NULL: 1 when machine_open failed on the swap file
+                               (its errno, e.g. EOPNOTSUPP, means something else there) */
 };
 
 struct uvm_vm_stats {

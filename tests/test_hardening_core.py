@@ -422,3 +422,96 @@ def test_copy_on_write_one_mapping_short_of_the_limit_keeps_the_vm_running(
         if p != 10:
             assert a.read(p * PG, 64) == same
     m.check()
+
+
+# -- one clear line naming the argument, never a traceback from deep inside ---------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"memory": 2**70}, r"^memory: .* too large \(at most 512\.0 GiB\)$"),
+    ({"memory": "9999999TiB"}, r"^memory: '9999999TiB' is too large"),
+    ({"memory": 2**63 - 1}, r"^memory: .* too large"),
+    ({"memory": "1MiB", "swap_size": 2**62}, r"^swap_size: .* too large \(at most 1\.0 TiB\)$"),
+    ({"memory": "1MiB", "swap_dir": "/proc"}, r"^swap_dir: '/proc' cannot hold an unlinked swap file"),
+    ({"memory": "1MiB", "swap_file": ""}, r"^swap_file: expected a path, got ''"),
+])
+def test_machine_arguments_out_of_range_name_the_argument(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        uvm.Machine(**kwargs).close()
+
+
+def test_sizes_have_one_upper_bound_for_every_caller() -> None:
+    from uvm.sizes import MAX_SIZE, parse_pages, parse_size
+
+    assert parse_size("1TiB", "x") == MAX_SIZE
+    for bad in ("1.5TiB", "9999999TiB", 2**63 - 1, MAX_SIZE + 1):
+        with pytest.raises(ValueError, match=r"^disk: .* too large"):
+            parse_size(bad, "disk")
+        with pytest.raises(ValueError, match=r"^size: .* too large"):
+            parse_pages(bad, "size")
+    from workloads import Fill
+
+    with pytest.raises(ValueError, match=r"^size: '2TiB' is too large"):     # a caller
+        Fill(size="2TiB")
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, vm: vm.page_state(-1), r"^ppn: -1 is not a page of VM 'a'"),
+    (lambda m, vm: vm.page_state(2**64), r"^ppn: .* is not a page"),
+    (lambda m, vm: vm.page_state("3"), r"^ppn: '3' is not a page"),
+    (lambda m, vm: vm.evict(["3"]), r"^ppns: '3' is not a page"),
+    (lambda m, vm: vm.balloon_pages([-1]), r"^ppns: -1 is not a page"),
+    (lambda m, vm: vm.watch([2**64]), r"^ppns: .* is not a page"),
+    (lambda m, vm: vm.evict_random(-1), r"^count: must be an integer >= 0"),
+    (lambda m, vm: vm.evict_random("3"), r"^count: must be an integer >= 0"),
+    (lambda m, vm: vm.random_resident(1.5), r"^count: must be an integer >= 0"),
+    (lambda m, vm: vm.read("1", 2), r"^offset: expected an integer"),
+    (lambda m, vm: vm.write(0, "text"), r"^data: expected bytes"),
+    (lambda m, vm: m.inject_fault("swap-read", "3"), r"^count: must be an integer"),
+    (lambda m, vm: m.inject_fault("swap-read", -1), r"^count: must be an integer"),
+    (lambda m, vm: m.inject_fault("pager-hold", 2), r"^count: must be an integer from 0 to 1"),
+    (lambda m, vm: m.inject_fault("pager-hold", 1, timeout=float("nan")), r"^timeout: "),
+    (lambda m, vm: m.inject_fault("pager-hold", 1, timeout=61), r"^timeout: "),
+    (lambda m, vm: m.create_vm("b", memory=2**70), r"^memory: .* too large"),
+])
+def test_vm_arguments_out_of_range_name_the_argument(make_machine: Any, call: Any,
+                                                      match: str) -> None:
+    m = make_machine("1MiB")
+    vm = m.create_vm("a", memory="1MiB")
+    with pytest.raises(ValueError, match=match):
+        call(m, vm)
+    m.check()
+
+
+def test_huge_counts_mean_every_page(make_machine: Any) -> None:
+    m = make_machine("1MiB")
+    vm = m.create_vm("a", memory="1MiB")
+    vm.write(0, b"a" * (3 * PG))
+    assert sorted(vm.random_resident(2**64)) == [0, 1, 2]
+    assert vm.evict_random(2**64) == 3
+    assert vm.read(0, 3 * PG) == b"a" * (3 * PG)
+
+
+@pytest.mark.parametrize("end, reason", [("close", "the machine was closed"),
+                                         ("destroy", "the VM was destroyed")])
+def test_memory_of_a_gone_vm_says_why(make_machine: Any, end: str, reason: str) -> None:
+    m = make_machine("1MiB")
+    vm = m.create_vm("a", memory="1MiB")
+    vm.memory[0:2] = b"hi"
+    if end == "close":
+        m.close()
+    else:
+        m.destroy_vm(vm)
+    with pytest.raises(uvm.VMStopped, match=f"^VM 'a' is stopped: {reason}$"):
+        vm.memory[0:2] = b"no"
+    with pytest.raises(uvm.VMStopped, match=reason):
+        vm.read(0, 2)
+    with pytest.raises(uvm.VMStopped, match=reason):
+        vm.write(0, b"no")
+
+
+def test_memory_of_a_stopped_vm_says_why(make_machine: Any) -> None:
+    m = make_machine("4MiB")
+    vm = m.create_vm("a", memory="4MiB")
+    _stop(m, vm)
+    with pytest.raises(uvm.VMStopped, match="I/O error on the swap file"):
+        vm.memory[0]

@@ -14,7 +14,7 @@ from typing import Any
 from uvm._binding import ffi, lib
 from uvm.errors import USERFAULTFD_HELP, UserfaultfdUnavailable, UvmError
 from uvm.sharing import DEFAULT_RATE, DEFAULT_VM_RATE, ShareScanner, check_rate, scan
-from uvm.sizes import PAGE_SIZE, format_size, parse_pages, parse_size
+from uvm.sizes import MAX_SIZE, PAGE_SIZE, format_size, parse_pages, parse_size
 from uvm.scheduler import MemoryPolicy, MemoryScheduler
 from uvm.stats import Snapshot, snapshot
 from uvm.vm import DEFAULT_SHARES, VM, check_shares, vm_dict
@@ -23,6 +23,7 @@ MACHINE_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_machine_stats").fiel
 SWAP_PER_MEMORY = 4     # default swap capacity, in multiples of machine memory
 FAULT_AROUND_MAX = 64
 PMAP_BYTES = 8          # per guest page: a VM's overhead, reserved with its min
+MAX_MEMORY = MAX_SIZE // 2     # machine memory: the other half of MPN space is for VMs' slices
 HOLD_DEFAULT = 5.0      # seconds a pager-hold lasts unless resumed sooner
 HOLD_MAX = lib.HOLD_MAX_MS / 1000
 INJECT_COUNT_MAX = 2**62
@@ -103,7 +104,7 @@ class Machine:
             raise ValueError(f"policy: expected a uvm.MemoryPolicy or a bool, got {policy!r}")
         chosen = MemoryPolicy() if policy is True else policy or None
         self._call_lock = threading.Lock()
-        frames = parse_pages(memory, "memory")
+        frames = parse_pages(memory, "memory", limit=MAX_MEMORY)
         swap_bytes = (parse_size(swap_size, "swap_size") if swap_size is not None
                       else SWAP_PER_MEMORY * frames * PAGE_SIZE)
         if swap_bytes < PAGE_SIZE:
@@ -119,6 +120,9 @@ class Machine:
         if swap_file is None and not os.path.isdir(directory):
             raise ValueError(f"swap_dir: {directory!r} is not a directory")
         path = os.fspath(swap_file) if swap_file is not None else None
+        if path is not None and (not isinstance(path, str) or not path):
+            raise ValueError(f"swap_file: expected a path, got {swap_file!r} (leave it out for "
+                             f"an unlinked swap file in swap_dir)")
         if path is not None and os.path.exists(path):
             raise ValueError(f"swap_file: {path!r} already exists (uvm creates its swap file "
                              f"itself and removes it at close; pick a new path)")
@@ -136,10 +140,12 @@ class Machine:
         cfg.reclaim = int(reclaim)
         cfg.debug = int(debug)
         cfg.swap_latency_ns = round(swap_latency * 1e9)
+        swap_failed = ffi.new("int *")
+        cfg.swap_failed = swap_failed
         out = ffi.new("struct machine **")
         r = lib.machine_open(cfg, out)
         if r < 0:
-            raise self._open_error(-r, path or directory, swap_bytes)
+            raise self._open_error(-r, path, directory, swap_bytes, bool(swap_failed[0]))
         self._m = out[0]
         self.frames = frames
         self.memory = frames * PAGE_SIZE
@@ -156,19 +162,34 @@ class Machine:
             self.scheduler = MemoryScheduler(self, chosen)
 
     @staticmethod
-    def _open_error(err: int, swap_where: str, swap_bytes: int) -> Exception:
+    def _open_error(err: int, path: str | None, directory: str, swap_bytes: int,
+                    in_swap: bool) -> Exception:
+        """The error for machine_open's -err; in_swap: it came from creating the swap file
+        (there EOPNOTSUPP, the same number as ENOTSUP, means the file system cannot hold an
+        unlinked file, not that userfaultfd lacks a feature)."""
+        field, where = ("swap_file", path) if path is not None else ("swap_dir", directory)
+        if in_swap:
+            if err in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                return ValueError(f"swap_size: no room for a {format_size(swap_bytes)} swap "
+                                  f"file at {where!r} ({os.strerror(err)})")
+            if err == errno.EOPNOTSUPP and path is None:
+                return ValueError(f"swap_dir: {where!r} cannot hold an unlinked swap file "
+                                  f"(O_TMPFILE: {os.strerror(err)}); pick a directory on a "
+                                  f"disk file system, or give swap_file")
+            if err == errno.ENOMEM:
+                return ValueError(f"swap_size: no host memory for the swap map of a "
+                                  f"{format_size(swap_bytes)} swap file")
+            return ValueError(f"{field}: cannot create the swap file at {where!r}: "
+                              f"{os.strerror(err)}")
         if err in (errno.EPERM, errno.EACCES):
             return UserfaultfdUnavailable(USERFAULTFD_HELP.format(why=os.strerror(err)))
         if err == errno.ENOTSUP:
             return UserfaultfdUnavailable(
                 "this kernel's userfaultfd lacks a feature uvm needs (MISSING, MINOR and WP "
                 "faults on shmem, and UFFDIO_POISON: Linux 6.6 or newer)")
-        if err in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.EROFS, errno.EOPNOTSUPP,
-                   errno.EISDIR):
-            return ValueError(f"swap file at {swap_where!r}: {os.strerror(err)}")
-        if err in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            return ValueError(f"swap_size: no room for a {format_size(swap_bytes)} swap file at "
-                              f"{swap_where!r} ({os.strerror(err)})")
+        if err == errno.ENOMEM:
+            return ValueError(f"memory: not enough host memory for the machine's "
+                              f"bookkeeping ({os.strerror(err)})")
         return OSError(err, f"machine could not be created: {os.strerror(err)}")
 
     # -- life cycle -------------------------------------------------------------------
