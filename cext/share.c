@@ -242,7 +242,7 @@ static int maps_room(struct machine *m)
     if (sh->stopped && sh->since_count < 4096)
         return 0;
     sh->vma_est = count_maps();
-    sh->counted_at = now_ns();
+    __atomic_store_n(&sh->counted_at, now_ns(), __ATOMIC_RELAXED);
     return maps_judge(m);
 }
 
@@ -304,8 +304,8 @@ static void maps_recount(struct machine *m)
     long n = count_maps();
     uint64_t t1 = now_ns();
     pthread_mutex_lock(&m->lock);
-    sh->counted_at = t1;
-    sh->count_cost = t1 - t0;
+    __atomic_store_n(&sh->counted_at, t1, __ATOMIC_RELAXED);
+    __atomic_store_n(&sh->count_cost, t1 - t0, __ATOMIC_RELAXED);
     sh->vma_est = n;
     maps_judge(m);
     pthread_mutex_unlock(&m->lock);
