@@ -431,10 +431,12 @@ def test_copy_on_write_one_mapping_short_of_the_limit_keeps_the_vm_running(
     ({"memory": "9999999TiB"}, r"^memory: '9999999TiB' is too large"),
     ({"memory": 2**63 - 1}, r"^memory: .* too large"),
     ({"memory": "1MiB", "swap_size": 2**62}, r"^swap_size: .* too large \(at most 1\.0 TiB\)$"),
-    ({"memory": "1MiB", "swap_dir": "/proc"}, r"^swap_dir: '/proc' cannot hold an unlinked swap file"),
+    ({"memory": "1MiB", "swap_dir": "/proc"},
+     r"^swap_dir: '/proc' cannot hold an unlinked swap file"),
     ({"memory": "1MiB", "swap_file": ""}, r"^swap_file: expected a path, got ''"),
 ])
-def test_machine_arguments_out_of_range_name_the_argument(kwargs: dict[str, Any], match: str) -> None:
+def test_machine_arguments_out_of_range_name_the_argument(kwargs: dict[str, Any],
+                                                           match: str) -> None:
     with pytest.raises(ValueError, match=match):
         uvm.Machine(**kwargs).close()
 
@@ -455,12 +457,13 @@ def test_sizes_have_one_upper_bound_for_every_caller() -> None:
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda m, vm: vm.page_state(-1), r"^ppn: -1 is not a page of VM 'a'"),
-    (lambda m, vm: vm.page_state(2**64), r"^ppn: .* is not a page"),
-    (lambda m, vm: vm.page_state("3"), r"^ppn: '3' is not a page"),
-    (lambda m, vm: vm.evict(["3"]), r"^ppns: '3' is not a page"),
-    (lambda m, vm: vm.balloon_pages([-1]), r"^ppns: -1 is not a page"),
-    (lambda m, vm: vm.watch([2**64]), r"^ppns: .* is not a page"),
+    (lambda m, vm: vm.page_state(-1),
+     r"^ppn: every PPN must be in \[0, 256\) \(a page of VM 'a'\), got -1"),
+    (lambda m, vm: vm.page_state(2**64), r"^ppn: every PPN .*, got 18446744073709551616$"),
+    (lambda m, vm: vm.page_state("3"), r"^ppn: every PPN .*, got '3'$"),
+    (lambda m, vm: vm.evict(["3"]), r"^ppns: every PPN .*, got '3'$"),
+    (lambda m, vm: vm.balloon_pages([-1]), r"^ppns: every PPN .*, got -1$"),
+    (lambda m, vm: vm.watch([2**64]), r"^ppns: every PPN .*, got 18446744073709551616$"),
     (lambda m, vm: vm.evict_random(-1), r"^count: must be an integer >= 0"),
     (lambda m, vm: vm.evict_random("3"), r"^count: must be an integer >= 0"),
     (lambda m, vm: vm.random_resident(1.5), r"^count: must be an integer >= 0"),

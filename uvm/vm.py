@@ -243,8 +243,8 @@ class VM:
         """ValueError naming `name` unless every entry is a PPN of this VM."""
         for p in ppns:
             if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < self.pages:
-                raise ValueError(f"{name}: {p!r} is not a page of VM {self.name!r} (an integer "
-                                 f"in [0, {self.pages}))")
+                raise ValueError(f"{name}: every PPN must be in [0, {self.pages}) (a page of VM "
+                                 f"{self.name!r}), got {p!r}")
 
     def _ppn_call(self, fn: Any, ppns: list[int], *extra: Any) -> tuple[int, Any]:
         self._check_ppns(ppns)
