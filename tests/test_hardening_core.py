@@ -433,7 +433,9 @@ def test_copy_on_write_one_mapping_short_of_the_limit_keeps_the_vm_running(
     ({"memory": "1MiB", "swap_size": 2**62}, r"^swap_size: .* too large \(at most 1\.0 TiB\)$"),
     ({"memory": "1MiB", "swap_dir": "/proc"},
      r"^swap_dir: '/proc' cannot hold an unlinked swap file"),
-    ({"memory": "1MiB", "swap_file": ""}, r"^swap_file: expected a path, got ''"),
+    ({"memory": "1MiB", "swap_file": ""}, r"^swap_file: expected a path, got ''$"),
+    ({"memory": "1MiB", "swap_file": 3}, r"^swap_file: expected a path, got 3$"),
+    ({"memory": "1MiB", "swap_dir": b"/tmp"}, r"^swap_dir: expected a path, got b'/tmp'$"),
 ])
 def test_machine_arguments_out_of_range_name_the_argument(kwargs: dict[str, Any],
                                                            match: str) -> None:

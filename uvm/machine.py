@@ -38,6 +38,17 @@ def _check_fault_around(pages: object) -> int:
     return pages
 
 
+def _path(value: object, name: str) -> str:
+    """Returns a file system path as a str; ValueError naming `name` if it is not one."""
+    try:
+        path = os.fspath(value)     # type: ignore[call-overload]
+    except TypeError:
+        path = None
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise ValueError(f"{name}: expected a path, got {value!r}")
+    return path
+
+
 def _pager_cpus(pagers: int | Sequence[int] | None) -> list[int]:
     """Where pager threads run. Default: one per CPU this process may use, pinned, so a
     faulting guest thread is served on its own CPU (~11 us here) instead of waking a pager
@@ -116,13 +127,11 @@ class Machine:
         check_rate(share_rate, "share_rate")
         check_rate(share_rate_vm, "share_rate_vm")
         cpus = _pager_cpus(pagers)
-        directory = os.fspath(swap_dir) if swap_dir is not None else os.environ.get("TMPDIR", "/var/tmp")
+        directory = (_path(swap_dir, "swap_dir") if swap_dir is not None
+                     else os.environ.get("TMPDIR", "/var/tmp"))
         if swap_file is None and not os.path.isdir(directory):
             raise ValueError(f"swap_dir: {directory!r} is not a directory")
-        path = os.fspath(swap_file) if swap_file is not None else None
-        if path is not None and (not isinstance(path, str) or not path):
-            raise ValueError(f"swap_file: expected a path, got {swap_file!r} (leave it out for "
-                             f"an unlinked swap file in swap_dir)")
+        path = _path(swap_file, "swap_file") if swap_file is not None else None
         if path is not None and os.path.exists(path):
             raise ValueError(f"swap_file: {path!r} already exists (uvm creates its swap file "
                              f"itself and removes it at close; pick a new path)")
