@@ -44,13 +44,11 @@ class DiskError(UvmError):
         self.errno = err
 
 
-def _open(blocks: int, directory: str | None, path: str | None) -> int:
-    """Opens the disk's file (a new private file at `path`, or an unlinked one in
-    `directory`) with its space reserved; ValueError naming the field if it cannot be."""
-    size = blocks * PAGE_SIZE
-    field, where = ("disk_file", path) if path is not None else (
-        "disk_dir", directory or os.environ.get("TMPDIR") or "/var/tmp")
-    home = os.path.dirname(os.path.abspath(where)) if path is not None else where
+def _open(size: int, field: str, where: str) -> int:
+    """Opens the disk's file, `size` bytes with its space reserved: a new private file at
+    `where` (field disk_file), or an unlinked one in directory `where` (field disk_dir);
+    ValueError naming disk or `field` if it cannot be."""
+    home = os.path.dirname(os.path.abspath(where)) if field == "disk_file" else where
     try:
         room = os.statvfs(home)
     except OSError as e:
@@ -61,8 +59,8 @@ def _open(blocks: int, directory: str | None, path: str | None) -> int:
                          f"({format_size(free)} free; make the disk smaller or choose another "
                          f"{field})")
     try:
-        if path is not None:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        if field == "disk_file":
+            fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         else:
             fd = os.open(where, os.O_TMPFILE | os.O_RDWR, 0o600)
     except OSError as e:
@@ -71,8 +69,8 @@ def _open(blocks: int, directory: str | None, path: str | None) -> int:
         os.posix_fallocate(fd, 0, size)
     except OSError as e:
         os.close(fd)
-        if path is not None:
-            os.unlink(path)
+        if field == "disk_file":
+            os.unlink(where)
         raise ValueError(f"disk: cannot reserve a {format_size(size)} virtual disk in {home!r}: "
                          f"{e.strerror} (make the disk smaller or choose another {field})") from None
     return fd
@@ -94,9 +92,12 @@ class VirtualDisk:
         self.bandwidth = bandwidth
         self.path = path
         self.vm = vm
-        self.where = path if path is not None else (
-            f"an unlinked file in {directory or os.environ.get('TMPDIR') or '/var/tmp'}")
-        self.fd = _open(blocks, directory, path)
+        if path is not None:
+            self.fd, self.where = _open(blocks * PAGE_SIZE, "disk_file", path), path
+        else:
+            directory = directory or os.environ.get("TMPDIR") or "/var/tmp"
+            self.fd = _open(blocks * PAGE_SIZE, "disk_dir", directory)
+            self.where = f"an unlinked file in {directory}"
         st = os.fstat(self.fd)
         self._ident = (st.st_dev, st.st_ino)
         self._free: list[int] = []
@@ -133,8 +134,8 @@ class VirtualDisk:
         return DiskError(self.vm, op, err, self.where)
 
     def free_blocks(self) -> int:
-        with self._lock:
-            return len(self._free) + self.blocks - self._next
+        """Blocks not allocated (alloc would succeed that many times)."""
+        return self.blocks - self.used
 
     def alloc(self) -> int:
         """Returns a free block; DiskFull if there is none."""
