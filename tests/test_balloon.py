@@ -229,3 +229,23 @@ def test_a_driver_whose_report_fails_gives_the_pages_back_and_says_why(make_mach
     assert st["balloon_error"] == "[Errno 5] VM 'g': ballooning failed: Input/output error"
     assert st["guest_pinned"] == 0 and st["guest_free"] == 1024 and vm.balloon.size == 0
     assert not vm.balloon.active                             # the host would page instead
+
+
+def test_a_target_the_host_cannot_page_instead_is_refused(make_machine) -> None:  # type: ignore[no-untyped-def]
+    """No driver and no room in swap: neither can take the pages, so the target is refused
+    with the reason, and stays what it was; every byte stays."""
+    from uvm.errors import SwapFull
+
+    m = make_machine("16MiB")
+    vm = m.create_vm("g", memory="4MiB")
+    for p in range(vm.pages):
+        vm.write(p * PG, page_content(p))
+    m.inject_fault("swap-full", 10**6)
+    with pytest.raises(SwapFull, match=r"^target: refused: VM 'g' has no working balloon driver "
+                                       r"and the host cannot page it instead \(.*swap file is full"):
+        vm.balloon.target = 600
+    assert vm.balloon.target == 0
+    m.inject_fault("swap-full", 0)
+    assert [vm.read(p * PG, PG) for p in range(vm.pages)] == [page_content(p) for p in range(vm.pages)]
+    vm.balloon.target = 600                                  # room again: paged instead
+    assert vm.stats()["balloon_paged"] >= 600

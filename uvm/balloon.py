@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from uvm.errors import UvmError, VMStopped
+from uvm.errors import SwapFull, UvmError, VMStopped
 
 if TYPE_CHECKING:
     from uvm.guest.kernel import GuestOS
@@ -86,19 +86,25 @@ class BalloonChannel:
             raise ValueError(f"target: {pages} pages is beyond the balloon's maximum of "
                              f"{self.max_pages} pages ({self._max_fraction:.0%} of VM "
                              f"{self.vm.name!r})")
-        self._target = pages
+        before, self._target = self._target, pages
         if not self.active and self.vm.machine.scheduler is None:
-            self._page_toward_target()
+            try:
+                self._page_toward(pages)
+            except SwapFull as e:               # paging cannot do it either: refused
+                self._target = before
+                self.vm._set_target(self.vm.pages - before if before else None)
+                raise SwapFull(f"target: refused: VM {self.vm.name!r} has no working balloon "
+                               f"driver and the host cannot page it instead ({e})") from None
 
-    def _page_toward_target(self) -> None:
+    def _page_toward(self, target: int) -> None:
         """No driver to inflate: the host pages the VM down to the memory the balloon
         would have left it (pages - target), and tells the C core that target, so that its
         own evictions take from this VM first (the guest may touch its pages back in).
-        SwapFull if the swap file has no room (the target stays; the pages stay resident).
-        Only without a memory scheduler: with one, the scheduler owns the VM's target and
-        pages VMs that cannot balloon itself (through page_instead)."""
-        room = self.vm.pages - self._target
-        self.vm._set_target(room if self._target else None)
+        SwapFull if the swap file has no room (the pages not paged stay resident). Only
+        without a memory scheduler: with one, the scheduler owns the VM's target and pages
+        VMs that cannot balloon itself (through page_instead)."""
+        room = self.vm.pages - target
+        self.vm._set_target(room if target else None)
         st = self.vm.stats()
         self.page_instead(int(st["resident"]) + int(st["sharing"]) - room, self.vm.evict_random)
 
