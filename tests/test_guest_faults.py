@@ -244,3 +244,24 @@ def test_full_disk_under_the_balloon_loses_nothing_and_the_driver_survives(make_
     wait_for(lambda: vm.balloon.size == 0)
     checked.verify_all()
     m.check()
+
+
+def test_guest_disk_io_after_its_vm_is_gone_touches_no_other_file(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A guest OS object outliving its VM (a lab's thread still holds it) must not read or
+    write through a descriptor number the process has since given to another VM's disk."""
+    m = make_machine("16MiB")
+    vm = m.create_vm("g", memory="1MiB")
+    gos = uvm.guest.boot(vm, disk_dir=str(tmp_path), disk_latency=0)
+    old_fd = gos.disk.fd
+    m.destroy_vm(vm)
+    other = m.create_vm("h", memory="1MiB")
+    ogos = uvm.guest.boot(other, disk_dir=str(tmp_path), disk_latency=0)
+    assert ogos.disk.fd == old_fd                           # the number was reused
+    q = ogos.spawn("q")
+    for v in q.alloc(400):
+        q.write(v, content("h", v))
+    with pytest.raises(DiskError, match=r"^VM 'g': a write .* Bad file descriptor"):
+        gos.disk.write([(b, b"X" * PG) for b in range(ogos.disk.blocks)])
+    with pytest.raises(DiskError, match=r"^VM 'g': a read .* Bad file descriptor"):
+        gos.disk.read(0)
+    assert [q.read(v) for v in range(400)] == [content("h", v) for v in range(400)]

@@ -103,6 +103,7 @@ class VirtualDisk:
         self._free: list[int] = []
         self._next = 0
         self._lock = threading.Lock()
+        self._io = threading.Lock()     # one syscall at a time, and close waits for it
         self._inject = {kind: 0 for kind in INJECTIONS}
         self.reads = 0          # requests
         self.writes = 0
@@ -167,13 +168,21 @@ class VirtualDisk:
         err = self._injected("read")
         if not err:
             try:
-                data = os.pread(self.fd, PAGE_SIZE, block * PAGE_SIZE)
+                with self._io:
+                    data = os.pread(self._fd(), PAGE_SIZE, block * PAGE_SIZE)
                 if len(data) == PAGE_SIZE:
                     return data
                 err = errno.EIO             # short read: the file is not what we made
             except OSError as e:
                 err = e.errno or errno.EIO
         raise self._fail("read", err)
+
+    def _fd(self) -> int:
+        """The file's descriptor, for a syscall made under the I/O lock: EBADF once the
+        disk is closed (never a number the process has since given to another file)."""
+        if self.fd < 0:
+            raise OSError(errno.EBADF, "the virtual disk is closed (its VM was destroyed)")
+        return self.fd
 
     def write(self, writes: Sequence[tuple[int, bytes]]) -> None:
         """Writes blocks in one request (the OS clusters its writes); DiskError if any
@@ -192,8 +201,9 @@ class VirtualDisk:
         """Writes the blocks; returns 0, or the errno of the first that failed."""
         for block, data in writes:
             try:
-                if os.pwrite(self.fd, data, block * PAGE_SIZE) != len(data):
-                    return errno.ENOSPC     # a short write: no room for the rest
+                with self._io:
+                    if os.pwrite(self._fd(), data, block * PAGE_SIZE) != len(data):
+                        return errno.ENOSPC     # a short write: no room for the rest
             except OSError as e:
                 return e.errno or errno.EIO
         return 0
@@ -208,9 +218,10 @@ class VirtualDisk:
     def close(self) -> None:
         """Closes the disk and removes its file at `path`, if it is still the one made
         here (someone may have replaced it since: that file is not ours to remove)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self._io:
+            fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
             if self.path is not None:
                 try:
                     st = os.stat(self.path)
