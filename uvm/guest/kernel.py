@@ -6,7 +6,13 @@ area on its virtual disk, then dirty cache pages (written back, then dropped).
 Its bookkeeping (free list, LRU lists, page tables) is ordinary Python objects; every page it
 hands out is guest memory. One lock guards it all; a guest thread holds it while it touches
 the pages it faulted in, so reclaim (on another thread, e.g. the balloon driver's) never
-takes a page out from under a running access."""
+takes a page out from under a running access.
+
+Every path that moves a page between memory and the virtual disk changes the bookkeeping
+only after the disk request succeeded: a swap-out first takes blocks and writes, and only
+then marks the pages swapped and frees them; a swap-in or cache miss first reads, then takes
+a page. So a request that fails (DiskError) leaves everything as it was, and the error goes
+to whoever needed the page: a workload's step, or the balloon driver, which survives it."""
 
 from __future__ import annotations
 
