@@ -22,7 +22,7 @@ from test_cli import uvm_cmd
 import uvm
 from uvm import pagemap
 from uvm._binding import lib
-from uvm.timeline import SampleLine
+from uvm.timeline import MachineLine, SampleLine, VMLine
 from uvm.top import fields
 
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][0-9A-Za-z]|[=>78])")
@@ -352,22 +352,23 @@ def test_fields_from_a_sample() -> None:
     assert fields.rates(later, line)["a"].read == pytest.approx(512 * 4096 / 2**20 / 2.0)
 
 
+def _zeros(model: Any) -> dict[str, Any]:
+    """Every int field of a timeline model at 0 (a test overrides what it looks at)."""
+    return {name: 0 for name, f in model.model_fields.items() if f.annotation is int}
+
+
 _SAMPLE = json.dumps({
     "type": "sample", "t_s": 1.0,
-    "machine": {k: 0 for k in SampleLine.model_fields["machine"].annotation.model_fields}  # type: ignore[union-attr]
-    | {"compression_ratio": 1.0, "scan_rate_pages_per_s": 0.0, "state": "soft", "tax_rate": 0.75,
-       "merge_stopped": False, "frames_total_pages": 1000},
-    "vms": [{"name": "a", "workload": "fill", "status": "running", "stopped": None, "ops": 1,
-             "ops_per_s": 1.0, "size_pages": 1024, "resident_pages": 300, "swapped_pages": 100,
-             "zero_pages": 0, "faults_missing": 0, "faults_minor": 0, "faults_wp": 0,
-             "zero_fills": 0, "fault_around": 0, "swapins": 0, "swapouts": 0, "swapouts_zero": 0,
-             "sharing_pages": 50, "zero_shared_pages": 10, "cow_breaks": 0, "scanned": 0,
-             "ballooned_pages": 20, "balloon_touched": 0, "watch_touched": 0, "hint_pages": 7,
-             "shared_saved_pages": 30, "balloon_target_pages": 60, "balloon_max_pages": 600,
-             "balloon_active": True, "shares": 1000, "min_pages": 0, "blocked": False,
-             "policy": {"target_pages": 200, "allocated_pages": 350, "active": 0.5,
-                        "reclaim": "balloon", "host_paged": 0},
-             "guest": None}],
+    "machine": _zeros(MachineLine) | {"compression_ratio": 1.0, "scan_rate_pages_per_s": 0.0,
+                                      "state": "soft", "tax_rate": 0.75, "merge_stopped": False,
+                                      "frames_total_pages": 1000},
+    "vms": [_zeros(VMLine) | {
+        "name": "a", "workload": "fill", "status": "running", "stopped": None, "ops_per_s": 1.0,
+        "size_pages": 1024, "resident_pages": 300, "swapped_pages": 100, "sharing_pages": 50,
+        "ballooned_pages": 20, "balloon_target_pages": 60, "balloon_max_pages": 600,
+        "balloon_active": True, "balloon_error": None, "blocked": False, "guest": None,
+        "policy": {"target_pages": 200, "allocated_pages": 350, "active": 0.5,
+                   "reclaim": "balloon", "host_paged": 0}}],
 })
 
 

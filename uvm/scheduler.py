@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from uvm.errors import SwapFull, VMStopped
@@ -218,7 +219,10 @@ class MemoryScheduler:
             if state == "soft" and can_balloon:
                 continue
             try:
-                paged = self._page(vm, min(excess, budget))
+                if state == "soft":             # paging instead of the balloon
+                    paged = vm.balloon.page_instead(min(excess, budget), partial(self._page, vm))
+                else:
+                    paged = self._page(vm, min(excess, budget))
             except SwapFull:
                 ps.reclaim = "swap-full"        # the pages stay; the C core copes or stops it
                 continue
