@@ -410,3 +410,16 @@ def test_trial_machine_records_page_maps(tmp_path: Path) -> None:
     with no_maps.machine(memory="4MiB"):
         pass
     assert not (tmp_path / "pagemap" / "5-2").exists()
+
+
+def test_images_without_pillow_say_how_to_get_it(monkeypatch: pytest.MonkeyPatch,
+                                                 make_machine: Any, tmp_path: Path) -> None:
+    import sys
+
+    from uvm.errors import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "PIL", None)   # import PIL fails, as without the package
+    m = make_machine("4MiB")
+    with pytest.raises(MissingExtra, match=r"pip install 'uvm\[plot\]'"):
+        pagemap.MapRecorder(m, tmp_path / "maps", 1.0)
+    assert not (tmp_path / "maps").exists()         # nothing written before the check
