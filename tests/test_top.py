@@ -423,3 +423,67 @@ def test_images_without_pillow_say_how_to_get_it(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(MissingExtra, match=r"pip install 'uvm\[plot\]'"):
         pagemap.MapRecorder(m, tmp_path / "maps", 1.0)
     assert not (tmp_path / "maps").exists()         # nothing written before the check
+
+
+# -- the socket server ---------------------------------------------------------------------
+
+class _Client:
+    """A uvm top client of the server, reading lines (each read bounded by a timeout)."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+        self.file = self.sock.makefile("r", encoding="utf-8")
+
+    def lines(self, n: int) -> list[dict[str, Any]]:
+        return [json.loads(self.file.readline()) for _ in range(n)]
+
+
+def test_server_gives_late_clients_the_header_and_latest_sample_and_drops_slow_ones(
+        tmp_path: Path) -> None:
+    from uvm import record
+    from uvm.timeline import EndLine, HeaderLine
+    from uvm.top.server import SEND_TIMEOUT, TimelineServer
+
+    head = HeaderLine(**record.header(kind="run", name="t", config={}, seed=1).model_dump())
+    sample = SampleLine.model_validate(json.loads(_SAMPLE))
+    server = TimelineServer(tmp_path / "run-1.sock")
+    try:
+        assert stat.S_IMODE(os.stat(tmp_path / "run-1.sock").st_mode) == 0o600
+        server.send(head)
+        server.send(sample.model_copy(update={"t_s": 0.0}))
+        slow = _Client(server.path)               # connects, never reads
+        early = _Client(server.path)              # accepted after slow (in connect order)
+        got = early.lines(2)                      # on accepting: the header, the latest sample
+        assert got[0]["type"] == "header" and got[0]["name"] == "t"
+        assert got[1]["type"] == "sample" and got[1]["t_s"] == 0.0
+        for i in (1, 2):
+            server.send(sample.model_copy(update={"t_s": float(i)}))
+        assert [d["t_s"] for d in early.lines(2)] == [1.0, 2.0]     # then every line
+        late = _Client(server.path)
+        assert [d.get("t_s") for d in late.lines(2)] == [None, 2.0]
+        # slow fills its socket and is dropped: the run is held up about SEND_TIMEOUT once,
+        # not for every line
+        start = time.monotonic()
+        for i in range(3, 400):
+            server.send(sample.model_copy(update={"t_s": float(i)}))
+            assert early.lines(1)[0]["t_s"] == late.lines(1)[0]["t_s"] == float(i)
+        assert time.monotonic() - start < 10 * SEND_TIMEOUT
+        assert _drain(slow.sock) == b""           # what was sent, then EOF: dropped
+        server.send(EndLine(duration_s=1.0, partial=False, samples=400))
+        assert early.lines(1)[0]["type"] == "end"
+    finally:
+        server.close()
+    assert not (tmp_path / "run-1.sock").exists()
+    assert early.file.readline() == ""            # closed by the server
+
+
+def _drain(s: Any) -> bytes:
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return chunk
