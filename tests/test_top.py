@@ -189,6 +189,8 @@ def test_top_follows_a_timeline_as_it_grows(env: dict[str, str], tmp_path: Path)
         proc.kill()
     assert proc.returncode == 0, err
     assert out.count("MEMSZ") == sum(1 for line in lines if '"type":"sample"' in line)
+    # no memory policy in this scenario: its target and touched estimate cannot be shown
+    assert re.search(r"^a\s+4\.00\s+\d+\.\d\d\s+0\.00\s+1000\s+-\s+-\s+-\s+N\s", out, re.M), out
 
 
 def _small_timeline(tmp_path: Path) -> Path:
