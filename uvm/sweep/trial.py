@@ -16,6 +16,7 @@ import socket
 import time
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,7 @@ def run(trial: Trial) -> dict[str, Any]:
         status = f"error: {type(e).__name__}: {e}"
     return row(trial, metrics, status, wall_s=round(time.monotonic() - t0, 3),
                host=socket.gethostname(), pid=os.getpid(),
-               started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)))
+               started=datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="milliseconds"))
 
 
 def row(trial: Trial, metrics: dict[str, Any] | None, status: str, **where: Any) -> dict[str, Any]:
