@@ -203,8 +203,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str], int]]:
-    """A Ray head on this host, bound to 127.0.0.1 only, with a memory resource of one
-    tiny trial and a half (so it may run one at a time), token authentication with a token
+    """A Ray head on this host, bound to 127.0.0.1 only, with 3 CPUs but a memory resource
+    of two and a half of the largest trial (so it may run two at a time), token authentication with a token
     of its own, and the tree under test on its workers' path. Yields (address, environment
     for clients, its process group); stopped by signalling its own process group (never `ray stop`, which
     stops every Ray on the host)."""
@@ -225,8 +225,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, di
     port = free_port()
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--include-dashboard=false", f"--temp-dir={tmp}", "--num-cpus=2",
-         f"--memory={int(1.5 * (20 + 32 + 32) * MIB)}",     # the largest trial's footprint f"--object-store-memory={80 * MIB}",
+         "--include-dashboard=false", f"--temp-dir={tmp}", "--num-cpus=3",
+         f"--memory={int(2.5 * (20 + 32 + 32) * MIB)}",     # the largest trial's footprint f"--object-store-memory={80 * MIB}",
          "--disable-usage-stats"],
         env=env, stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True)
@@ -303,10 +303,13 @@ def test_ray_sweep_gives_the_same_rows(ray_head: tuple[str, dict[str, str], int]
     table = rows(out)
     check_grid_rows(table)
     assert deterministic(table) == deterministic(rows(local_sweep))
-    # the node's memory resource holds one trial and a half: never two machines at once
-    spans = sorted((datetime.fromisoformat(r["started"]), r["wall_s"]) for r in table)
-    for (a, wall), (b, _) in zip(spans, spans[1:]):
-        assert a + timedelta(seconds=wall) <= b, "two trials overlapped on a one-trial node"
+    # the node has 3 CPUs but memory for 2.5 trials: never 3 machines at once
+    spans = [(datetime.fromisoformat(r["started"]), r["wall_s"]) for r in table]
+    edges = sorted([(t, 1) for t, _ in spans] + [(t + timedelta(seconds=w), -1) for t, w in spans])
+    running = [0]
+    for _, step in edges:
+        running.append(running[-1] + step)
+    assert max(running) <= 2, "more trials ran at once than the node's memory resource holds"
 
 
 def test_ray_listens_on_localhost_only(ray_head: tuple[str, dict[str, str], int]) -> None:
@@ -321,7 +324,7 @@ def test_ray_unreachable_is_one_line(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", "import sys; from uvm.cli import main; "
                         "sys.exit(main(sys.argv[1:]))", "sweep", str(grid), "--out",
                         str(tmp_path / "o"), "--ray", f"127.0.0.1:{free_port()}"],
-                       env=env, capture_output=True, text=True, timeout=120)
+                       env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "uvm: error: --ray: cannot connect to a Ray cluster at" in r.stderr
     assert "Traceback" not in r.stderr

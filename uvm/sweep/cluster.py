@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from uvm.experiments.base import MissingExtra
 from uvm.sweep import trial as trials
 
+CONNECT_TIMEOUT = 10.0  # seconds to reach the head's port before giving up
 MAX_RETRIES = 3         # a trial whose node or worker dies runs again, up to this many times
 
 
@@ -30,6 +32,7 @@ def execute(todo: list[trials.Trial], address: str,
         raise MissingExtra("--ray needs Ray: pip install 'uvm[ray]'") from e
     if not todo:
         return
+    _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -48,6 +51,18 @@ def execute(todo: list[trials.Trial], address: str,
                 yield _row(ray, ref, t)
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """ValueError at once when nothing answers at host:port (Ray itself retries for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray: expected HOST:PORT (the head's GCS address), got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as e:
+        raise ValueError(f"--ray: cannot connect to a Ray cluster at {address!r}: "
+                         f"{e.strerror or e}") from e
 
 
 def _row(ray: Any, ref: Any, t: trials.Trial) -> dict[str, Any]:
