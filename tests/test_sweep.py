@@ -223,13 +223,15 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, di
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
            "RAY_USAGE_STATS_ENABLED": "0"}
     port = free_port()
-    head = subprocess.Popen(
-        [ray, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--include-dashboard=false", f"--temp-dir={tmp}", "--num-cpus=3",
-         f"--memory={int(2.5 * (20 + 32 + 32) * MIB)}",     # the largest trial's footprint f"--object-store-memory={80 * MIB}",
-         "--disable-usage-stats"],
-        env=env, stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT,
-        start_new_session=True)
+    with open(tmp / "head.log", "w") as log:
+        head = subprocess.Popen(
+            [ray,
+             "--include-dashboard=false", f"--temp-dir={tmp}", "--num-cpus=3",
+             f"--memory={int(2.5 * (20 + 32 + 32) * MIB)}",     # the largest trial's footprint
+             f"--object-store-memory={80 * MIB}",
+             "--disable-usage-stats"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
     try:
         deadline = time.monotonic() + 90
         while "Ray runtime started" not in (tmp / "head.log").read_text():
