@@ -225,7 +225,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, di
     port = free_port()
     with open(tmp / "head.log", "w") as log:
         head = subprocess.Popen(
-            [ray,
+            [ray, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
              "--include-dashboard=false", f"--temp-dir={tmp}", "--num-cpus=3",
              f"--memory={int(2.5 * (20 + 32 + 32) * MIB)}",     # the largest trial's footprint
              f"--object-store-memory={80 * MIB}",
