@@ -109,6 +109,13 @@ class UvmBench:
         self.record()
         return result
 
+    @property
+    def median(self) -> float | None:
+        """The median timed round, in seconds, once timed (None with --benchmark-disable,
+        where the function ran once untimed)."""
+        meta = self.benchmark.stats
+        return float(meta.stats.median) if meta is not None else None
+
     def record(self) -> None:
         """Writes each open machine's counters into extra_info: under "uvm" for the only
         machine, else under "uvm" as a list in creation order."""
