@@ -2,9 +2,10 @@
 'uvm[ray]'` on every node, uvm included).
 
 One Ray task per trial. Each task asks for the trial's footprint as Ray's `memory`
-resource (and one CPU), so Ray never places more machines on a node than its memory holds;
-`max_calls=1` gives every trial a fresh worker process (a machine's memory and userfaultfd
-go with it); `max_retries` runs a trial again when its node or worker is lost. Rows come
+resource (and one CPU), so Ray never places more machines on a node than its memory holds.
+The task runs its trial in a fresh process of its own (local.run_isolated: a machine's
+memory and userfaultfd go with it), which costs a Python start rather than a new Ray worker
+(max_calls=1 would start one per trial, seconds each). `max_retries` runs a trial again when its node or worker is lost. Rows come
 back as trials finish (ray.wait), so the table grows, and --resume works, as on one host.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from uvm.experiments.base import MissingExtra
+from uvm.sweep import local
 from uvm.sweep import trial as trials
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the head's port before giving up
@@ -41,7 +43,7 @@ def execute(todo: list[trials.Trial], address: str,
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         log(f"sweep: Ray cluster at {address}: {len(nodes)} node(s), "
             f"{ray.cluster_resources().get('memory', 0) / (1 << 30):.1f} GiB of memory resource")
-        task = ray.remote(max_calls=1, max_retries=MAX_RETRIES, num_cpus=1)(trials.run)
+        task = ray.remote(max_retries=MAX_RETRIES, num_cpus=1)(local.run_isolated)
         pending = {task.options(memory=t.memory, name=f"uvm-trial-{i}").remote(t): t
                    for i, t in enumerate(todo)}
         while pending:

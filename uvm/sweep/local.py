@@ -42,6 +42,12 @@ def pool_size(jobs: int | None, per_trial: int, log: Callable[[str], None]) -> i
     return min(wanted, fit)
 
 
+def run_isolated(trial: trials.Trial) -> dict[str, Any]:
+    """Runs one trial in a fresh process and returns its row (what a Ray task does)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as one:
+        return one.submit(trials.run, trial).result()
+
+
 def execute(todo: list[trials.Trial], jobs: int | None,
             log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
     """Runs the trials; yields each row as its trial finishes."""

@@ -1,8 +1,8 @@
 """One trial of a sweep: a scenario with one point of the grid applied, one seed, one repeat,
 run in a process of its own; it returns one row of the results table.
 
-A trial runs in a fresh process (a pool worker that serves one task, or a Ray worker with
-max_calls=1): each owns its machine's memory and userfaultfd, and a crash or a leak in one
+A trial runs in a fresh process (a pool worker that serves one task, or one a Ray task
+starts): each owns its machine's memory and userfaultfd, and a crash or a leak in one
 cannot touch the next.
 """
 
