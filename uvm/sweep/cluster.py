@@ -5,8 +5,9 @@ One Ray task per trial. Each task asks for the trial's footprint as Ray's `memor
 resource (and one CPU), so Ray never places more machines on a node than its memory holds.
 The task runs its trial in a fresh process of its own (local.run_isolated: a machine's
 memory and userfaultfd go with it), which costs a Python start rather than a new Ray worker
-(max_calls=1 would start one per trial, seconds each). `max_retries` runs a trial again when its node or worker is lost. Rows come
-back as trials finish (ray.wait), so the table grows, and --resume works, as on one host.
+(max_calls=1 would start one per trial, seconds each). `max_retries` runs a trial again
+when its node or worker is lost. Rows come back as trials finish (ray.wait), so the table
+grows, and --resume works, as on one host.
 """
 
 from __future__ import annotations
