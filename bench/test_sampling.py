@@ -20,7 +20,7 @@ from uvm.pytest_plugin import UvmBench
 from uvm.workloads import Fill, WorkingSet
 
 SIZE_MIB = 16
-OPS = 200_000               # operations per timed round
+OPS = 1_000_000             # operations per timed round
 SETTLE = 0.3                # seconds between starting the policy and timing
 
 
