@@ -75,7 +75,8 @@ int machine_open(const struct uvm_config *cfg, struct machine **out)
     m->nframes = cfg->frames;
     m->fault_around = cfg->fault_around < 1 ? 1 : cfg->fault_around;
     m->swap_latency_ns = cfg->swap_latency_ns;
-    m->rng = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() ^ 1;
+    m->rng = cfg->seed ? cfg->seed
+                       : (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() ^ 1;
     m->low_water = m->nframes / 128 < 2 ? 2 : (m->nframes / 128 > 512 ? 512 : m->nframes / 128);
     m->high_water = 2 * m->low_water;
     m->frames = calloc(m->nframes, sizeof *m->frames);

@@ -33,6 +33,7 @@ struct uvm_config {
     int reclaim;            /* 1: a background thread keeps a few frames free */
     int debug;              /* 1: fill freed swap space with a poison byte */
     uint64_t swap_latency_ns; /* charged per swap read or write request (a disk); 0: none */
+    uint64_t seed;          /* of the random choices (victims, picks, scans); 0: the clock */
 };
 
 struct uvm_vm_stats {

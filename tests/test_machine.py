@@ -147,3 +147,22 @@ def test_stale_memoryview_after_destroy_is_safe(make_machine) -> None:  # type: 
     other.memory[:16] = b"S" * 16
     assert other.address != vm.address      # the old range stays reserved, never reused
     del arr
+
+
+def test_a_seed_fixes_the_random_choices(make_machine) -> None:  # type: ignore[no-untyped-def]
+    """The same seed and the same calls give the same random victims and picks; another
+    seed gives others (the labs' graders rely on this to replay a scenario)."""
+    def run(seed: int) -> tuple[list[int], list[str]]:
+        m = make_machine("4MiB", reclaim=False, seed=seed)
+        vm = m.create_vm("a", memory="2MiB")
+        for ppn in range(vm.pages):
+            vm.write(ppn * 4096, ppn.to_bytes(4, "little"))
+        vm.evict_random(100)
+        states = [vm.page_state(p) for p in range(vm.pages)]
+        return vm.random_resident(50) + vm.watch_random(20), states
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+    for bad in (-1, 2**63, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="^seed: "):
+            uvm.Machine(memory="1MiB", seed=bad)

@@ -6,8 +6,9 @@ sets `target` (pages); the driver, a thread inside the guest (the paper's vmmemc
 about once a `period`, inflates by allocating and pinning pages through the guest OS's own
 allocator (so the guest's reclaim picks what to drop or page out), reports their PPNs, and
 the host frees the frames behind them (vm.balloon_pages: no swap write). Deflating frees
-pages back to the guest. Inflation is rate-limited: the rate halves when the guest had to
-reclaim to find the pages and doubles while it finds them free. The balloon has a maximum
+pages back to the guest. Inflation is rate-limited by a replaceable BalloonRate (a lab
+exercise): the default, AdaptiveRate, halves the rate when the guest had to reclaim to find
+the pages and doubles it while it finds them free. The balloon has a maximum
 size (`max_fraction` of the VM, 0.65 by default, as in later ESX); the driver may be absent
 (no OS booted, or booted without it) or disabled, and then the host must page instead:
 `reclaim` does whichever the VM allows."""
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from uvm.errors import UvmError
@@ -29,6 +31,45 @@ DEFAULT_PERIOD = 1.0            # seconds between polls of the target
 CHUNK = 256                     # pages allocated or freed at once
 MIN_RATE = 1024                 # pages per second
 MAX_RATE = 65536
+
+
+class BalloonRate(ABC):
+    """How fast the driver inflates: how many pages to ask the guest for next, and how long
+    to pause after, from how hard the guest found the last request. `rate` is the rate it
+    allows now, in pages per second (shown in stats; MIN_RATE to MAX_RATE)."""
+
+    rate: float
+
+    @abstractmethod
+    def chunk(self, remaining: int) -> int:
+        """Pages to allocate next, `remaining` (>= 1) short of the target; the driver asks
+        for at most `remaining`."""
+
+    @abstractmethod
+    def allocated(self, asked: int, got: int, reclaimed: int) -> float:
+        """The guest gave `got` of `asked` pages, and had to reclaim `reclaimed` pages (its
+        cache or swap) to find them; returns the seconds to pause before the next chunk."""
+
+
+class AdaptiveRate(BalloonRate):
+    """The default: chunks of CHUNK pages at `rate` pages per second; the rate halves when
+    the guest had to reclaim, doubles when it did not, and drops to MIN_RATE when the guest
+    could give fewer pages than asked."""
+
+    def __init__(self) -> None:
+        self.rate = float(MAX_RATE)
+
+    def chunk(self, remaining: int) -> int:
+        return min(CHUNK, remaining)
+
+    def allocated(self, asked: int, got: int, reclaimed: int) -> float:
+        if reclaimed:
+            self.rate = max(MIN_RATE, self.rate / 2)
+        else:
+            self.rate = min(MAX_RATE, self.rate * 2)
+        if got < asked:
+            self.rate = MIN_RATE
+        return got / self.rate
 
 
 class BalloonChannel:
@@ -118,18 +159,18 @@ class BalloonChannel:
 
 class BalloonDriver:
     """The guest's balloon driver (vmmemctl): a thread that polls the channel every
-    `period` seconds and moves the balloon toward the target, inflating at most `rate`
-    pages per second (adapting between MIN_RATE and MAX_RATE)."""
+    `period` seconds and moves the balloon toward the target, inflating as fast as its
+    BalloonRate allows (default AdaptiveRate: between MIN_RATE and MAX_RATE pages/s)."""
 
     def __init__(self, os: GuestOS, channel: BalloonChannel, period: float = DEFAULT_PERIOD,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, pace: BalloonRate | None = None) -> None:
         if isinstance(period, bool) or not isinstance(period, (int, float)) or period <= 0:
             raise ValueError(f"balloon_period: must be > 0 seconds, got {period!r}")
         self.os = os
         self.channel = channel
         self.period = float(period)
         self.enabled = enabled
-        self.rate = float(MAX_RATE)
+        self.pace = pace if pace is not None else AdaptiveRate()
         self.hard = 0           # chunks for which the guest had to reclaim
         self.stuck = 0          # times the guest could give no more pages
         self.error: BaseException | None = None
@@ -138,6 +179,11 @@ class BalloonDriver:
                                         daemon=True)
         channel.driver = self
         self._thread.start()
+
+    @property
+    def rate(self) -> float:
+        """The inflation rate allowed now (pages per second)."""
+        return self.pace.rate
 
     @property
     def running(self) -> bool:
@@ -171,21 +217,18 @@ class BalloonDriver:
             return 0.0
         if size == target:
             return None
-        want = min(CHUNK, target - size)
+        want = max(1, min(self.pace.chunk(target - size), target - size))
         before = self.os.reclaimed
         pages = self.os.alloc(want, pin=True)
         if pages:
             self.channel.report(pages)
-        if self.os.reclaimed > before:          # the guest had to work: slow down
-            self.hard += 1
-            self.rate = max(MIN_RATE, self.rate / 2)
-        else:
-            self.rate = min(MAX_RATE, self.rate * 2)
+        reclaimed = self.os.reclaimed - before
+        self.hard += reclaimed > 0              # the guest had to work
+        pause = self.pace.allocated(want, len(pages), reclaimed)
         if len(pages) < want:                   # nothing left to give (pinned, busy)
             self.stuck += 1
-            self.rate = MIN_RATE
             return None
-        return len(pages) / self.rate
+        return max(0.0, pause)
 
 
 def reclaim(vm: VM, pages: int) -> str:

@@ -8,6 +8,8 @@
         --quick --out DIR
     uvm sweep GRID.toml          a grid of trials of a scenario or experiment (uvm/sweep/)
         --jobs N --out DIR --resume --ray ADDRESS
+    uvm lab list | start NAME DIR | check NAME [DIR] --seed N --timeout SECONDS
+                                 kernel-course labs with an autograder (uvm/labs/)
 
 User mistakes (a bad scenario or argument, no userfaultfd) print `uvm: error: ...` and exit
 with status 2, without a traceback. Other commands are added as subparsers in `_parser`.
@@ -25,7 +27,7 @@ from typing import TextIO
 
 from rich.console import Console
 
-from uvm import experiments, live, scenario, sweep
+from uvm import experiments, labs, live, scenario, sweep
 from uvm.errors import UserfaultfdUnavailable
 from uvm.machine import Machine
 from uvm.sizes import format_size
@@ -57,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_experiment(commands)
     _add_sweep(commands)
+    _add_lab(commands)
     return parser
 
 
@@ -83,6 +86,49 @@ def _sweep(args: argparse.Namespace) -> int:
     table = sweep.sweep(args.grid, out, jobs=args.jobs, resume=args.resume, ray=args.ray,
                         log=lambda line: print(line, flush=True))
     return EXIT_FAILED if any(r["status"] != "ok" for r in table.rows) else 0
+
+
+def _add_lab(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "lab", help="kernel-course labs: replace a policy, get it graded",
+        description="Labs: write one piece of the memory manager (a policy) and have it graded "
+                    "on seeded scenarios. See docs/labs.md.")
+    sub = p.add_subparsers(title="lab commands", metavar="LABCOMMAND", required=True)
+    sub.add_parser("list", help="list the labs").set_defaults(command=_lab_list)
+    names = sorted(labs.REGISTRY)
+    start = sub.add_parser("start", help="write a lab's handout and starter module into DIR")
+    start.add_argument("name", choices=names, metavar="NAME", help=f"one of: {', '.join(names)}")
+    start.add_argument("dir", metavar="DIR", help="where to write (created if needed)")
+    start.set_defaults(command=_lab_start)
+    check = sub.add_parser("check", help="grade the lab's module in DIR")
+    check.add_argument("name", choices=names, metavar="NAME", help=f"one of: {', '.join(names)}")
+    check.add_argument("dir", nargs="?", default=".", metavar="DIR",
+                       help="the directory holding the module (default: the current one)")
+    check.add_argument("--seed", type=int, default=1, help="the scenarios' seed (default 1)")
+    check.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                       help="stop a check that runs longer (default: each check's own limit)")
+    check.set_defaults(command=_lab_check)
+
+
+def _lab_list(args: argparse.Namespace) -> int:
+    for lab in labs.REGISTRY.values():
+        print(f"{lab.name:<10} {lab.title}; paper {lab.section}; you write {lab.module}")
+    return 0
+
+
+def _lab_start(args: argparse.Namespace) -> int:
+    lab = labs.get(args.name)
+    for path in labs.start(lab, Path(args.dir)):
+        print(f"uvm: wrote {path}")
+    print(f"uvm: read {Path(args.dir) / labs.HANDOUT}, complete {lab.module}, then run: "
+          f"uvm lab check {lab.name} {args.dir}")
+    return 0
+
+
+def _lab_check(args: argparse.Namespace) -> int:
+    report = labs.grade(labs.get(args.name), Path(args.dir), args.seed,
+                        lambda line: print(line, flush=True), args.timeout)
+    return 0 if report.passed else EXIT_FAILED
 
 
 def _add_experiment(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

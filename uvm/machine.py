@@ -79,7 +79,10 @@ class Machine:
     at `swap_file` and removed at close, or by default is an unlinked file in `swap_dir`
     ($TMPDIR or /var/tmp). `swap_latency` (seconds, default 0) is charged per swap read or
     write request, so the swap device costs what a disk costs, not what the host's page cache
-    costs (the guest OS's virtual disk has the same knob).
+    costs (the guest OS's virtual disk has the same knob). `seed` fixes the C core's random
+    choices (random victims, vm.random_resident, watch_random, the scanner's random picks):
+    the same seed and the same sequence of calls give the same choices, as the labs' graders
+    need; by default the clock seeds them.
 
     `policy` runs the paper's memory policy (uvm.MemoryPolicy; True for the defaults): idle
     sampling, share-based targets with the idle memory tax, and reclamation by free-memory
@@ -90,7 +93,7 @@ class Machine:
                  swap_size: int | str | None = None, swap_dir: str | os.PathLike[str] | None = None,
                  fault_around: int = 1, pagers: int | Sequence[int] | None = None,
                  reclaim: bool = True, debug: bool = False, sharing: bool = False,
-                 swap_latency: float = 0.0,
+                 swap_latency: float = 0.0, seed: int | None = None,
                  share_rate: float = DEFAULT_RATE, share_rate_vm: float = DEFAULT_VM_RATE,
                  policy: MemoryPolicy | bool = False) -> None:
         self._m: Any = None
@@ -109,6 +112,9 @@ class Machine:
         if isinstance(swap_latency, bool) or not isinstance(swap_latency, (int, float)) \
                 or not 0 <= swap_latency <= 1:
             raise ValueError(f"swap_latency: must be a number of seconds in [0, 1], got {swap_latency!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed < 2**63):
+            raise ValueError(f"seed: must be an integer in [0, 2**63), got {seed!r}")
         check_rate(share_rate, "share_rate")
         check_rate(share_rate_vm, "share_rate_vm")
         cpus = _pager_cpus(pagers)
@@ -133,6 +139,7 @@ class Machine:
         cfg.reclaim = int(reclaim)
         cfg.debug = int(debug)
         cfg.swap_latency_ns = round(swap_latency * 1e9)
+        cfg.seed = 0 if seed is None else seed + 1      # 0 tells the core to use the clock
         out = ffi.new("struct machine **")
         r = lib.machine_open(cfg, out)
         if r < 0:
