@@ -48,6 +48,28 @@ user_mode:
     return -errno;
 }
 
+/* which userfaultfd machine_open would get: 0 full, 1 user-mode only, or -errno. */
+int machine_uffd_mode(void)
+{
+    int user_mode;
+    int fd = uffd_open(&user_mode);
+    if (fd < 0)
+        return fd;
+    close(fd);
+    return user_mode;
+}
+
+/* a nonzero generator state from a seed (splitmix64's finalizer, so that nearby seeds
+ * give unrelated streams); 0 seeds from the clock and pid. */
+static uint64_t rng_seed(uint64_t seed)
+{
+    uint64_t z = seed ? seed : (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return z ? z : 1;
+}
+
 /* negotiates the features uvm needs; returns 0, or -ENOTSUP if the kernel lacks one. */
 static int uffd_setup(int fd)
 {
@@ -75,8 +97,7 @@ int machine_open(const struct uvm_config *cfg, struct machine **out)
     m->nframes = cfg->frames;
     m->fault_around = cfg->fault_around < 1 ? 1 : cfg->fault_around;
     m->swap_latency_ns = cfg->swap_latency_ns;
-    m->rng = cfg->seed ? cfg->seed
-                       : (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() ^ 1;
+    m->rng = rng_seed(cfg->seed);
     m->low_water = m->nframes / 128 < 2 ? 2 : (m->nframes / 128 > 512 ? 512 : m->nframes / 128);
     m->high_water = 2 * m->low_water;
     m->frames = calloc(m->nframes, sizeof *m->frames);

@@ -33,7 +33,8 @@ struct uvm_config {
     int reclaim;            /* 1: a background thread keeps a few frames free */
     int debug;              /* 1: fill freed swap space with a poison byte */
     uint64_t swap_latency_ns; /* charged per swap read or write request (a disk); 0: none */
-    uint64_t seed;          /* of the random choices (victims, picks, scans); 0: the clock */
+    uint64_t seed;          /* seeds the core's random choices (victims, sampling, sharing
+                             * scan); 0: from the clock and pid */
 };
 
 struct uvm_vm_stats {
@@ -95,6 +96,8 @@ struct uvm_machine_stats {
 };
 
 int machine_open(const struct uvm_config *cfg, struct machine **out);
+/* which userfaultfd a machine would get: 0 full (privileged), 1 user-mode only, or -errno. */
+int machine_uffd_mode(void);
 void machine_close(struct machine *m);
 void machine_stats(struct machine *m, struct uvm_machine_stats *st);
 void machine_snapshot(struct machine *m, struct uvm_machine_stats *st, const int *slots,

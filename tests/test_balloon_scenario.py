@@ -43,11 +43,12 @@ def test_guest_with_os_workload_and_balloon_targets_over_time(tmp_path: Path, ca
     out = tmp_path / "t.jsonl"
     assert main(["run", str(write(tmp_path, GUEST)), "--duration", "2", "--every", "0.5",
                  "--json", str(out)]) == 0
-    samples = [json.loads(line) for line in out.read_text().splitlines()]
-    first, last = samples[0]["vms"][0]["stats"], samples[-1]["vms"][0]["stats"]
-    assert first["ballooned"] == 0
-    assert last["balloon_target"] == last["ballooned"] == 2048
-    assert last["guest_cache"] > 0 and last["guest_cache_hits"] > 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    samples = [s for s in lines if s["type"] == "sample"]
+    first, last = samples[0]["vms"][0], samples[-1]["vms"][0]
+    assert first["ballooned_pages"] == 0
+    assert last["balloon_target_pages"] == last["ballooned_pages"] == 2048
+    assert last["guest"]["cache_pages"] > 0 and last["guest"]["cache_hits"] > 0
     text = capsys.readouterr().out
     assert "balloon 8.0 of 8.0 MiB" in text and "guest: free" in text
 

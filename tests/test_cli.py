@@ -64,7 +64,13 @@ def uvm_cmd(*args: str) -> list[str]:
 
 
 def read_timeline(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The sample lines of a timeline, after checking its first line is the run record and
+    its last the end line (tests/test_record.py checks them against the schema)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["type"] == "header" and lines[-1]["type"] == "end"
+    samples = lines[1:-1]
+    assert all(s["type"] == "sample" for s in samples) and lines[-1]["samples"] == len(samples)
+    return samples
 
 
 def check_timeline(samples: list[dict[str, Any]], duration: float) -> None:
@@ -72,13 +78,13 @@ def check_timeline(samples: list[dict[str, Any]], duration: float) -> None:
     assert len(samples) >= 2
     for s in samples:
         m = s["machine"]
-        assert m["frames_used"] <= m["frames_total"] == 8 << 20 >> 12
+        assert m["frames_used_pages"] <= m["frames_total_pages"] == 8 << 20 >> 12
         assert [v["name"] for v in s["vms"]] == ["busy", "sleepy"]
         for v in s["vms"]:
-            assert {"resident", "swapped", "zero", "ops", "ops_per_s", "status", "workload"} <= set(v)
-            assert {"faults_missing", "swapins", "swapouts"} <= set(v["stats"])
-            assert v["resident"] + v["swapped"] + v["zero"] <= v["stats"]["pages"]
-    elapsed = [s["elapsed"] for s in samples]
+            assert {"resident_pages", "swapped_pages", "zero_pages", "ops", "ops_per_s", "status",
+                    "workload", "faults_missing", "swapins", "swapouts"} <= set(v)
+            assert v["resident_pages"] + v["swapped_pages"] + v["zero_pages"] <= v["size_pages"]
+    elapsed = [s["t_s"] for s in samples]
     assert elapsed == sorted(elapsed) and elapsed[-1] == pytest.approx(duration, abs=0.5)
     last = samples[-1]
     assert last["vms"][0]["ops"] > 0 and last["machine"]["swapouts"] > 0, "no paging happened"
@@ -128,7 +134,9 @@ def test_ctrl_c_prints_summary_and_closes(small: Path, tmp_path: Path) -> None:
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "(interrupted)" in stdout and "busy" in stdout
-    assert read_timeline(out)[-1]["elapsed"] < 10
+    assert read_timeline(out)[-1]["t_s"] < 10
+    end = json.loads(out.read_text().splitlines()[-1])
+    assert end["type"] == "end" and end["partial"] is True, "an interrupted run is partial"
     assert not (tmp_path / "swap").exists(), "the machine was not closed: its swap file is left"
 
 
@@ -239,12 +247,12 @@ def test_policy_scenario_runs_end_to_end(managed: Path, tmp_path: Path,
     for s in samples:
         assert s["machine"]["state"] in STATES and s["machine"]["tax_rate"] == 0.75
         for v in s["vms"]:
-            st = v["stats"]
-            assert {"target", "allocated", "active", "reclaim", "blocked", "host_paged"} <= set(st)
-            assert 0 <= st["target"] <= st["pages"] and 0.0 <= st["active"] <= 1.0
+            st = v["policy"]
+            assert {"target_pages", "allocated_pages", "active", "reclaim", "host_paged"} <= set(st)
+            assert 0 <= st["target_pages"] <= v["size_pages"] and 0.0 <= st["active"] <= 1.0
             assert st["reclaim"] in ("none", "balloon", "paging", "both", "swap-full")
-            assert st["blocked"] in (0, 1)
-        assert [v["stats"]["shares"] for v in s["vms"]] == [2000, 1000]
+            assert v["blocked"] in (False, True)
+        assert [v["shares"] for v in s["vms"]] == [2000, 1000]
     text = capsys.readouterr().out
     assert "uvm: memory policy: idle tax 0.75, random victims, 100 pages sampled every 0.5 s" in text
     assert "busy: resident" in text and ", target " in text and ", f " in text   # plain lines

@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import jsonschema
+
+from uvm import schema
 from uvm.cli import main
 
 
+def read_results(path: Path) -> dict[str, Any]:
+    """results.json, checked against the shipped schema: it starts with the run record."""
+    results: dict[str, Any] = json.loads((path / "results.json").read_text())
+    jsonschema.validate(results, schema.shipped("results"))
+    assert results["record"]["kind"] == "experiment" and results["record"]["partial"] is False
+    assert results["figures"] and len(results["repeats"]) == 1
+    return results
+
+
 def test_sharing_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    assert main(["experiment", "sharing", "--quick", "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+    assert main(["experiment", "sharing", "--quick", "--out", str(tmp_path), "--seed", "3"]) == 0
+    results = read_results(tmp_path)
+    assert results["record"]["seed"] == 3 and results["repeats"][0]["seed"] == 3
+    assert results["record"]["config"]["params"] == results["params"]
     png = (tmp_path / "sharing.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     rows = results["rows"]
@@ -34,7 +49,7 @@ def test_unknown_experiment_is_a_usage_error(capsys) -> None:  # type: ignore[no
 
 def test_balloon_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["experiment", "balloon", "--quick", "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = read_results(tmp_path)
     assert (tmp_path / "balloon.png").read_bytes().startswith(b"\x89PNG")
     rows = results["rows"]
     assert [r["size_mib"] for r in rows] == results["params"]["sizes_mib"]
@@ -52,7 +67,7 @@ def test_balloon_experiment_quick(tmp_path: Path, capsys) -> None:  # type: igno
 
 def test_balloon_vs_paging_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["experiment", "balloon-vs-paging", "--quick", "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = read_results(tmp_path)
     assert (tmp_path / "balloon-vs-paging.png").read_bytes().startswith(b"\x89PNG")
     rows = {r["mode"]: r for r in results["rows"]}
     balloon, paging = rows["balloon"], rows["paging"]
@@ -68,7 +83,7 @@ def test_balloon_vs_paging_experiment_quick(tmp_path: Path, capsys) -> None:  # 
 
 def test_idle_tax_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["experiment", "idle-tax", "--quick", "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = read_results(tmp_path)
     assert (tmp_path / "idle-tax.png").read_bytes().startswith(b"\x89PNG")
     untaxed, taxed = results["phases"]
     assert (untaxed["tau"], taxed["tau"]) == (0.0, 0.75)
@@ -84,7 +99,7 @@ def test_idle_tax_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ign
 
 def test_working_set_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["experiment", "working-set", "--quick", "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = read_results(tmp_path)
     assert (tmp_path / "working-set.png").read_bytes().startswith(b"\x89PNG")
     phases = results["phases"]
     assert [round(ph["true"], 2) for ph in phases] == [f for f, _ in results["params"]["phases"]]
@@ -99,7 +114,7 @@ def test_working_set_experiment_quick(tmp_path: Path, capsys) -> None:  # type: 
 
 def test_reallocation_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["experiment", "reallocation", "--quick", "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = read_results(tmp_path)
     assert (tmp_path / "reallocation.png").read_bytes().startswith(b"\x89PNG")
     tl = results["timeline"]
     states = [r["state"] for r in tl]

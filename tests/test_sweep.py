@@ -54,16 +54,17 @@ GRID = """
 scenario = "tiny.toml"
 duration = 0.3
 seeds = [1, 2]
-metrics = ["machine.frames_total", "vm.b.pages", "machine.swap_capacity", "vm.a.faults_missing"]
+metrics = ["machine.frames_total_pages", "vm.b.size_pages", "machine.swap_capacity_bytes",
+           "vm.a.faults_missing"]
 [grid]
 machine.memory = ["12MiB", "16MiB", "20MiB"]
 vm.b.workload.size = ["4MiB", "8MiB", "12MiB"]
 """
 MEMORIES = {"12MiB": 12, "16MiB": 16, "20MiB": 20}
 SIZES = ["4MiB", "8MiB", "12MiB"]
-# what a row must say whatever the timing: its point, seed, status and the metrics that follow
-# from the configuration alone
-DETERMINISTIC = ("machine.frames_total", "vm.b.pages", "machine.swap_capacity")
+# what a row must say whatever the timing: its point, seed, status, derived seeds and the
+# metrics that follow from the configuration alone
+DETERMINISTIC = ("machine.frames_total_pages", "vm.b.size_pages", "machine.swap_capacity_bytes")
 
 
 def write_grid(folder: Path, grid: str = GRID) -> Path:
@@ -79,7 +80,8 @@ def rows(out: Path) -> list[dict[str, Any]]:
 
 def deterministic(table: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return sorted((r["trial"], json.dumps(r["params"], sort_keys=True), r["seed"], r["repeat"],
-                   r["status"], *(r["metrics"][m] for m in DETERMINISTIC)) for r in table)
+                   r["status"], json.dumps(r["record"]["seeds"], sort_keys=True),
+                   *(r["metrics"][m] for m in DETERMINISTIC)) for r in table)
 
 
 def check_grid_rows(table: list[dict[str, Any]]) -> None:
@@ -91,9 +93,13 @@ def check_grid_rows(table: list[dict[str, Any]]) -> None:
     for r in table:
         assert r["status"] == "ok", r
         mib = MEMORIES[r["params"]["machine.memory"]]
-        assert r["metrics"]["machine.frames_total"] == mib * MIB // 4096
-        assert r["metrics"]["machine.swap_capacity"] == 32 * MIB
-        assert r["metrics"]["vm.b.pages"] == 16 * MIB // 4096
+        assert r["metrics"]["machine.frames_total_pages"] == mib * MIB // 4096
+        assert r["metrics"]["machine.swap_capacity_bytes"] == 32 * MIB
+        assert r["metrics"]["vm.b.size_pages"] == 16 * MIB // 4096
+        rec = r["record"]                   # the run record: enough to run the trial again
+        assert rec["kind"] == "run" and rec["seed"] == r["seed"]
+        assert rec["config"]["machine"]["memory"] == mib * MIB
+        assert rec["config"]["run"]["seed"] == r["seed"] and rec["partial"] is False
         assert isinstance(r["metrics"]["vm.a.faults_missing"], int)   # read, whatever the timing
     assert len({(r["host"], r["pid"]) for r in table}) == 18    # a process per trial
 
@@ -118,21 +124,17 @@ def test_local_sweep_3x3_grid_2_seeds(local_sweep: Path) -> None:
     assert (local_sweep / PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_trial_seed_reaches_every_workload() -> None:
-    """Each VM's workload gets a seed derived from the trial's (the same trial seed, the
-    same seeds; two VMs, two streams); a seed the grid sets wins."""
-    from uvm.sweep.trial import configure, seeded
-
-    doc = {"vm": [{"name": "a", "workload": {"kind": "working-set", "size": "1MiB"}},
-                  {"name": "b", "workload": {"kind": "working-set", "size": "1MiB"}},
-                  {"name": "c"}]}
-    one, again, other = seeded(doc, 7), seeded(doc, 7), seeded(doc, 8)
-    assert one == again and one != other
-    seeds = [vm["workload"]["seed"] for vm in one["vm"][:2]]
-    assert len(set(seeds)) == 2                      # two VMs, two different streams
-    assert "workload" not in one["vm"][2] and "seed" not in doc["vm"][0]["workload"]
-    spec = configure(SCENARIO, "tiny.toml", None, {"vm.a.workload.seed": 5}, 7)
-    assert spec.vms[0].workload is not None and spec.vms[0].workload.params["seed"] == 5
+def test_trial_seed_seeds_the_scenario(local_sweep: Path) -> None:
+    """Each trial runs the scenario with its seed (as `uvm run --seed`): its workloads' seeds
+    derive from it, the same for the same seed and different across seeds."""
+    table = rows(local_sweep)
+    by_seed: dict[int, set[str]] = {}
+    for r in table:
+        seeds = r["record"]["seeds"]
+        by_seed.setdefault(r["seed"], set()).add(json.dumps(seeds, sort_keys=True))
+        assert seeds["vm/a"] != seeds["vm/b"]
+    assert all(len(v) == 1 for v in by_seed.values())       # same seed, same derived seeds
+    assert by_seed[1] != by_seed[2]
 
 
 def test_resume_runs_only_what_is_missing(tmp_path: Path) -> None:

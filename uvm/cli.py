@@ -3,13 +3,16 @@
     uvm run                      the built-in default scenario (an overcommitted machine)
     uvm run FILE.toml            a scenario file (format: uvm/scenario.py, or the default's
                                  own file, uvm/default_scenario.toml)
-        --duration SECONDS --every SECONDS --json TIMELINE.jsonl
+        --duration SECONDS --every SECONDS --seed N --json TIMELINE.jsonl
+        --summary-json FILE
     uvm experiment NAME          one of the paper's experiments (uvm/experiments/)
-        --quick --out DIR
+        --quick --out DIR --seed N --repeat N
     uvm sweep GRID.toml          a grid of trials of a scenario or experiment (uvm/sweep/)
         --jobs N --out DIR --resume --ray ADDRESS
+    uvm schema NAME              the JSON Schema of an output (uvm/schema.py)
     uvm lab list | start NAME DIR | check NAME [DIR] --seed N --timeout SECONDS
                                  kernel-course labs with an autograder (uvm/labs/)
+    uvm --version
 
 User mistakes (a bad scenario or argument, no userfaultfd) print `uvm: error: ...` and exit
 with status 2, without a traceback. Other commands are added as subparsers in `_parser`.
@@ -27,9 +30,11 @@ from typing import TextIO
 
 from rich.console import Console
 
-from uvm import experiments, labs, live, scenario, sweep
+from uvm import experiments, labs, live, record, resolved, scenario, schema, sweep
 from uvm.errors import UserfaultfdUnavailable
+from uvm.experiments.runner import check_repeat
 from uvm.machine import Machine
+from uvm.seeds import check_seed
 from uvm.sizes import format_size
 
 EXIT_USAGE = 2          # a user mistake, as argparse uses it
@@ -55,11 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="uvm", description="A user-space emulator of VMware ESX Server's memory manager.")
+    parser.add_argument("--version", action="version", version=record.version_line())
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_run(commands)
     _add_experiment(commands)
     _add_sweep(commands)
     _add_lab(commands)
+    _add_schema(commands)
     return parser
 
 
@@ -131,6 +138,23 @@ def _lab_check(args: argparse.Namespace) -> int:
     return 0 if report.passed else EXIT_FAILED
 
 
+def _add_schema(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "schema", help="print the JSON Schema of an output",
+        description="Prints the JSON Schema of one of uvm's outputs, as shipped in the package: "
+                    "record (the header every output starts with), timeline (a line of --json), "
+                    "summary (--summary-json), results (an experiment's results.json).")
+    p.add_argument("name", choices=sorted(schema.MODELS), metavar="NAME",
+                   help=f"one of: {', '.join(sorted(schema.MODELS))}")
+    p.set_defaults(command=_schema)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    """`uvm schema NAME`: print the shipped schema."""
+    print(schema.text(schema.shipped(args.name)), end="")
+    return 0
+
+
 def _add_experiment(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     names = "; ".join(f"{e.name}: {e.help}" for e in experiments.REGISTRY.values())
     p = commands.add_parser(
@@ -141,13 +165,18 @@ def _add_experiment(commands: argparse._SubParsersAction[argparse.ArgumentParser
                    help=f"one of: {', '.join(sorted(experiments.REGISTRY))}")
     p.add_argument("--quick", action="store_true", help="a smaller run (about a minute)")
     p.add_argument("--out", metavar="DIR", help="where to write results (default: results/NAME)")
+    p.add_argument("--seed", type=_seed, metavar="N",
+                   help="seed of every machine and workload (default: drawn, and recorded)")
+    p.add_argument("--repeat", type=_repeat, default=1, metavar="N",
+                   help="run it N times (seeds N, N+1, ...): median and spread of its figures")
     p.set_defaults(command=_experiment)
 
 
 def _experiment(args: argparse.Namespace) -> int:
     """`uvm experiment NAME`: run it, print as it goes, write results.json and the plot."""
     out = Path(args.out or Path("results") / args.name)
-    experiments.run(args.name, args.quick, out, lambda line: print(line, flush=True))
+    experiments.run(args.name, args.quick, out, lambda line: print(line, flush=True),
+                    seed=args.seed, repeat=args.repeat)
     return 0
 
 
@@ -163,9 +192,32 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="how long to run (overrides the file's run.duration; default 20)")
     p.add_argument("--every", type=_seconds, metavar="SECONDS",
                    help="sample period (overrides the file's run.every; default 1.0)")
+    p.add_argument("--seed", type=_seed, metavar="N",
+                   help="the run's seed (overrides the file's run.seed; default: drawn, and "
+                        "recorded): the same seed, the same guest operations")
     p.add_argument("--json", metavar="FILE",
-                   help="write a timeline: one JSON object per sample per line")
+                   help="write a timeline: the run record, then one JSON object per sample per "
+                        "line (`uvm schema timeline`)")
+    p.add_argument("--summary-json", metavar="FILE",
+                   help="write the run record and the final counters as JSON "
+                        "(`uvm schema summary`)")
     p.set_defaults(command=_run)
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed."""
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {text!r}") from None
+
+
+def _repeat(text: str) -> int:
+    """argparse type: a number of trials."""
+    try:
+        return check_repeat(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 1000, got {text!r}") from None
 
 
 def _seconds(text: str) -> float:
@@ -184,15 +236,20 @@ def _run(args: argparse.Namespace) -> int:
     spec = scenario.load(args.file) if args.file else scenario.default()
     duration: float = args.duration or spec.run.duration
     every: float = args.every or spec.run.every
+    seed: int = scenario.run_seed(spec) if args.seed is None else args.seed
     console = _console()
-    with _timeline(args.json) as timeline:
-        machine = scenario.launch(spec)
+    with _timeline(args.json) as timeline, _timeline(args.summary_json, "--summary-json") as summary:
+        machine = scenario.launch(spec, seed)
         try:
-            _print_header(spec, machine, duration, every)
-            result = live.run(machine, spec.name, duration, every, console, timeline)
+            header = resolved.scenario_header(spec, machine, seed, duration, every)
+            _print_header(spec, machine, duration, every, seed)
+            result = live.run(machine, spec.name, duration, every, console, timeline, header)
             failed = live.workload_errors(machine)
         finally:
             machine.close()
+        if summary is not None:
+            header.finish(partial=result.interrupted)
+            summary.write(live.summary_record(result, header, failed).model_dump_json(indent=2) + "\n")
     console.print(live.summary(result, spec.name))
     if result.interrupted:
         return EXIT_INTERRUPTED
@@ -206,25 +263,27 @@ def _console() -> Console:
 
 
 @contextmanager
-def _timeline(path: str | None) -> Iterator[TextIO | None]:
-    """The --json file, opened for writing (None without --json)."""
+def _timeline(path: str | None, option: str = "--json") -> Iterator[TextIO | None]:
+    """The --json (or another option's) file, opened for writing (None without it)."""
     if path is None:
         yield None
         return
     try:
         f = open(path, "w", encoding="utf-8")
     except OSError as e:
-        raise ValueError(f"--json: cannot write {path!r}: {e.strerror}") from e
+        raise ValueError(f"{option}: cannot write {path!r}: {e.strerror}") from e
     with f:
         yield f
 
 
-def _print_header(spec: scenario.Scenario, machine: Machine, duration: float, every: float) -> None:
-    """One line saying what runs: sizes, overcommit, timing and the userfaultfd mode."""
+def _print_header(spec: scenario.Scenario, machine: Machine, duration: float, every: float,
+                  seed: int) -> None:
+    """One line saying what runs: sizes, overcommit, timing, the seed and the userfaultfd
+    mode."""
     guests = sum(vm.size for vm in machine.vms)
     mode = "user-mode only (unprivileged)" if machine.user_mode else "full"
     print(f"uvm: {spec.source}: machine {format_size(machine.memory)}, {len(spec.vms)} VMs with "
           f"{format_size(guests)} of guest memory ({guests / machine.memory:.2f}x overcommit); "
-          f"{duration:g} s, a sample every {every:g} s; userfaultfd {mode}", flush=True)
+          f"{duration:g} s, a sample every {every:g} s; seed {seed}; userfaultfd {mode}", flush=True)
     if spec.policy is not None:
         print(f"uvm: memory policy: {spec.policy.describe()}", flush=True)

@@ -1,9 +1,9 @@
 """Watching a running machine: periodic samples shown live (rich) or as plain lines, written
-to a JSON-lines timeline, and a summary table at the end."""
+to a JSON-lines timeline (the run record first: uvm/timeline.py has its format), and a
+summary table at the end."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from pydantic import BaseModel
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -21,8 +22,10 @@ from rich.text import Text
 from uvm.errors import VMStopped
 from uvm.machine import Machine
 from uvm.policy.states import STATES
+from uvm.record import Header
 from uvm.sizes import PAGE_SIZE, format_size
 from uvm.stats import Snapshot, VMSample, snapshot
+from uvm.timeline import EndLine, HeaderLine, SampleLine, Summary, sample_line
 from uvm.vm import VM
 
 MIB = 1 << 20
@@ -38,15 +41,9 @@ class Sample:
     workloads: dict[str, str]
     status: dict[str, str]
 
-    def to_json(self) -> dict[str, Any]:
-        """One line of the timeline: Snapshot.to_json() plus run time, page size, and each
-        VM's workload and status."""
-        data = self.snapshot.to_json()
-        for vm in data["vms"]:
-            vm["workload"] = self.workloads.get(vm["name"], "")
-            vm["status"] = self.status.get(vm["name"], "")
-        return {"elapsed": round(self.elapsed, 3), "duration": self.duration,
-                "page_size": PAGE_SIZE, **data}
+    def line(self) -> SampleLine:
+        """Its line of the timeline."""
+        return sample_line(self.elapsed, self.snapshot, self.workloads, self.status)
 
     @property
     def settled(self) -> bool:
@@ -68,11 +65,20 @@ class Sample:
 
 @dataclass
 class Result:
-    """How a run ended: its last sample, whether Ctrl-C cut it short, and how many samples
-    found the machine in each reclamation state (with a memory policy)."""
+    """How a run ended: its last sample, whether Ctrl-C cut it short, how many samples
+    found the machine in each reclamation state (with a memory policy), and how many
+    samples were taken."""
     last: Sample
     interrupted: bool
     states: Counter[str] = field(default_factory=Counter)
+    samples: int = 0
+
+
+def summary_record(result: Result, header: Header, failed: list[BaseException]) -> Summary:
+    """The run's summary as a record (`uvm run --summary-json`); `header` finished."""
+    return Summary(record=header, interrupted=result.interrupted,
+                   failed=[f"{type(e).__name__}: {e}" for e in failed],
+                   states_seen=dict(result.states), final=result.last.line())
 
 
 def vm_status(vm: VM) -> str:
@@ -111,19 +117,24 @@ def ticks(duration: float, every: float) -> list[float]:
 
 
 def run(machine: Machine, title: str, duration: float, every: float, console: Console,
-        timeline: TextIO | None = None) -> Result:
+        timeline: TextIO | None = None, header: Header | None = None) -> Result:
     """Samples the machine every `every` seconds for `duration` seconds (or until no
-    workload is left running), showing each sample and appending it to `timeline`. Ctrl-C
+    workload is left running), showing each sample and appending it to `timeline`: after
+    the run record `header` (if given) as the first line, and before an end line. Ctrl-C
     ends the run early with a last sample: Result.interrupted says so."""
     start = time.monotonic()
     states: Counter[str] = Counter()
+    count = 0
+    write = _writer(timeline)
+    if header is not None:
+        write(HeaderLine(**header.model_dump()))
     with _display(console, title) as show:
 
         def record() -> Sample:
+            nonlocal count
             sample = take_sample(machine, time.monotonic() - start, duration)
-            if timeline is not None:
-                timeline.write(json.dumps(sample.to_json()) + "\n")
-                timeline.flush()
+            write(sample.line())
+            count += 1
             show(sample)
             if sample.managed:
                 states[sample.snapshot.machine["state"]] += 1
@@ -136,8 +147,21 @@ def run(machine: Machine, title: str, duration: float, every: float, console: Co
                 if last.settled:
                     break
         except KeyboardInterrupt:
-            return Result(record(), interrupted=True, states=states)
-    return Result(last, interrupted=False, states=states)
+            last, interrupted = record(), True
+        else:
+            interrupted = False
+    write(EndLine(duration_s=round(time.monotonic() - start, 3), partial=interrupted,
+                  samples=count))
+    return Result(last, interrupted=interrupted, states=states, samples=count)
+
+
+def _writer(timeline: TextIO | None) -> Callable[[BaseModel], None]:
+    """Appends a line to the timeline (flushed: a reader may follow it live)."""
+    def write(line: BaseModel) -> None:
+        if timeline is not None:
+            timeline.write(line.model_dump_json() + "\n")
+            timeline.flush()
+    return write
 
 
 @contextmanager

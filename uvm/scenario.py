@@ -6,6 +6,7 @@
     [run]
     duration = 20               # seconds
     every = 1.0                 # sample period, seconds
+    seed = 7                    # optional: the run's seed (default: drawn, and recorded)
 
     [policy]                    # optional: the paper's memory policy (absent: none)
     tax_rate = 0.75             # the idle memory tax tau, in [0, 1)
@@ -69,6 +70,7 @@ from uvm.policy import (ActivityEstimator, AllocationPolicy, ColdVictims, IdleTa
                         VictimPolicy)
 from uvm.policy.states import STATES
 from uvm.scheduler import MemoryPolicy
+from uvm.seeds import check_seed, derive, new_seed
 from uvm.sharing import check_rate
 from uvm.sizes import PAGE_SIZE, format_size, parse_pages, parse_size
 from uvm.vm import VM, check_shares
@@ -87,9 +89,13 @@ class WorkloadSpec:
     kind: str
     params: dict[str, Any] = field(default_factory=dict)
 
-    def create(self) -> Workload:
-        """A fresh workload object (each run needs its own)."""
-        return KINDS[self.kind](**self.params)
+    def create(self, seed: int | None = None) -> Workload:
+        """A fresh workload object (each run needs its own); `seed` is its seed unless the
+        table gives one (kinds without a seed parameter ignore it)."""
+        params = dict(self.params)
+        if seed is not None and "seed" in inspect.signature(KINDS[self.kind]).parameters:
+            params.setdefault("seed", seed)
+        return KINDS[self.kind](**params)
 
 
 @dataclass
@@ -261,11 +267,14 @@ class MachineSpec:
 
 @dataclass
 class RunSpec:
-    """The [run] table."""
+    """The [run] table (seed None: each run draws one)."""
     duration: float = 20.0
     every: float = 1.0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.seed is not None:
+            check_seed(self.seed)
         for name in ("duration", "every"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value > 0):
@@ -521,21 +530,30 @@ def _show(value: object) -> str:
 
 # -- running -----------------------------------------------------------------------------
 
-def launch(scenario: Scenario) -> Machine:
+def launch(scenario: Scenario, seed: int | None = None) -> Machine:
     """Creates the scenario's machine and VMs and starts their workloads; errors name the
-    field (e.g. a working set larger than its VM), and leave no machine behind."""
+    field (e.g. a working set larger than its VM), and leave no machine behind. `seed`
+    (default: the file's [run] seed, else drawn) seeds the machine and every workload whose
+    table gives no seed of its own, each with a seed derived by name (uvm/seeds.py)."""
+    seed = run_seed(scenario) if seed is None else check_seed(seed)
     try:
         policy = scenario.policy.build() if scenario.policy is not None else False
         with _at("machine"):
-            machine = Machine(**scenario.machine.kwargs(), policy=policy)
+            machine = Machine(**scenario.machine.kwargs(), policy=policy,
+                              seed=derive(seed, "machine"))
     except ValueError as e:
         raise ScenarioError(f"{scenario.source}: {e}") from e
     try:
-        _populate(machine, scenario)
+        _populate(machine, scenario, seed)
     except BaseException:
         machine.close()
         raise
     return machine
+
+
+def run_seed(scenario: Scenario) -> int:
+    """The file's [run] seed, or a fresh one."""
+    return new_seed() if scenario.run.seed is None else scenario.run.seed
 
 
 def _schedule(vm: VM, steps: list[BalloonStep]) -> None:
@@ -550,7 +568,7 @@ def _set_target(vm: VM, pages: int) -> None:
     vm.balloon.target = pages
 
 
-def _populate(machine: Machine, scenario: Scenario) -> None:
+def _populate(machine: Machine, scenario: Scenario, seed: int) -> None:
     for i, spec in enumerate(scenario.vms):
         try:
             with _at(f"vm[{i}]"):
@@ -564,6 +582,6 @@ def _populate(machine: Machine, scenario: Scenario) -> None:
                 _schedule(vm, spec.balloon)
             if spec.workload is not None:
                 with _at(f"vm[{i}].workload"):
-                    vm.run(spec.workload.create())
+                    vm.run(spec.workload.create(derive(seed, "vm", spec.name)))
         except ValueError as e:
             raise ScenarioError(f"{scenario.source}: {e}") from e

@@ -15,9 +15,12 @@ from collections import deque
 from typing import TYPE_CHECKING, ClassVar
 
 from uvm.errors import VMStopped
+from uvm.seeds import check_seed
 
 if TYPE_CHECKING:
     from uvm.vm import VM
+
+__all__ = ["Workload", "Run", "check_fraction", "check_seed", "check_guarded"]
 
 RATE_WINDOW = 1.0   # seconds over which ops_per_s is measured
 BLOCKED_POLL = 0.05  # seconds between checks for stop while the VM is blocked
@@ -42,13 +45,6 @@ def check_fraction(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name}: must be a number in [0, 1], got {value!r}")
     return float(value)
-
-
-def check_seed(value: object) -> int:
-    """Returns a seed; ValueError unless it is a non-negative integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {value!r}")
-    return value
 
 
 def check_guarded(vm: VM, result: int) -> int:

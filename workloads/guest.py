@@ -4,7 +4,6 @@ its OS (uvm.guest.boot) before one starts."""
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from uvm._binding import ffi
 from uvm.errors import UvmError
 from uvm.guest.pagecache import File
 from uvm.guest.process import Process
+from uvm.seeds import new_seed
 from uvm.sizes import PAGE_SIZE, parse_pages
 from uvm.vm import VM
 from workloads.base import Workload, check_fraction, check_seed
@@ -40,7 +40,8 @@ def pick(rng: random.Random, pattern: str, set_pages: int, cursor: int, n: int) 
 
 
 def _seed(seed: int | None) -> int:
-    return int.from_bytes(os.urandom(8), "little") if seed is None else check_seed(seed)
+    """The seed given, or one drawn from the OS."""
+    return new_seed() if seed is None else check_seed(seed)
 
 
 class GuestWorkingSet(Workload):
@@ -60,9 +61,9 @@ class GuestWorkingSet(Workload):
         self.phases = [(float(s), parse_pages(z, "phases")) for s, z in phases or []]
         if any(s <= 0 for s, _ in self.phases):
             raise ValueError("phases: every phase must last > 0 seconds")
-        seed = _seed(seed)
-        self._rng = random.Random(seed)
-        self._crng = ffi.new("uint64_t[1]", [seed | 1])
+        self.seed = _seed(seed)
+        self._rng = random.Random(self.seed)
+        self._crng = ffi.new("uint64_t[1]", [self.seed | 1])
         self._cursor = 0
         self._elapsed = 0.0
         self.proc: Process | None = None
@@ -126,7 +127,8 @@ class FileCache(Workload):
         self.write_size = write_size
         self.sync_every = sync_every
         self.ops_per_step = ops_per_step
-        self._rng = random.Random(_seed(seed))
+        self.seed = _seed(seed)
+        self._rng = random.Random(self.seed)
         self._cursor = 0
         self._ops = 0
         self.files: list[File] = []

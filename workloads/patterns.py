@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import ClassVar
 
 from uvm._binding import ffi, lib
+from uvm.seeds import new_seed
 from uvm.sizes import PAGE_SIZE, parse_pages
 from uvm.vm import VM
 from workloads.base import Workload, check_fraction, check_guarded, check_seed
@@ -19,7 +19,9 @@ OPS_PER_STEP = 4096
 class WorkingSet(Workload):
     """Touches pages of a working set of `size` bytes forever (until stopped): one op is
     one page touched, a write with probability `write_fraction`. Patterns: sequential,
-    random (uniform), zipf (s = 1: a few pages very hot, a long cold tail)."""
+    random (uniform), zipf (s = 1: a few pages very hot, a long cold tail). The sequence of
+    pages and of reads and writes is a function of `seed` (default: drawn from the OS, then
+    kept in `self.seed`)."""
 
     kind: ClassVar[str] = "working-set"
 
@@ -30,8 +32,8 @@ class WorkingSet(Workload):
             raise ValueError(f"pattern: must be one of {sorted(PATTERNS)}, got {pattern!r}")
         self.pattern = pattern
         self.write_fraction = check_fraction(write_fraction, "write_fraction")
-        seed = int.from_bytes(os.urandom(8), "little") | 1 if seed is None else check_seed(seed)
-        self._rng = ffi.new("uint64_t[2]", [seed or 1, 0])
+        self.seed = new_seed() if seed is None else check_seed(seed)
+        self._rng = ffi.new("uint64_t[2]", [self.seed or 1, 0])
 
     def start(self, vm: VM) -> None:
         if self.set_pages > vm.pages:

@@ -2,19 +2,21 @@
 `uvm experiment NAME [--quick] [--out DIR]`. Each prints its numbers as it goes, writes them
 to DIR/results.json, and draws DIR/NAME.png. `--quick` is a smaller run (about a minute).
 
-An experiment is a module here with a `run(quick, log) -> dict` that returns JSON-able
-results and a `plot(results, path)` that draws them; REGISTRY names them."""
+An experiment is a module here with `params(quick)`, a `run(trial) -> dict` that returns
+JSON-able results (uvm.experiments.base.Trial: quick, seed, log, progress), a
+`plot(results, path)` that draws them and `figures(results)`, its key numbers; REGISTRY
+names them. `--seed N` seeds every machine and workload of the run, `--repeat N` runs it N
+times and reports the median and spread of the key figures (runner.py)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from uvm.experiments import (balloon, balloon_vs_paging, idle_tax, reallocation, sharing,
-                             working_set)
-from uvm.experiments.base import Experiment, MissingExtra, pyplot
+                             runner, working_set)
+from uvm.experiments.base import Experiment, MissingExtra, Trial
 
 REGISTRY: dict[str, Experiment] = {e.name: e for e in (sharing.EXPERIMENT, balloon.EXPERIMENT,
                                                          balloon_vs_paging.EXPERIMENT,
@@ -22,18 +24,14 @@ REGISTRY: dict[str, Experiment] = {e.name: e for e in (sharing.EXPERIMENT, ballo
                                                          working_set.EXPERIMENT,
                                                          reallocation.EXPERIMENT)}
 
-__all__ = ["REGISTRY", "Experiment", "MissingExtra", "run"]
+__all__ = ["REGISTRY", "Experiment", "MissingExtra", "Trial", "run"]
 
 
-def run(name: str, quick: bool, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    """Runs experiment `name`, writes out/results.json and out/NAME.png; returns the results."""
+def run(name: str, quick: bool, out: Path, log: Callable[[str], None], seed: int | None = None,
+        repeat: int = 1) -> dict[str, Any]:
+    """Runs experiment `name` `repeat` times (seeded with seed, seed+1, ...; default: a seed
+    drawn and recorded), writes out/results.json and out/NAME.png; returns the results
+    (uvm/experiments/runner.py)."""
     if name not in REGISTRY:
         raise ValueError(f"experiment: must be one of {sorted(REGISTRY)}, got {name!r}")
-    exp = REGISTRY[name]
-    pyplot()                    # fail before a long run, not after it
-    out.mkdir(parents=True, exist_ok=True)
-    results = exp.run(quick, log)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    exp.plot(results, out / f"{name}.png")
-    log(f"wrote {out / 'results.json'} and {out / (name + '.png')}")
-    return results
+    return runner.run(REGISTRY[name], quick, out, log, seed, repeat)

@@ -14,12 +14,11 @@ difference is the cost of running ballooned."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvm.guest
-from uvm.experiments.base import Experiment, pyplot
+from uvm.experiments.base import Experiment, Trial, pyplot
 from uvm.machine import Machine
 from uvm.sizes import PAGE_SIZE
 from workloads import FileCache
@@ -30,17 +29,20 @@ MIB = 1 << 20
 def params(quick: bool) -> dict[str, Any]:
     return {"large_mib": 64, "sizes_mib": [24, 36, 48] if quick else [24, 32, 40, 48, 56],
             "files": 12, "file_mib": 4, "warmup_s": 4.0 if quick else 6.0,
-            "measure_s": 6.0 if quick else 12.0, "disk_latency_s": 200e-6, "seed": 42}
+            "measure_s": 6.0 if quick else 12.0, "disk_latency_s": 200e-6}
 
 
-def measure(size_mib: int, p: dict[str, Any], ballooned_first: bool) -> dict[str, dict[str, Any]]:
+def measure(size_mib: int, p: dict[str, Any], ballooned_first: bool,
+            trial: Trial) -> dict[str, dict[str, Any]]:
     """Two guests side by side on one machine, measured over the same window (so that both
     see the same host noise): one configured with size_mib, one of large_mib ballooned
-    down to size_mib. ballooned_first: which guest is created and started first."""
+    down to size_mib. ballooned_first: which guest is created and started first.
+    Both run the workload with the same seed."""
     sizes = {"configured": size_mib, "ballooned": p["large_mib"]}
     if ballooned_first:
         sizes = dict(reversed(sizes.items()))
-    with Machine(memory=f"{size_mib + p['large_mib'] + 16}MiB") as m:
+    with Machine(memory=f"{size_mib + p['large_mib'] + 16}MiB",
+                 seed=trial.seed_for("machine", size_mib)) as m:
         vms = {k: m.create_vm(k, memory=f"{mib}MiB") for k, mib in sizes.items()}
         for k, vm in vms.items():
             uvm.guest.boot(vm, disk=f"{p['files'] * p['file_mib'] + sizes[k]}MiB",
@@ -49,7 +51,8 @@ def measure(size_mib: int, p: dict[str, Any], ballooned_first: bool) -> dict[str
         big.balloon.target = (p["large_mib"] - size_mib) * MIB // PAGE_SIZE
         while big.balloon.size != big.balloon.target:
             time.sleep(0.02)
-        runs = {k: vm.run(FileCache(files=p["files"], file_size=f"{p['file_mib']}MiB", seed=p["seed"]))
+        runs = {k: vm.run(FileCache(files=p["files"], file_size=f"{p['file_mib']}MiB",
+                                    seed=trial.seed_for("file-cache", size_mib)))
                 for k, vm in vms.items()}
         time.sleep(p["warmup_s"])
         ops0, t0 = {k: r.ops for k, r in runs.items()}, time.monotonic()
@@ -66,7 +69,8 @@ def measure(size_mib: int, p: dict[str, Any], ballooned_first: bool) -> dict[str
                 "host_swapouts": st["swapouts"]} for k, st in stats.items()}
 
 
-def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def run(trial: Trial) -> dict[str, Any]:
+    quick, log = trial.quick, trial.log
     p = params(quick)
     log(f"ballooning: file-cache workload ({p['files']} files of {p['file_mib']} MiB, zipf), a guest "
         f"configured with X MiB beside one of {p['large_mib']} MiB ballooned down to X")
@@ -74,7 +78,8 @@ def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
         f"{'balloon MiB':>12} {'misses c/b':>14} {'host swapouts':>14}")
     rows = []
     for i, x in enumerate(p["sizes_mib"]):
-        r = measure(x, p, ballooned_first=i % 2 == 1)
+        trial.progress(i / len(p["sizes_mib"]), f"X = {x} MiB")
+        r = measure(x, p, ballooned_first=i % 2 == 1, trial=trial)
         conf, ball = r["configured"], r["ballooned"]
         ratio = ball["ops_per_s"] / conf["ops_per_s"]
         row = {"size_mib": x, "configured": conf, "ballooned": ball, "ratio": ratio,
@@ -111,5 +116,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def figures(results: dict[str, Any]) -> dict[str, float | None]:
+    """The largest throughput difference, and the ballooned/configured ratio at each X."""
+    out: dict[str, float | None] = {"max_abs_diff_pct": results["max_abs_diff_pct"]}
+    out.update({f"ratio_{r['size_mib']}mib": r["ratio"] for r in results["rows"]})
+    return out
+
+
 EXPERIMENT = Experiment("balloon", "a guest ballooned down to X against one configured with X",
-                        run, plot)
+                        params, run, plot, figures)

@@ -18,12 +18,11 @@ same latency per request (`disk_latency_s`): both are disks, as in the paper."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvm.guest
-from uvm.experiments.base import Experiment, pyplot
+from uvm.experiments.base import Experiment, Trial, pyplot
 from uvm.machine import Machine
 from uvm.sizes import PAGE_SIZE
 from workloads import FileCache, GuestIdle, GuestWorkingSet
@@ -36,13 +35,14 @@ def params(quick: bool) -> dict[str, Any]:
     return {"vm_mib": 64, "machine_mib": [32] if quick else [48, 40, 32, 24], "cold_mib": 48,
             "hot_mib": 16, "files": 4, "file_mib": 4, "file_write_fraction": 0.5,
             "warmup_s": 4.0 if quick else 6.0, "measure_s": 6.0 if quick else 10.0,
-            "disk_latency_s": 200e-6, "seed": 7}
+            "disk_latency_s": 200e-6}
 
 
-def measure(machine_mib: int, mode: str, p: dict[str, Any]) -> dict[str, Any]:
+def measure(machine_mib: int, mode: str, p: dict[str, Any], trial: Trial) -> dict[str, Any]:
     """One run of the mix in a guest of vm_mib on a machine of machine_mib, reclaiming by
     `mode` ('balloon' or 'paging')."""
-    with Machine(memory=f"{machine_mib}MiB", swap_latency=p["disk_latency_s"]) as m:
+    with Machine(memory=f"{machine_mib}MiB", swap_latency=p["disk_latency_s"],
+                 seed=trial.seed_for("machine", machine_mib, mode)) as m:
         vm = m.create_vm("guest", memory=f"{p['vm_mib']}MiB")
         uvm.guest.boot(vm, disk=f"{2 * p['vm_mib'] + p['files'] * p['file_mib']}MiB",
                        disk_latency=p["disk_latency_s"], balloon=mode == "balloon",
@@ -56,9 +56,10 @@ def measure(machine_mib: int, mode: str, p: dict[str, Any]) -> dict[str, Any]:
         while not cold.written:
             time.sleep(0.02)
         runs = {"hot": vm.run(GuestWorkingSet(f"{p['hot_mib']}MiB", pattern="zipf", write_fraction=0.3,
-                                              seed=p["seed"])),
+                                              seed=trial.seed_for("hot", machine_mib))),
                 "files": vm.run(FileCache(files=p["files"], file_size=f"{p['file_mib']}MiB",
-                                          write_fraction=p["file_write_fraction"], seed=p["seed"]))}
+                                          write_fraction=p["file_write_fraction"],
+                                          seed=trial.seed_for("files", machine_mib)))}
         time.sleep(p["warmup_s"])
         ops0, t0 = {k: r.ops for k, r in runs.items()}, time.monotonic()
         time.sleep(p["measure_s"])
@@ -77,7 +78,8 @@ def measure(machine_mib: int, mode: str, p: dict[str, Any]) -> dict[str, Any]:
             "resident_pages": st["resident"], "measure_s": t1 - t0}
 
 
-def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def run(trial: Trial) -> dict[str, Any]:
+    quick, log = trial.quick, trial.log
     p = params(quick)
     log(f"ballooning vs host paging: a {p['vm_mib']} MiB guest ({p['cold_mib']} MiB cold data, "
         f"{p['hot_mib']} MiB hot zipf working set, {p['files']} x {p['file_mib']} MiB files) on a "
@@ -86,14 +88,15 @@ def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"{'X MiB':>6} {'mode':>8} {'hot op/s':>9} {'file op/s':>10} {'host in':>8} {'host out':>9} "
         f"{'guest in':>9} {'guest out':>10} {'double':>7} {'balloon MiB':>12}")
     rows = []
-    for x in p["machine_mib"]:
-        for mode in ("balloon", "paging"):
-            r = measure(x, mode, p)
-            rows.append(r)
-            log(f"{x:>6} {mode:>8} {r['hot_ops_per_s']:>9.0f} {r['file_ops_per_s']:>10.0f} "
-                f"{r['host_swapins']:>8} {r['host_swapouts']:>9} {r['guest_swapins']:>9} "
-                f"{r['guest_swapouts']:>10} {r['double_paging']:>7} "
-                f"{r['balloon_pages'] * PAGE_SIZE / MIB:>12.1f}")
+    runs = [(x, mode) for x in p["machine_mib"] for mode in ("balloon", "paging")]
+    for i, (x, mode) in enumerate(runs):
+        trial.progress(i / len(runs), f"{x} MiB, {mode}")
+        r = measure(x, mode, p, trial)
+        rows.append(r)
+        log(f"{x:>6} {mode:>8} {r['hot_ops_per_s']:>9.0f} {r['file_ops_per_s']:>10.0f} "
+            f"{r['host_swapins']:>8} {r['host_swapouts']:>9} {r['guest_swapins']:>9} "
+            f"{r['guest_swapouts']:>10} {r['double_paging']:>7} "
+            f"{r['balloon_pages'] * PAGE_SIZE / MIB:>12.1f}")
     return {"experiment": "balloon-vs-paging", "quick": quick, "params": p, "rows": rows}
 
 
@@ -120,5 +123,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def figures(results: dict[str, Any]) -> dict[str, float | None]:
+    """The hot working set's and the files' throughput, by machine size and mode."""
+    return {f"{what}_ops_per_s_{r['machine_mib']}mib_{r['mode']}": r[f"{what}_ops_per_s"]
+            for r in results["rows"] for what in ("hot", "file")}
+
+
 EXPERIMENT = Experiment("balloon-vs-paging", "the same guest reclaimed by ballooning or by host paging",
-                        run, plot)
+                        params, run, plot, figures)

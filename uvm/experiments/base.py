@@ -1,25 +1,51 @@
-"""What every experiment shares: its description, and matplotlib on demand."""
+"""What every experiment shares: its description, the trial it runs, and matplotlib on
+demand."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from uvm.errors import UvmError
+from uvm.seeds import derive
 
 
 class MissingExtra(UvmError):
     """An optional dependency (an extra of the package) is not installed."""
 
 
+def _no_progress(done: float, what: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run of an experiment: quick or full, its seed (every machine and workload seed
+    of the run derives from it: `seed_for`), where its printed lines go, and `progress`,
+    which it calls with the fraction of the run done and what it is doing."""
+    quick: bool
+    seed: int
+    log: Callable[[str], None]
+    progress: Callable[[float, str], None] = field(default=_no_progress)
+
+    def seed_for(self, *path: object) -> int:
+        """The seed of the part named by `path` (e.g. "vm", 3), derived from the trial's."""
+        return derive(self.seed, *path)
+
+
 @dataclass(frozen=True)
 class Experiment:
+    """An experiment: `params(quick)` its parameters, `run(trial)` its results (JSON-able,
+    with "experiment", "quick" and "params"), `plot(results, path)` its figure, and
+    `figures(results)` its key numbers, of which --repeat reports the median and spread."""
     name: str
     help: str
-    run: Callable[[bool, Callable[[str], None]], dict[str, Any]]
+    params: Callable[[bool], dict[str, Any]]
+    run: Callable[[Trial], dict[str, Any]]
     plot: Callable[[dict[str, Any], Path], None]
+    figures: Callable[[dict[str, Any]], dict[str, float | None]]
 
 
 def pyplot() -> Any:

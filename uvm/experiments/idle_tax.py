@@ -12,11 +12,10 @@ run fits in a minute; the mechanism is the same as at ESX's 30 s / 15 s."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from uvm.experiments.base import Experiment, pyplot
+from uvm.experiments.base import Experiment, Trial, pyplot
 from uvm.machine import Machine
 from uvm.scheduler import MemoryPolicy
 from uvm.sizes import PAGE_SIZE
@@ -29,10 +28,11 @@ def params(quick: bool) -> dict[str, Any]:
     return {"machine_mib": 64, "vm_mib": 48, "busy_set_mib": 40, "idle_touch_mib": 40,
             "pattern": "zipf", "shares": 1000, "taus": [0.0, 0.75],
             "phase_s": 18.0 if quick else 40.0, "every_s": 0.5, "sample_period_s": 1.0,
-            "target_period_s": 1.0, "tick_s": 0.25, "seed": 7}
+            "target_period_s": 1.0, "tick_s": 0.25}
 
 
-def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def run(trial: Trial) -> dict[str, Any]:
+    quick, log = trial.quick, trial.log
     p = params(quick)
     log(f"idle memory tax: two {p['vm_mib']} MiB VMs with {p['shares']} shares each on a "
         f"{p['machine_mib']} MiB machine; 'busy' touches {p['busy_set_mib']} MiB at random, 'idle' "
@@ -42,15 +42,15 @@ def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
                           target_period=p["target_period_s"], tick=p["tick_s"])
     timeline: list[dict[str, Any]] = []
     phases: list[dict[str, Any]] = []
-    with Machine(memory=f"{p['machine_mib']}MiB", policy=policy) as m:
+    with Machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
         assert m.scheduler is not None
         busy = m.create_vm("busy", memory=f"{p['vm_mib']}MiB", shares=p["shares"])
         idle = m.create_vm("idle", memory=f"{p['vm_mib']}MiB", shares=p["shares"])
-        idle.run(Idle(touch=f"{p['idle_touch_mib']}MiB", seed=p["seed"]))
+        idle.run(Idle(touch=f"{p['idle_touch_mib']}MiB", seed=trial.seed_for("idle")))
         while idle.stats()["resident"] < p["idle_touch_mib"] * MIB // PAGE_SIZE:
             time.sleep(0.05)
         work = busy.run(WorkingSet(size=f"{p['busy_set_mib']}MiB", pattern=p["pattern"],
-                                   seed=p["seed"]))
+                                   seed=trial.seed_for("busy")))
         log(f"{'t s':>6} {'tau':>5} {'state':>5} {'busy MiB':>9} {'target':>7} {'f':>5} "
             f"{'idle MiB':>9} {'target':>7} {'f':>5} {'busy op/s':>11}")
         start = time.monotonic()
@@ -60,6 +60,7 @@ def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
             marks: list[tuple[float, int]] = []
             for snap in m.watch(p["phase_s"] - 1e-3, every=p["every_s"]):
                 t = time.monotonic() - start
+                trial.progress(t / (len(p["taus"]) * p["phase_s"]), f"tau {tau}")
                 if t - t_phase >= p["phase_s"] / 2:
                     marks.append((t, work.ops))
                 row = {"t": round(t, 2), "tau": tau, "state": snap.machine["state"],
@@ -122,5 +123,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def figures(results: dict[str, Any]) -> dict[str, float | None]:
+    """The busy VM's speed-up with the tax, and its memory at the end of each phase."""
+    out: dict[str, float | None] = {"speedup": results["speedup"]}
+    out.update({f"busy_mib_tau_{ph['tau']:g}": ph["busy_mib"] for ph in results["phases"]})
+    return out
+
+
 EXPERIMENT = Experiment("idle-tax", "two VMs, one idle: memory moves to the busy one with the tax",
-                        run, plot)
+                        params, run, plot, figures)

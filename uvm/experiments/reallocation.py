@@ -11,12 +11,11 @@ Every VM boots the toy guest OS with its balloon driver and runs a memory-hungry
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvm.guest
-from uvm.experiments.base import Experiment, pyplot
+from uvm.experiments.base import Experiment, Trial, pyplot
 from uvm.machine import Machine
 from uvm.policy.states import STATES
 from uvm.scheduler import MemoryPolicy
@@ -38,15 +37,16 @@ def params(quick: bool) -> dict[str, Any]:
             "end_s": 42 * scale}
 
 
-def start_vm(m: Machine, name: str, p: dict[str, Any]) -> VM:
+def start_vm(m: Machine, name: str, p: dict[str, Any], trial: Trial) -> VM:
     vm = m.create_vm(name, memory=f"{p['vm_mib']}MiB")
     uvm.guest.boot(vm, balloon_period=p["balloon_period_s"])
     vm.run(GuestWorkingSet(size=f"{p['set_mib']}MiB", pattern="random", write_fraction=0.2,
-                           seed=ord(name)))
+                           seed=trial.seed_for("vm", name)))
     return vm
 
 
-def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def run(trial: Trial) -> dict[str, Any]:
+    quick, log = trial.quick, trial.log
     p = params(quick)
     log(f"dynamic reallocation: {p['vm_mib']} MiB guests (toy OS, balloon driver, a "
         f"{p['set_mib']} MiB working set each) started and stopped on a {p['machine_mib']} MiB "
@@ -57,15 +57,16 @@ def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
     names = sorted({name for _, _, name in p["events"]})
     log(f"{'t s':>6} {'state':>5} {'free %':>6}  " +
         "  ".join(f"{n + ' alloc/target/balloon/swapped MiB':>34}" for n in names))
-    with Machine(memory=f"{p['machine_mib']}MiB", policy=policy) as m:
+    with Machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
         events = list(p["events"])
         start = time.monotonic()
         for snap in m.watch(p["end_s"], every=p["every_s"]):
             t = time.monotonic() - start
+            trial.progress(t / p["end_s"], "reallocating")
             while events and events[0][0] <= t:
                 _, what, name = events.pop(0)
                 if what == "start":
-                    start_vm(m, name, p)
+                    start_vm(m, name, p, trial)
                 else:
                     m.destroy_vm(name)
                 log(f"{t:>6.1f} {what} {name}")
@@ -134,5 +135,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def figures(results: dict[str, Any]) -> dict[str, float | None]:
+    """Seconds spent in each reclamation state."""
+    return {f"time_in_{state}_s": s for state, s in results["time_in_state_s"].items()}
+
+
 EXPERIMENT = Experiment("reallocation", "VMs started and stopped: free memory, states, allocations",
-                        run, plot)
+                        params, run, plot, figures)

@@ -17,11 +17,10 @@ is chosen to be comparable."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from uvm.experiments.base import Experiment, pyplot
+from uvm.experiments.base import Experiment, Trial, pyplot
 from uvm.machine import Machine
 from uvm.sizes import PAGE_SIZE, parse_size
 from workloads import OSImage
@@ -34,12 +33,13 @@ def params(quick: bool) -> dict[str, Any]:
             "run_seconds": 0.5 if quick else 1.0}
 
 
-def measure(n: int, p: dict[str, Any]) -> dict[str, Any]:
+def measure(n: int, p: dict[str, Any], trial: Trial) -> dict[str, Any]:
     """Boots n VMs, shares until converged, returns the counts."""
     per_vm = sum(parse_size(p[k], k) for k in ("image", "private", "zeroed"))
-    with Machine(memory=n * per_vm + 32 * MIB, reclaim=False) as m:
+    with Machine(memory=n * per_vm + 32 * MIB, reclaim=False, seed=trial.seed_for("machine", n)) as m:
         vms = [m.create_vm(f"vm{i}", memory=per_vm + 2 * MIB) for i in range(n)]
-        runs = [vm.run(OSImage(image=p["image"], private=p["private"], zeroed=p["zeroed"], seed=i + 1))
+        runs = [vm.run(OSImage(image=p["image"], private=p["private"], zeroed=p["zeroed"],
+                                    seed=trial.seed_for("vm", i)))
                 for i, vm in enumerate(vms)]
         while not all(r.workload.booted or r.done for r in runs):   # type: ignore[attr-defined]
             time.sleep(0.02)
@@ -65,7 +65,8 @@ def measure(n: int, p: dict[str, Any]) -> dict[str, Any]:
             "scan_passes": passes, "scan_wall_s": scan_wall, "scan_cpu_s": scan_cpu}
 
 
-def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def run(trial: Trial) -> dict[str, Any]:
+    quick, log = trial.quick, trial.log
     p = params(quick)
     log(f"page sharing: 1..{p['max_vms']} identical VMs, each booting a {p['image']} OS image "
         f"with {p['private']} private data and {p['zeroed']} zeroed")
@@ -73,7 +74,8 @@ def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
         f"{'saved %':>8} {'zero pg':>8} {'COW':>6} {'scan s':>7}")
     rows = []
     for n in range(1, p["max_vms"] + 1):
-        r = measure(n, p)
+        trial.progress((n - 1) / p["max_vms"], f"{n} VMs")
+        r = measure(n, p, trial)
         rows.append(r)
         log(f"{n:>4} {r['pages_in_use'] * PAGE_SIZE / MIB:>11.1f} {r['shared_mib']:>11.1f} "
             f"{r['saved_mib']:>10.1f} {r['shared_pct']:>9.1f} {r['saved_pct']:>8.1f} "
@@ -105,4 +107,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-EXPERIMENT = Experiment("sharing", "memory shared and saved by 1..N identical VMs", run, plot)
+def figures(results: dict[str, Any]) -> dict[str, float | None]:
+    """With the most VMs: the share of memory in use that is shared, and that is saved."""
+    last = results["rows"][-1]
+    return {"shared_pct": last["shared_pct"], "saved_pct": last["saved_pct"]}
+
+
+EXPERIMENT = Experiment("sharing", "memory shared and saved by 1..N identical VMs", params, run,
+                        plot, figures)

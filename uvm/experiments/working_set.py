@@ -13,11 +13,10 @@ exact), on a machine large enough that nothing is reclaimed. Sampling runs at th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from uvm.experiments.base import Experiment, pyplot
+from uvm.experiments.base import Experiment, Trial, pyplot
 from uvm.machine import Machine
 from uvm.policy.estimate import PaperEstimator
 from uvm.scheduler import MemoryPolicy
@@ -35,7 +34,8 @@ def params(quick: bool) -> dict[str, Any]:
                        ((0.1, 6), (0.6, 8), (0.3, 10), (0.8, 6), (0.1, 14))]}
 
 
-def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def run(trial: Trial) -> dict[str, Any]:
+    quick, log = trial.quick, trial.log
     p = params(quick)
     log(f"working-set estimation: a {p['vm_mib']} MiB VM, working set in phases "
         f"{', '.join(f'{f:.0%} for {s:.0f} s' for f, s in p['phases'])}; sampling "
@@ -44,23 +44,25 @@ def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
                           tick=p["every_s"] / 2, estimator=PaperEstimator)
     timeline: list[dict[str, Any]] = []
     phases: list[dict[str, Any]] = []
-    with Machine(memory=f"{p['machine_mib']}MiB", policy=policy) as m:
+    with Machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
         vm = m.create_vm("vm", memory=f"{p['vm_mib']}MiB")
-        vm.run(Fill(seed=1)).join(60)
+        vm.run(Fill(seed=trial.seed_for("fill"))).join(60)
         assert vm.sampler is not None
         est = PaperEstimator()
         vm.sampler.restart(est)             # what the fill touched is not a working set
         log(f"{'t s':>6} {'true':>5} {'slow':>5} {'fast':>5} {'fast+':>5} {'f':>5}")
         start = time.monotonic()
+        total = sum(s for _, s in p["phases"])
         for fraction, seconds in p["phases"]:
             set_pages = max(1, int(vm.pages * fraction))
             work = vm.run(WorkingSet(size=set_pages * 4096, pattern=p["pattern"],
-                                     write_fraction=0.2, seed=3))
+                                     write_fraction=0.2, seed=trial.seed_for("working-set")))
             t_phase = time.monotonic() - start
             rows = []
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 time.sleep(p["every_s"])
+                trial.progress((time.monotonic() - start) / total, f"working set {fraction:.0%}")
                 true = set_pages / max(1, vm.stats()["resident"])
                 row = {"t": round(time.monotonic() - start, 2), "true": round(true, 4),
                        "slow": est.slow, "fast": est.fast, "current": round(est.current, 4),
@@ -114,5 +116,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def figures(results: dict[str, Any]) -> dict[str, float | None]:
+    """How far the settled estimate is from the truth, on average over the phases."""
+    errors = [ph["settled_abs_error"] for ph in results["phases"]
+              if ph["settled_abs_error"] is not None]
+    return {"settled_abs_error": sum(errors) / len(errors) if errors else None}
+
+
 EXPERIMENT = Experiment("working-set", "the sampler's estimate against a changing working set",
-                        run, plot)
+                        params, run, plot, figures)

@@ -14,10 +14,15 @@
     vm.zipf.workload.size = ["32MiB", "48MiB"]  # [[vm]] entries by name (or index)
 
 Instead of [grid], `points = [{ "policy.tax_rate" = 0 }, ...]` lists the points one by one.
-A metric is a path into what a trial ends with: `machine.FIELD` (Machine.stats()),
-`vm.NAME.FIELD` (the VM's counters, `ops`, `ops_per_s`, `resident`...), `elapsed`; for an
-experiment, a path into its results.json. Experiments take no parameters (the grid is
+A metric is a path into the last sample of a trial, in the timeline's fields (docs/record.md:
+units in the names, which are deterministic): `machine.FIELD` (`machine.swapins`,
+`machine.saved_pages`...), `vm.NAME.FIELD` (`vm.zipf.ops_per_s`, `vm.idle.resident_pages`,
+`vm.web1.policy.target_pages`...), `t_s`; for an experiment, a path into its results.json,
+or `figures.NAME` for one of its key figures. Experiments take no parameters (the grid is
 empty; seeds and repeats run it again).
+
+The trial's seed seeds the scenario (`uvm run --seed`): the same seed, the same guest
+operations. Repeats run the same seed again (timings vary).
 
 Every point is applied to the scenario and checked before the first trial starts: a bad
 path or value is one line naming the grid field and what is wrong.

@@ -8,11 +8,10 @@ cannot touch the next.
 
 from __future__ import annotations
 
-import copy
-import inspect
 import json
 import os
 import socket
+import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -22,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from uvm import scenario as scenarios
-from uvm.sizes import PAGE_SIZE, parse_size
+from uvm.sizes import parse_size
 from uvm.sweep.grid import Grid, Point, Value
-from workloads import KINDS
 
-SEED_STRIDE = 1000      # a VM's workload seed: trial seed * SEED_STRIDE + VM index + 1
+SAMPLE_EVERY = 0.25     # seconds between looks at a running trial (has it settled?)
 
 
 @dataclass(frozen=True)
@@ -43,6 +41,7 @@ class Trial:
     experiment: str | None = None
     quick: bool = True
     memory: int = 0                     # bytes of host memory it needs (machine + swap)
+    argv: tuple[str, ...] = ()          # the sweep's command line, for the run record
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,15 +66,17 @@ def plan(grid: Grid, folder: Path) -> list[Trial]:
                              f"got {grid.experiment!r}")
         memory = parse_size(grid.trial_memory or "1GiB", "trial_memory")
         return [Trial({}, seed, r, grid.metrics, experiment=grid.experiment, quick=grid.quick,
-                      memory=memory) for seed in grid.seeds for r in range(grid.repeats)]
+                      memory=memory, argv=tuple(sys.argv))
+                for seed in grid.seeds for r in range(grid.repeats)]
     text, source, base = _scenario_text(grid.scenario, folder)
     trials = []
     for point in grid.points:
-        spec = configure(text, source, base, point, grid.seeds[0])
+        spec = configure(text, source, base, point)
         memory = (parse_size(grid.trial_memory, "trial_memory") if grid.trial_memory is not None
                   else footprint(spec))
         duration = grid.duration or spec.run.duration
-        trials += [Trial(point, seed, r, grid.metrics, text, source, base, duration, memory=memory)
+        trials += [Trial(point, seed, r, grid.metrics, text, source, base, duration, memory=memory,
+                         argv=tuple(sys.argv))
                    for seed in grid.seeds for r in range(grid.repeats)]
     return trials
 
@@ -91,12 +92,10 @@ def _scenario_text(name: str | None, folder: Path) -> tuple[str, str, str | None
         raise ValueError(f"scenario: cannot read {str(path)!r}: {e}") from e
 
 
-def configure(text: str, source: str, base: str | None, point: Point,
-              seed: int) -> scenarios.Scenario:
-    """The scenario with `point` applied and every workload seeded from `seed`; ValueError
-    "grid.PATH: reason" when a path does not fit the scenario or a value is refused."""
+def configure(text: str, source: str, base: str | None, point: Point) -> scenarios.Scenario:
+    """The scenario with `point` applied; ValueError "grid.PATH: reason" when a path does
+    not fit the scenario or a value is refused."""
     doc = tomllib.loads(text)
-    doc = seeded(doc, seed)
     for path, value in point.items():
         try:
             put(doc, path, value)
@@ -106,20 +105,6 @@ def configure(text: str, source: str, base: str | None, point: Point,
         return scenarios.parse(doc, source, Path(base) if base else None)
     except ValueError as e:
         raise ValueError(f"grid {_show(point)}: {e}") from None
-
-
-def seeded(doc: dict[str, Any], seed: int) -> dict[str, Any]:
-    """A copy of the scenario in which every workload that takes a seed gets one derived
-    from `seed` and its VM's index (so two VMs running the same workload differ, and the
-    same trial seed gives the same guest operations); a seed the grid sets wins."""
-    doc = copy.deepcopy(doc)
-    for i, vm in enumerate(doc.get("vm", [])):
-        wl = vm.get("workload") if isinstance(vm, dict) else None
-        cls = KINDS.get(wl.get("kind", "")) if isinstance(wl, dict) else None
-        if cls is not None and isinstance(wl, dict) \
-                and "seed" in inspect.signature(cls.__init__).parameters:
-            wl["seed"] = seed * SEED_STRIDE + i + 1
-    return doc
 
 
 def put(doc: dict[str, Any], path: str, value: Value) -> None:
@@ -169,38 +154,48 @@ def run(trial: Trial) -> dict[str, Any]:
     status "error: ..." rather than an exception, so one bad trial does not end the sweep."""
     start = time.time()
     t0 = time.monotonic()
+    head: dict[str, Any] | None = None
     try:
-        outcome = _run_experiment(trial) if trial.experiment else _run_scenario(trial)
+        outcome, head = _run_experiment(trial) if trial.experiment else _run_scenario(trial)
         metrics: dict[str, Any] | None = {m: lookup(outcome, m) for m in trial.metrics}
         status = "ok"
     except Exception as e:                  # noqa: BLE001 - reported in the row
         metrics = None
         status = f"error: {type(e).__name__}: {e}"
-    return row(trial, metrics, status, wall_s=round(time.monotonic() - t0, 3),
+    return row(trial, metrics, status, record=head, wall_s=round(time.monotonic() - t0, 3),
                host=socket.gethostname(), pid=os.getpid(),
                started=datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="milliseconds"))
 
 
 def row(trial: Trial, metrics: dict[str, Any] | None, status: str, **where: Any) -> dict[str, Any]:
     """One row of the results: the trial, its metrics (None: every one missing), its status
-    ("ok" or "error: ..."), and where and when it ran (wall_s, host, pid, started)."""
+    ("ok" or "error: ..."), where and when it ran (wall_s, host, pid, started), and its run
+    record (uvm/record.py; None when it failed before starting)."""
     return {"trial": trial.key, "params": trial.params, "seed": trial.seed,
             "repeat": trial.repeat, "metrics": metrics or dict.fromkeys(trial.metrics),
             "status": status, "wall_s": where.get("wall_s"), "host": where.get("host"),
-            "pid": where.get("pid"), "started": where.get("started")}
+            "pid": where.get("pid"), "started": where.get("started"),
+            "record": where.get("record")}
 
 
-def _run_scenario(trial: Trial) -> dict[str, Any]:
-    from uvm import live
+def _run_scenario(trial: Trial) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Launches the scenario seeded with the trial's seed (every workload's seed derives
+    from it: uvm/seeds.py), samples it until its duration is over or no workload is left
+    running; returns (what it ended with, its run record)."""
+    from uvm import live, record, resolved
 
     assert trial.scenario_toml is not None and trial.duration is not None
-    spec = configure(trial.scenario_toml, trial.source, trial.base, trial.params, trial.seed)
-    machine = scenarios.launch(spec)
+    spec = configure(trial.scenario_toml, trial.source, trial.base, trial.params)
+    machine = scenarios.launch(spec, trial.seed)
     try:
+        head = record.header(
+            kind="run", name=spec.name, seed=trial.seed, machine=machine, argv=list(trial.argv),
+            config=resolved.scenario_config(spec, machine, trial.seed, trial.duration, SAMPLE_EVERY),
+            seeds=resolved.seeds(spec, machine, trial.seed))
         start = time.monotonic()
         while True:
             left = trial.duration - (time.monotonic() - start)
-            time.sleep(max(0.0, min(0.25, left)))
+            time.sleep(max(0.0, min(SAMPLE_EVERY, left)))
             sample = live.take_sample(machine, time.monotonic() - start, trial.duration)
             if left <= 0 or sample.settled:
                 break
@@ -209,18 +204,24 @@ def _run_scenario(trial: Trial) -> dict[str, Any]:
             raise errors[0]
     finally:
         machine.close()
-    data = sample.to_json()
-    return {"elapsed": data["elapsed"], "machine": data["machine"],
-            "vm": {v["name"]: {**v["stats"], **{k: x for k, x in v.items() if k != "stats"},
-                               "resident_bytes": v["resident"] * PAGE_SIZE}
-                   for v in data["vms"]}}
+    line = sample.line().model_dump(mode="json")       # the timeline's fields (docs/record.md)
+    outcome = {"t_s": line["t_s"], "machine": line["machine"],
+               "vm": {v["name"]: v for v in line["vms"]}}
+    return outcome, head.finish(partial=False).to_json()
 
 
-def _run_experiment(trial: Trial) -> dict[str, Any]:
-    from uvm import experiments
+def _run_experiment(trial: Trial) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Runs the experiment once with the trial's seed; returns (its results plus its key
+    figures under "figures", its run record)."""
+    from uvm import experiments, record
+    from uvm.experiments.base import Trial as Run
 
     assert trial.experiment is not None
-    return experiments.REGISTRY[trial.experiment].run(trial.quick, lambda line: None)
+    exp = experiments.REGISTRY[trial.experiment]
+    head = record.header(kind="experiment", name=exp.name, seed=trial.seed, argv=list(trial.argv),
+                         config={"quick": trial.quick, "repeat": 1, "params": exp.params(trial.quick)})
+    results = exp.run(Run(trial.quick, trial.seed, lambda line: None))
+    return {**results, "figures": exp.figures(results)}, head.finish(partial=False).to_json()
 
 
 def lookup(outcome: Any, path: str) -> Any:
