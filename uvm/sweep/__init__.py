@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from uvm import progress
 from uvm.sweep import cluster, grid, local, trial
 from uvm.sweep.table import Table
 
@@ -34,11 +35,13 @@ def sweep(path: str | Path, out: Path, *, jobs: int | None = None, resume: bool 
         f"{spec.repeats} repeats), {len(plan) - len(todo)} already done; "
         f"{'Ray at ' + ray if ray else 'this host'}")
     rows = cluster.execute(todo, ray, log) if ray else local.execute(todo, jobs, log)
-    for n, row in enumerate(rows, 1):
-        table.add(row)
-        shown = ", ".join(f"{k}={v}" for k, v in row["params"].items())
-        log(f"[{n}/{len(todo)}] {shown or '-'} seed {row['seed']} repeat {row['repeat']}: "
-            f"{row['status']}" + "".join(f"; {m} {v}" for m, v in row["metrics"].items()))
+    with progress.bar("sweep", total=len(todo)) as bar:
+        for n, row in enumerate(rows, 1):
+            table.add(row)
+            shown = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+            log(f"[{n}/{len(todo)}] {shown or '-'} seed {row['seed']} repeat {row['repeat']}: "
+                f"{row['status']}" + "".join(f"; {m} {v}" for m, v in row["metrics"].items()))
+            bar.update(n, f"{n} of {len(todo)} trials")
     x = spec.plot.x or (spec.parameters[0] if spec.parameters else None)
     log(table.plot(x, spec.plot.metric or spec.metrics[0]))
     log(f"wrote {out / 'results.csv'} and {out / 'results.jsonl'}")
