@@ -67,6 +67,8 @@ def test_counters_go_into_extra_info(tmp_path: Path) -> None:
     assert uvm["memory_pages"] == 256 and uvm["vms"] == 1
     assert uvm["state"] == "unmanaged" and uvm["compression_ratio"] > 1
     assert uvm["faults"] >= 5 * 16 and uvm["balloon_pages"] == 0
+    info = json.loads(out.read_text())["machine_info"]["uvm"]       # the run record's
+    assert info["build"]["version"] and info["host"]["mode"] in ("privileged", "user")
 
 
 def test_compare_fail_catches_a_slowed_build(tmp_path: Path) -> None:

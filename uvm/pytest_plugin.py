@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from uvm.machine import Machine
 
 SWAP_LATENCY_OPTION = "--uvm-swap-latency"
+USED = pytest.StashKey[bool]()          # set once a test of the session used a fixture here
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -124,10 +125,23 @@ class UvmBench:
             self.extra_info["uvm"] = live[0] if len(live) == 1 else live
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    """pytest-benchmark's machine_info (in --benchmark-json and saved runs) gets uvm's build
+    and host from the run record (uvm/record.py: version, commit, kernel, CPUs, memory,
+    userfaultfd mode), when this session used uvm's fixtures."""
+    if config.stash.get(USED, False):
+        from uvm import record
+
+        machine_info["uvm"] = {"build": record.build().model_dump(mode="json"),
+                               "host": record.host().model_dump(mode="json")}
+
+
 @pytest.fixture
 def uvm_machine(request: pytest.FixtureRequest) -> Iterator[UvmMachines]:
     """A factory of uvm.Machine: `uvm_machine("64MiB", fault_around=16)`; every machine it
     made is closed after the test."""
+    request.config.stash[USED] = True
     machines = UvmMachines(request.config.getoption(SWAP_LATENCY_OPTION))
     try:
         yield machines
