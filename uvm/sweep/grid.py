@@ -7,6 +7,8 @@
     repeats = 1                     # ... and this many times per seed
     metrics = ["vm.zipf.ops_per_s", "machine.swapins"]
     plot = { x = "policy.tax_rate", metric = "vm.zipf.ops_per_s" }   # default: first of each
+    trial_memory = "512MiB"         # host memory a trial needs (default: machine memory +
+                                    # swap + 32 MiB; an experiment: 1 GiB)
 
     [grid]                          # the cartesian product of these lists
     policy.tax_rate = [0, 0.5, 0.75]            # a path into the scenario's tables
