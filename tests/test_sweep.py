@@ -69,6 +69,7 @@ DETERMINISTIC = ("machine.frames_total_pages", "vm.b.size_pages", "machine.swap_
 
 def write_grid(folder: Path, grid: str = GRID) -> Path:
     (folder / "tiny.toml").write_text(SCENARIO)
+    (folder / "bad.toml").write_text("[machine\n")
     path = folder / "grid.toml"
     path.write_text(grid)
     return path
@@ -174,6 +175,7 @@ def test_resume_runs_only_what_is_missing(tmp_path: Path) -> None:
     ('metrics = ["x"]\nscenario = "tiny.toml"\n[grid]\nvm.zzz.memory = ["1MiB"]',
      "grid.vm.zzz.memory: vm has no entry 'zzz'"),
     ('metrics = ["x"]\nscenario = "nowhere.toml"', "scenario: cannot read"),
+    ('metrics = ["x"]\nscenario = "bad.toml"', "scenario: .*bad.toml: invalid TOML"),
     ('metrics = ["x"]\nexperiment = "nope"', "experiment: must be one of"),
     ("metrics = [", "invalid TOML"),
 ])

@@ -95,7 +95,10 @@ def _scenario_text(name: str | None, folder: Path) -> tuple[str, str, str | None
 def configure(text: str, source: str, base: str | None, point: Point) -> scenarios.Scenario:
     """The scenario with `point` applied; ValueError "grid.PATH: reason" when a path does
     not fit the scenario or a value is refused."""
-    doc = tomllib.loads(text)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"scenario: {source}: invalid TOML: {e}") from None
     for path, value in point.items():
         try:
             put(doc, path, value)
