@@ -208,10 +208,10 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str], int]]:
     """A Ray head on this host, bound to 127.0.0.1 only, with 3 CPUs but a memory resource
-    of two and a half of the largest trial (so it may run two at a time), token authentication with a token
-    of its own, and the tree under test on its workers' path. Yields (address, environment
-    for clients, its process group); stopped by signalling its own process group (never `ray stop`, which
-    stops every Ray on the host)."""
+    of two and a half of the largest trial (so it may run two at a time), token
+    authentication with a token of its own, and the tree under test on its workers' path.
+    Yields (address, environment for clients, its process group); stopped through its own
+    process (never `ray stop`, which stops every Ray on the host)."""
     ray = shutil.which("ray", path=os.pathsep.join([os.path.dirname(sys.executable),
                                                     os.environ.get("PATH", "")]))
     if ray is None:
@@ -244,17 +244,16 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, di
             time.sleep(0.5)
         yield f"127.0.0.1:{port}", env, head.pid
     finally:
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(head.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                head.wait(wait)
-                time.sleep(1.0)                 # its children leave after it
-                os.killpg(head.pid, 0)          # still someone in the group?
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                continue
+        # Ctrl-C is how `ray start --block` is meant to be stopped: it stops its whole
+        # cluster (about 2 s here); whatever of its process group is left then is killed
+        head.send_signal(signal.SIGINT)
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+        if session_pids(head.pid):
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(10)
 
 
 def listening_beyond_localhost(pids: set[int]) -> list[str]:
