@@ -60,14 +60,15 @@ def test_default_run_shows_every_mechanism(tmp_path: Path) -> None:
     assert all(shared_nonzero(last[name]) > 256 for name in WEBS), [last[n] for n in WEBS]
     assert samples[-1]["machine"]["saved"] > 0
 
-    # the idle memory tax: idle is found idle, gives up most of its memory, and busy, as
-    # active with the same size, ends with a far larger target and allocation
+    # the idle memory tax: idle is found idle and its target falls far below that of web1,
+    # a guest of the same size and shares that is active; idle gives up most of its memory
+    # while busy's target and allocation grow
     idle_peak = max(v["idle"]["allocated"] for v in vms)
-    assert last["idle"]["active"] < 0.2 and last["busy"]["active"] > 0.5, last
+    assert last["idle"]["active"] < 0.2 and last["web1"]["active"] > 0.5, last
+    assert last["idle"]["target"] < 0.5 * last["web1"]["target"], last
     assert last["idle"]["allocated"] < 0.5 * idle_peak, (idle_peak, last["idle"])
-    assert last["busy"]["target"] > 2 * last["idle"]["target"], last
+    assert last["busy"]["target"] > 2 * vms[3]["busy"]["target"], "busy's target never grew"
     assert last["busy"]["allocated"] > 2 * last["idle"]["allocated"], last
-    assert last["busy"]["target"] > vms[3]["busy"]["target"], "busy's target never grew"
 
 
 def test_os_image_guests_share_pages_with_each_other() -> None:
