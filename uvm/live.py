@@ -294,14 +294,14 @@ def live_view(s: Sample, title: str) -> Group:
 
 
 def _policy_view(s: Sample, title: str) -> Group:
-    """With a memory policy: each VM's allocation against its target, what it swapped and
-    ballooned, its active fraction f and how it was reclaimed last; blocked VMs say so in
-    their status. Sizes in MiB; fits a 100-column terminal."""
+    """With a memory policy: each VM's allocation against its target, what it maps shared,
+    swapped and ballooned, its active fraction f and how it was reclaimed last; blocked VMs
+    say so in their status. Sizes in MiB; fits a 100-column terminal."""
     table = Table(title=f"{title} · {state_text(s)} · sizes in MiB", title_justify="left",
-                  box=box.SIMPLE_HEAD)
+                  box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     for name in ("VM", "workload"):
         table.add_column(name)
-    for name in ("alloc", "target", "swapped", "balloon", "f", "reclaim", "ops/s"):
+    for name in ("alloc", "target", "shared", "swapped", "balloon", "f", "reclaim", "ops/s"):
         table.add_column(name, justify="right")
     table.add_column("status")
     for v in s.snapshot.vms:
@@ -310,7 +310,7 @@ def _policy_view(s: Sample, title: str) -> Group:
         if st.get("blocked") and status == "running":
             status = "blocked"
         table.add_row(v.name, s.workloads.get(v.name, ""), _mib(st.get("allocated", 0)),
-                      _mib(st.get("target", 0)), _mib(v.swapped), _balloon(v),
+                      _mib(st.get("target", 0)), _mib(st["sharing"]), _mib(v.swapped), _balloon(v),
                       f"{st.get('active', 1.0):.2f}", str(st.get("reclaim", "-")),
                       _count(v.ops_per_s), _status_text(status))
     return Group(table, Text(machine_line(s, state=False)))
