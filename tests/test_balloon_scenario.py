@@ -54,7 +54,7 @@ def test_guest_with_os_workload_and_balloon_targets_over_time(tmp_path: Path, ca
 
 @pytest.mark.parametrize("change, expected", [
     ('[vm.os]\n', r"vm\[0\]\.balloon: balloon targets need a guest OS"),
-    ('disk_latency = 0.0', r"vm\[0\]\.os\.disk_latency: must be a number >= 0"),
+    ('disk_latency = 0.0', r"vm\[0\]\.os\.disk_latency: must be a number of seconds >= 0"),
     ('balloon_period = 0.05', r"vm\[0\]\.os\.colour: unknown key"),
     ('target = "8MiB"', r"vm\[0\]\.balloon\[0\]\.target: 4096 pages is beyond the balloon's maximum"),
 ])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from rich.console import Console
 
 from uvm import live, scenario
 from uvm.cli import main
+from uvm.periods import next_tick
 from uvm.policy import STATES
 
 SMALL = """\
@@ -109,7 +111,9 @@ def test_run_through_main(small: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["run", str(small), "--duration", "2", "--every", "0.5", "--json", str(out)]) == 0
     samples = read_timeline(out)
     check_timeline(samples, 2.0)
-    assert len(samples) == 5
+    # at most one sample per tick 0, 0.5, ... 2.0, never early (a late tick is skipped)
+    ticks = [math.floor(s["elapsed"] / 0.5 + 1e-9) for s in samples]
+    assert ticks == sorted(set(ticks)) and len(samples) <= 5
     stdout = capsys.readouterr().out
     assert "small: summary after 2.0 s" in stdout and "sleepy" in stdout
 
@@ -207,10 +211,13 @@ def test_live_view_on_a_terminal(small: Path) -> None:
     assert "busy: resident" not in text, "a terminal gets the live table, not plain lines"
 
 
-def test_ticks_end_at_duration() -> None:
-    assert live.ticks(2.0, 1.0) == [0.0, 1.0, 2.0]
-    assert live.ticks(2.5, 1.0) == [0.0, 1.0, 2.0, 2.5]
-    assert live.ticks(0.5, 1.0) == [0.0, 0.5]
+def test_ticks_skip_what_fell_behind_and_end_at_duration() -> None:
+    assert next_tick(0.0, 1.0, 2.5) == 1.0
+    assert next_tick(1.2, 1.0, 2.5) == 2.0
+    assert next_tick(2.1, 1.0, 2.5) == 2.5           # the last sample is at the duration
+    assert next_tick(0.0, 1.0, 0.5) == 0.5
+    assert next_tick(7.3, 0.01, 1000.0) == pytest.approx(7.31)   # 730 late ticks skipped
+    assert next_tick(50.0, 0.01, 3.0) == 3.0
 
 
 # -- with the memory policy ------------------------------------------------------------------

@@ -14,7 +14,6 @@ with status 2, without a traceback. Other commands are added as subparsers in `_
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from rich.console import Console
 from uvm import experiments, live, scenario
 from uvm.errors import UserfaultfdUnavailable
 from uvm.machine import Machine
+from uvm.periods import check_period, check_seconds
 from uvm.sizes import format_size
 
 EXIT_USAGE = 2          # a user mistake, as argparse uses it
@@ -85,24 +85,27 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "built-in default scenario: five VMs (272 MiB) on a 96 MiB machine, with page sharing "
                     "and the memory policy (shares and the idle memory tax).")
     p.add_argument("file", nargs="?", metavar="FILE.toml", help="scenario file (default: built in)")
-    p.add_argument("--duration", type=_seconds, metavar="SECONDS",
+    p.add_argument("--duration", type=_seconds(check_seconds), metavar="SECONDS",
                    help="how long to run (overrides the file's run.duration; default 20)")
-    p.add_argument("--every", type=_seconds, metavar="SECONDS",
+    p.add_argument("--every", type=_seconds(check_period), metavar="SECONDS",
                    help="sample period (overrides the file's run.every; default 1.0)")
     p.add_argument("--json", metavar="FILE",
                    help="write a timeline: one JSON object per sample per line")
     p.set_defaults(command=_run)
 
 
-def _seconds(text: str) -> float:
-    """argparse type: a positive, finite number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
+def _seconds(check: Callable[[object, str], float]) -> Callable[[str], float]:
+    """argparse type: a number of seconds that `check` (from uvm.periods) accepts."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        try:
+            return check(value, "value")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("value: ")) from None
+    return parse
 
 
 def _run(args: argparse.Namespace) -> int:

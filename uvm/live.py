@@ -4,7 +4,6 @@ to a JSON-lines timeline, and a summary table at the end."""
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,12 +19,14 @@ from rich.text import Text
 
 from uvm.errors import VMStopped
 from uvm.machine import Machine
+from uvm.periods import check_period, check_seconds, next_tick
 from uvm.policy.states import STATES
 from uvm.sizes import PAGE_SIZE, format_size
 from uvm.stats import Snapshot, VMSample, snapshot
 from uvm.vm import VM
 
 MIB = 1 << 20
+STOP_POLL = 0.05     # seconds between checks of run(stop=...) while waiting for a tick
 
 
 @dataclass
@@ -81,7 +82,7 @@ def vm_status(vm: VM) -> str:
     if reason is not None:
         return f"stopped: {reason}"
     runs = vm.runs
-    errors = [r.error for r in runs if r.error is not None]
+    errors = [r.error for r in runs if r.error is not None] + _driver_errors(vm)
     if errors:
         e = errors[0]
         return f"stopped: {e.reason}" if isinstance(e, VMStopped) else f"error: {e}"
@@ -91,9 +92,17 @@ def vm_status(vm: VM) -> str:
 
 
 def workload_errors(machine: Machine) -> list[BaseException]:
-    """Errors workloads raised other than their VM being stopped (e.g. Verify lost data)."""
-    return [r.error for vm in machine.vms for r in vm.runs
-            if r.error is not None and not isinstance(r.error, VMStopped)]
+    """Errors of what runs in the VMs (workloads, balloon schedules, balloon drivers) other
+    than their VM being stopped (e.g. Verify lost data)."""
+    return [e for vm in machine.vms
+            for e in [r.error for r in vm.runs if r.error is not None] + _driver_errors(vm)
+            if not isinstance(e, VMStopped)]
+
+
+def _driver_errors(vm: VM) -> list[BaseException]:
+    """The error that ended the VM's balloon driver thread, if one did."""
+    driver = vm.balloon.driver
+    return [] if driver is None or driver.error is None else [driver.error]
 
 
 def take_sample(machine: Machine, elapsed: float, duration: float) -> Sample:
@@ -104,17 +113,14 @@ def take_sample(machine: Machine, elapsed: float, duration: float) -> Sample:
                   status={vm.name: vm_status(vm) for vm in vms})
 
 
-def ticks(duration: float, every: float) -> list[float]:
-    """Sample times: 0, every, 2 every, ... and `duration` itself."""
-    n = math.ceil(duration / every - 1e-9)
-    return [min(i * every, duration) for i in range(n + 1)]
-
-
 def run(machine: Machine, title: str, duration: float, every: float, console: Console,
-        timeline: TextIO | None = None) -> Result:
-    """Samples the machine every `every` seconds for `duration` seconds (or until no
-    workload is left running), showing each sample and appending it to `timeline`. Ctrl-C
-    ends the run early with a last sample: Result.interrupted says so."""
+        timeline: TextIO | None = None, stop: Callable[[], bool] = lambda: False) -> Result:
+    """Samples the machine every `every` seconds (ticks that fall behind are skipped) for
+    `duration` seconds, or until no workload is left running, showing each sample and
+    appending it to `timeline`. The run ends early, with a last sample, when `stop()` turns
+    true (checked every STOP_POLL seconds) or on Ctrl-C: Result.interrupted says so."""
+    check_seconds(duration, "duration")
+    check_period(every, "every")
     start = time.monotonic()
     states: Counter[str] = Counter()
     with _display(console, title) as show:
@@ -130,14 +136,27 @@ def run(machine: Machine, title: str, duration: float, every: float, console: Co
             return sample
 
         try:
-            for t in ticks(duration, every):
-                time.sleep(max(0.0, start + t - time.monotonic()))
+            tick = 0.0
+            while True:
+                if not _sleep_until(start + tick, stop):
+                    return Result(record(), interrupted=True, states=states)
                 last = record()
-                if last.settled:
-                    break
+                if last.settled or tick >= duration:
+                    return Result(last, interrupted=False, states=states)
+                tick = next_tick(time.monotonic() - start, every, duration)
         except KeyboardInterrupt:
             return Result(record(), interrupted=True, states=states)
-    return Result(last, interrupted=False, states=states)
+
+
+def _sleep_until(deadline: float, stop: Callable[[], bool]) -> bool:
+    """Sleeps until time.monotonic() reaches `deadline`; returns False at once if stop()
+    turns true first."""
+    while not stop():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(left, STOP_POLL))
+    return False
 
 
 @contextmanager

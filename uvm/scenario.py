@@ -50,7 +50,7 @@ import dataclasses
 import inspect
 import math
 import re
-import threading
+import time
 import tomllib
 import types
 import typing
@@ -64,6 +64,7 @@ from typing import Any
 import uvm.guest
 from uvm.balloon import DEFAULT_MAX_FRACTION
 from uvm.machine import Machine
+from uvm.periods import check_period, check_seconds
 from uvm.policy import (ActivityEstimator, AllocationPolicy, ColdVictims, IdleTax, LastPeriod,
                         PaperEstimator, RandomVictims, ShareProportional, Thresholds,
                         VictimPolicy)
@@ -106,10 +107,13 @@ class OSSpec:
     def __post_init__(self) -> None:
         if self.disk is not None:
             parse_pages(self.disk, "disk")
-        for name in ("disk_latency", "disk_bandwidth", "balloon_period"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
+        if self.disk_latency is not None:
+            check_seconds(self.disk_latency, "disk_latency", zero=True)
+        if self.balloon_period is not None:
+            check_seconds(self.balloon_period, "balloon_period")
+        if self.disk_bandwidth is not None and not (math.isfinite(self.disk_bandwidth)
+                                                    and self.disk_bandwidth >= 0):
+            raise ValueError(f"disk_bandwidth: must be a number >= 0, got {self.disk_bandwidth!r}")
         if self.balloon_max is not None and not 0 <= self.balloon_max <= 1:
             raise ValueError(f"balloon_max: must be a number in [0, 1], got {self.balloon_max!r}")
 
@@ -125,8 +129,7 @@ class BalloonStep:
     target: int | str
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.at) and self.at >= 0):
-            raise ValueError(f"at: must be a number of seconds >= 0, got {self.at!r}")
+        check_seconds(self.at, "at", zero=True)
         if isinstance(self.target, int) and self.target < 0:
             raise ValueError(f"target: must be >= 0 pages, got {self.target}")
 
@@ -266,11 +269,8 @@ class RunSpec:
     every: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("duration", "every"):
-            value = float(getattr(self, name))
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}: must be a positive number of seconds, got {value:g}")
-            setattr(self, name, value)
+        self.duration = check_seconds(self.duration, "duration")
+        self.every = check_period(self.every, "every")
 
 
 @dataclass
@@ -533,16 +533,34 @@ def launch(scenario: Scenario) -> Machine:
     return machine
 
 
-def _schedule(vm: VM, steps: list[BalloonStep]) -> None:
-    """Sets the balloon's target at each step's time (timers from now, the run's start)."""
-    for step in steps:
-        timer = threading.Timer(step.at, _set_target, (vm, step.pages))
-        timer.daemon = True
-        timer.start()
+class BalloonSchedule(Workload):
+    """A VM's [[vm.balloon]] steps, played as a workload of the VM: at each step's time
+    (seconds from its start) it sets the balloon's target. Running as a workload gives it a
+    named thread that the machine stops on close, and makes its errors the VM's errors:
+    shown in the VM's status, and failing `uvm run` (exit status 1)."""
 
+    kind = "balloon-schedule"
+    NAP = 0.05          # seconds between looks at the clock (and at stop)
 
-def _set_target(vm: VM, pages: int) -> None:
-    vm.balloon.target = pages
+    def __init__(self, steps: list[BalloonStep]) -> None:
+        in_order = sorted(((step.at, step.pages) for step in steps), key=lambda s: s[0])
+        self.steps = in_order[::-1]             # the next step last: pop() takes it
+        self._start = 0.0
+
+    def start(self, vm: VM) -> None:
+        self._start = time.monotonic()
+
+    def step(self, vm: VM) -> int | None:
+        if not self.steps:
+            return None
+        at, pages = self.steps[-1]
+        wait = self._start + at - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, self.NAP))
+            return 0
+        vm.balloon.target = pages
+        self.steps.pop()
+        return 1
 
 
 def _populate(machine: Machine, scenario: Scenario) -> None:
@@ -556,7 +574,8 @@ def _populate(machine: Machine, scenario: Scenario) -> None:
                     if spec.os.balloon_max is not None:
                         vm.balloon.max_fraction = spec.os.balloon_max
                     uvm.guest.boot(vm, **spec.os.boot_kwargs())
-                _schedule(vm, spec.balloon)
+                if spec.balloon:
+                    vm.run(BalloonSchedule(spec.balloon))
             if spec.workload is not None:
                 with _at(f"vm[{i}].workload"):
                     vm.run(spec.workload.create())
