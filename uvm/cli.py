@@ -24,6 +24,7 @@ from rich.console import Console
 
 from uvm import experiments, live, scenario
 from uvm.errors import UserfaultfdUnavailable
+from uvm.interrupts import Interrupted, Interrupts
 from uvm.machine import Machine
 from uvm.periods import check_period, check_seconds
 from uvm.sizes import format_size
@@ -40,12 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
-    except (ValueError, UserfaultfdUnavailable, experiments.MissingExtra) as e:
+    except (ValueError, UserfaultfdUnavailable) as e:
         print(f"uvm: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:     # an experiment stopped, or a second Ctrl-C
         print("uvm: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + e.signum if isinstance(e, Interrupted) else EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +74,9 @@ def _add_experiment(commands: argparse._SubParsersAction[argparse.ArgumentParser
 def _experiment(args: argparse.Namespace) -> int:
     """`uvm experiment NAME`: run it, print as it goes, write results.json and the plot."""
     out = Path(args.out or Path("results") / args.name)
-    experiments.run(args.name, args.quick, out, lambda line: print(line, flush=True))
+    with Interrupts("raise") as interrupts:
+        experiments.run(args.name, args.quick, out, lambda line: print(line, flush=True),
+                        interrupts.deferred)
     return 0
 
 
@@ -109,23 +112,28 @@ def _seconds(check: Callable[[object, str], float]) -> Callable[[str], float]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """`uvm run`: launch the scenario, watch it, close the machine, print the summary."""
-    spec = scenario.load(args.file) if args.file else scenario.default()
-    duration: float = args.duration or spec.run.duration
-    every: float = args.every or spec.run.every
-    console = _console()
-    with _timeline(args.json) as timeline:
-        machine = scenario.launch(spec)
-        try:
-            _print_header(spec, machine, duration, every)
-            result = live.run(machine, spec.name, duration, every, console, timeline)
-            failed = live.workload_errors(machine)
-        finally:
-            machine.close()
-    console.print(live.summary(result, spec.name))
-    if result.interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_FAILED if failed else 0
+    """`uvm run`: launch the scenario, watch it, close the machine, print the summary. A
+    signal (Ctrl-C, SIGTERM, SIGHUP) ends the watching at the next poll; the rest, closing
+    and the summary included, always runs (uvm/interrupts.py)."""
+    with Interrupts("flag") as interrupts:
+        spec = scenario.load(args.file) if args.file else scenario.default()
+        duration: float = args.duration or spec.run.duration
+        every: float = args.every or spec.run.every
+        console = _console()
+        with _timeline(args.json) as timeline:
+            machine = scenario.launch(spec)
+            try:
+                _print_header(spec, machine, duration, every)
+                result = live.run(machine, spec.name, duration, every, console, timeline,
+                                  stop=lambda: interrupts.requested)
+                failed = live.workload_errors(machine)
+            finally:
+                with interrupts.deferred():
+                    machine.close()
+        with interrupts.deferred():
+            console.print(live.summary(result, spec.name))
+        status = EXIT_FAILED if failed else 0
+        return interrupts.exit_status(EXIT_INTERRUPTED if result.interrupted else status)
 
 
 def _console() -> Console:

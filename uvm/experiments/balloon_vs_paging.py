@@ -77,7 +77,7 @@ def measure(machine_mib: int, mode: str, p: dict[str, Any]) -> dict[str, Any]:
             "resident_pages": st["resident"], "measure_s": t1 - t0}
 
 
-def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def run(quick: bool, log: Callable[[str], None], results: dict[str, Any]) -> None:
     p = params(quick)
     log(f"ballooning vs host paging: a {p['vm_mib']} MiB guest ({p['cold_mib']} MiB cold data, "
         f"{p['hot_mib']} MiB hot zipf working set, {p['files']} x {p['file_mib']} MiB files) on a "
@@ -85,7 +85,8 @@ def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
         f"paging counts over the whole run")
     log(f"{'X MiB':>6} {'mode':>8} {'hot op/s':>9} {'file op/s':>10} {'host in':>8} {'host out':>9} "
         f"{'guest in':>9} {'guest out':>10} {'double':>7} {'balloon MiB':>12}")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    results.update({"experiment": "balloon-vs-paging", "quick": quick, "params": p, "rows": rows})
     for x in p["machine_mib"]:
         for mode in ("balloon", "paging"):
             r = measure(x, mode, p)
@@ -94,7 +95,6 @@ def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
                 f"{r['host_swapins']:>8} {r['host_swapouts']:>9} {r['guest_swapins']:>9} "
                 f"{r['guest_swapouts']:>10} {r['double_paging']:>7} "
                 f"{r['balloon_pages'] * PAGE_SIZE / MIB:>12.1f}")
-    return {"experiment": "balloon-vs-paging", "quick": quick, "params": p, "rows": rows}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

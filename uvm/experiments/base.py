@@ -18,8 +18,20 @@ class MissingExtra(UvmError):
 class Experiment:
     name: str
     help: str
-    run: Callable[[bool, Callable[[str], None]], dict[str, Any]]
+    run: Callable[[bool, Callable[[str], None], dict[str, Any]], None]
     plot: Callable[[dict[str, Any], Path], None]
+
+
+PLOT_HELP = "plots need matplotlib: pip install 'uvm[plot]'"
+
+
+def plotting() -> str | None:
+    """None if matplotlib can be imported; otherwise how to get it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return PLOT_HELP
+    return None
 
 
 def pyplot() -> Any:
@@ -27,7 +39,7 @@ def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as e:
-        raise MissingExtra("plots need matplotlib: pip install 'uvm[plot]'") from e
+        raise MissingExtra(PLOT_HELP) from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
