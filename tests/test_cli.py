@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import math
 import os
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -118,22 +120,86 @@ def test_run_through_main(small: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert "small: summary after 2.0 s" in stdout and "sleepy" in stdout
 
 
-def test_ctrl_c_prints_summary_and_closes(small: Path, tmp_path: Path) -> None:
+def _run_and_signal(path: Path, out: Path, sig: int, when: Callable[[], bool],
+                    *args: str) -> tuple[int, str, str]:
+    """Starts `uvm run` on scenario `path` writing timeline `out`, sends `sig` once
+    `when()` is true, and returns its exit status, stdout and stderr."""
+    proc = subprocess.Popen(uvm_cmd("run", str(path), "--json", str(out), *args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not when() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run ended before the signal could be sent"
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    return proc.returncode, stdout, stderr
+
+
+def _samples(out: Path) -> int:
+    return len(out.read_text().splitlines()) if out.exists() else 0
+
+
+def _check_stopped_cleanly(sig: int, rc: int, stdout: str, stderr: str, swap: Path) -> None:
+    """Exit 128+signal, the summary printed, no traceback, the named swap file removed."""
+    assert rc == 128 + sig, (rc, stderr)
+    assert "Traceback" not in stderr, stderr
+    assert "summary after" in stdout and "busy" in stdout, (stdout, stderr)
+    assert not swap.exists(), "the machine was not closed: its swap file is left"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_mid_run_prints_summary_and_closes(small: Path, tmp_path: Path, sig: int) -> None:
     out = tmp_path / "out.jsonl"
     path = _variant(small, 'swap_dir = "."', 'swap_file = "swap"', "named_swap.toml")
-    proc = subprocess.Popen(uvm_cmd("run", str(path), "--json", str(out), "--every", "0.2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while (not out.exists() or len(out.read_text().splitlines()) < 5) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert (tmp_path / "swap").exists()
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr
-    assert "(interrupted)" in stdout and "busy" in stdout
-    assert read_timeline(out)[-1]["elapsed"] < 10
-    assert not (tmp_path / "swap").exists(), "the machine was not closed: its swap file is left"
+    rc, stdout, stderr = _run_and_signal(path, out, sig, lambda: _samples(out) >= 5, "--every", "0.2")
+    _check_stopped_cleanly(sig, rc, stdout, stderr, tmp_path / "swap")
+    assert "(interrupted)" in stdout
+    assert read_timeline(out)[-1]["elapsed"] < 10     # flushed, and cut short
+
+
+@pytest.mark.parametrize("moment", ["setup", "last sample"])
+def test_a_signal_during_setup_or_close_still_prints_summary(small: Path, tmp_path: Path,
+                                                             moment: str) -> None:
+    """The Ctrl-C that used to land outside the part that prints the summary: while the
+    machine is being made, and after the last sample, while it is being closed."""
+    out = tmp_path / "out.jsonl"
+    swap = tmp_path / "swap"
+    path = _variant(small, 'swap_dir = "."', 'swap_file = "swap"', "named_swap.toml")
+
+    def last_sample() -> bool:
+        lines = out.read_text().splitlines() if out.exists() else []
+        return bool(lines) and json.loads(lines[-1])["elapsed"] >= 1.0
+
+    when = swap.exists if moment == "setup" else last_sample
+    rc, stdout, stderr = _run_and_signal(path, out, signal.SIGINT, when, "--duration", "1",
+                                         "--every", "0.1")
+    _check_stopped_cleanly(signal.SIGINT, rc, stdout, stderr, swap)
+
+
+def test_signals_at_random_moments_always_clean_up(small: Path, tmp_path: Path) -> None:
+    """Repeatedly: a signal some time after the machine exists (setup, first samples,
+    mid-run); every run prints its summary and leaves no file."""
+    rng = random.Random(8)
+    path = _variant(small, 'swap_dir = "."', 'swap_file = "swap"', "named_swap.toml")
+    swap = tmp_path / "swap"
+    for i in range(int(os.environ.get("UVM_SIGNAL_RUNS", "6"))):
+        out = tmp_path / f"out{i}.jsonl"
+        sig = rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+        delay = rng.uniform(0.0, 1.5)
+        seen: list[float] = []
+
+        def after_delay() -> bool:
+            if not swap.exists():
+                return False
+            seen.append(time.monotonic())
+            return time.monotonic() - seen[0] >= delay
+
+        rc, stdout, stderr = _run_and_signal(path, out, sig, after_delay, "--duration", "4",
+                                             "--every", "0.1")
+        _check_stopped_cleanly(sig, rc, stdout, stderr, swap)
 
 
 @pytest.mark.parametrize(("args", "message"), [
