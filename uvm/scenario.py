@@ -46,6 +46,7 @@ the field path, e.g. `s.toml: vm[1].workload.pattern: must be one of [...], got 
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import math
@@ -71,15 +72,33 @@ from uvm.policy import (ActivityEstimator, AllocationPolicy, ColdVictims, IdleTa
 from uvm.policy.states import STATES
 from uvm.scheduler import MemoryPolicy
 from uvm.sharing import check_rate
-from uvm.sizes import PAGE_SIZE, format_size, parse_pages, parse_size
+from uvm.sizes import PAGE_SIZE, format_size, parse_pages
 from uvm.vm import VM, check_shares
 from workloads import KINDS, Workload
 
 DEFAULT_RESOURCE = "default_scenario.toml"
 
 
+MAX_BYTES = 1 << 47         # 128 TiB, a process's address space: no machine, VM or disk is larger
+MAX_VMS = 256               # the C core's limit (cext/core.h)
+MAX_TEXT = 1 << 20          # bytes of TOML: a scenario is a page or two, not a data set
+MAX_DEPTH = 32              # nesting of tables and arrays
+
+
 class ScenarioError(ValueError):
     """A scenario that cannot run; the message names the file and the field."""
+
+
+def check_pages(value: object, name: str, zero: bool = False) -> int:
+    """A size in pages (uvm.sizes.parse_pages), at most MAX_BYTES; ValueError naming `name`."""
+    try:
+        pages = parse_pages(value, name, zero)
+    except OverflowError:           # a size string too large for a float
+        pages = MAX_BYTES + 1
+    if pages * PAGE_SIZE > MAX_BYTES:
+        raise ValueError(f"{name}: {_show(value)} is too large (at most {format_size(MAX_BYTES)}, "
+                         f"the address space of a process)")
+    return pages
 
 
 @dataclass
@@ -106,7 +125,7 @@ class OSSpec:
 
     def __post_init__(self) -> None:
         if self.disk is not None:
-            parse_pages(self.disk, "disk")
+            check_pages(self.disk, "disk")
         if self.disk_latency is not None:
             check_seconds(self.disk_latency, "disk_latency", zero=True)
         if self.balloon_period is not None:
@@ -135,7 +154,7 @@ class BalloonStep:
 
     @property
     def pages(self) -> int:
-        return self.target if isinstance(self.target, int) else parse_pages(self.target, "target")
+        return self.target if isinstance(self.target, int) else check_pages(self.target, "target")
 
 
 @dataclass
@@ -153,13 +172,13 @@ class VMSpec:
     def __post_init__(self) -> None:
         if not self.name or not self.name.isprintable():
             raise ValueError(f"name: expected a non-empty printable string, got {self.name!r}")
-        pages = parse_pages(self.memory, "memory")
+        pages = check_pages(self.memory, "memory")
         if self.share_rate is not None:
             check_rate(self.share_rate, "share_rate")
         if self.shares is not None:
             check_shares(self.shares)
         if self.min is not None:
-            min_pages = parse_pages(self.min, "min", zero=True)
+            min_pages = check_pages(self.min, "min", zero=True)
             if min_pages > pages:
                 raise ValueError(f"min: {format_size(min_pages * PAGE_SIZE)} is more than the VM's "
                                  f"memory ({format_size(pages * PAGE_SIZE)})")
@@ -176,7 +195,7 @@ class VMSpec:
             raise ValueError(f"{path}.balloon: balloon targets need a guest OS with its balloon "
                              f"driver ([vm.os] with balloon = true)")
         fraction = DEFAULT_MAX_FRACTION if self.os.balloon_max is None else self.os.balloon_max
-        most = int(fraction * parse_pages(self.memory, "memory"))
+        most = int(fraction * check_pages(self.memory, "memory"))
         for i, step in enumerate(self.balloon):
             if step.pages > most:
                 raise ValueError(f"{path}.balloon[{i}].target: {step.pages} pages is beyond the "
@@ -250,9 +269,9 @@ class MachineSpec:
     swap_latency: float | None = None
 
     def __post_init__(self) -> None:
-        parse_pages(self.memory, "memory")
+        check_pages(self.memory, "memory")
         if self.swap_size is not None:
-            parse_size(self.swap_size, "swap_size")
+            check_pages(self.swap_size, "swap_size")
         for name in ("share_rate", "share_rate_vm"):
             if getattr(self, name) is not None:
                 check_rate(getattr(self, name), name)
@@ -309,13 +328,42 @@ def default() -> Scenario:
 def loads(text: str, source: str = "<scenario>", base: Path | None = None) -> Scenario:
     """Parses scenario TOML; relative swap paths are taken from `base` (the file's folder)."""
     try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{source}: invalid TOML: {e}") from e
-    try:
+        _check_extent(text)
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"invalid TOML: {e}") from e
+        except RecursionError as e:
+            raise ValueError("invalid TOML: tables or arrays nested too deeply") from e
+        _check_depth(doc, "", 0)
         return _scenario(doc, source, base)
     except ValueError as e:
         raise ScenarioError(f"{source}: {e}") from e
+
+
+_VM_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*vm[ \t]*\]\]", re.MULTILINE)
+
+
+def _check_extent(text: str) -> None:
+    """Refuses, before parsing, text that is too long or has too many [[vm]] entries to be
+    a scenario (a million took minutes and gigabytes to parse, only to be refused)."""
+    if len(text) > MAX_TEXT:
+        raise ValueError(f"the file is too long for a scenario ({len(text)} characters, at most "
+                         f"{MAX_TEXT})")
+    vms = len(_VM_HEADER.findall(text))
+    if vms > MAX_VMS:
+        raise ValueError(f"vm: at most {MAX_VMS} [[vm]] entries, got {vms}")
+
+
+def _check_depth(value: object, path: str, depth: int) -> None:
+    """Refuses tables and arrays nested deeper than any scenario field goes."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{path}: tables or arrays nested too deeply (at most {MAX_DEPTH} levels)")
+    items = (value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
+        _check_depth(item, where, depth + 1)
 
 
 def _scenario(doc: dict[str, Any], source: str, base: Path | None) -> Scenario:
@@ -331,6 +379,8 @@ def _scenario(doc: dict[str, Any], source: str, base: Path | None) -> Scenario:
         raise ValueError(f"vm: expected [[vm]] entries (an array of tables), got {_show(raw_vms)}")
     if not raw_vms:
         raise ValueError("vm: at least one [[vm]] entry is required")
+    if len(raw_vms) > MAX_VMS:
+        raise ValueError(f"vm: at most {MAX_VMS} [[vm]] entries, got {len(raw_vms)}")
     vms = [_vm(raw, f"vm[{i}]") for i, raw in enumerate(raw_vms)]
     _check_unique_names(vms)
     policy = _policy(doc["policy"], "policy") if "policy" in doc else None
@@ -423,9 +473,9 @@ def _at(path: str) -> Iterator[None]:
     "thresholds.high: ..." under "policy", "policy.thresholds.high: ...")."""
     try:
         yield
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:    # OverflowError: a number too large for C
         msg = str(e)
-        joined = f"{path}.{msg}" if re.match(r"\w[\w.]*: ", msg) else f"{path}: {msg}"
+        joined = f"{path}.{msg}" if re.match(r"\w[\w.\[\]]*: ", msg) else f"{path}: {msg}"
         raise ValueError(joined) from e
 
 
@@ -479,9 +529,13 @@ def _type_ok(value: object, hint: object) -> bool:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if origin is list:
+    if origin in (list, collections.abc.Sequence):
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is tuple:
+        items = typing.get_args(hint)
+        return (isinstance(value, list) and len(value) == len(items)
+                and all(_type_ok(v, h) for v, h in zip(value, items)))
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
@@ -500,8 +554,10 @@ def _describe(hint: object) -> str:
     """Says what a type hint accepts, in TOML terms."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_describe(h) for h in typing.get_args(hint) if h is not type(None))
-    if typing.get_origin(hint) is list:
+    if typing.get_origin(hint) in (list, collections.abc.Sequence):
         return f"an array (each item {_describe(typing.get_args(hint)[0])})"
+    if typing.get_origin(hint) is tuple:
+        return f"an array [{', '.join(_describe(h) for h in typing.get_args(hint))}]"
     return _NAMES.get(hint, str(hint))
 
 
@@ -511,7 +567,8 @@ def _show(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, dict):
         return "a table"
-    return repr(value)
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 # -- running -----------------------------------------------------------------------------
@@ -525,6 +582,9 @@ def launch(scenario: Scenario) -> Machine:
             machine = Machine(**scenario.machine.kwargs(), policy=policy)
     except ValueError as e:
         raise ScenarioError(f"{scenario.source}: {e}") from e
+    except OSError as e:        # e.g. ENOMEM: more memory or swap than the host can map
+        raise ScenarioError(f"{scenario.source}: machine: {e.strerror or e} (check memory "
+                            f"and swap_size)") from e
     try:
         _populate(machine, scenario)
     except BaseException:

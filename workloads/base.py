@@ -45,9 +45,10 @@ def check_fraction(value: object, name: str) -> float:
 
 
 def check_seed(value: object) -> int:
-    """Returns a seed; ValueError unless it is a non-negative integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {value!r}")
+    """Returns a seed; ValueError unless it is an integer that fits 64 bits unsigned (the C
+    loops' generator state)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+        raise ValueError(f"seed: expected an integer from 0 to 2**64-1, got {value!r}")
     return value
 
 
