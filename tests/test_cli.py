@@ -6,22 +6,21 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import math
 import os
+import random
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
 
+from helpers import uvm_cmd
 from uvm import live, scenario
 from uvm.cli import main
 from uvm.periods import next_tick
@@ -57,14 +56,6 @@ def small(tmp_path: Path) -> Path:
     path = tmp_path / "small.toml"
     path.write_text(SMALL)
     return path
-
-
-def uvm_cmd(*args: str) -> list[str]:
-    """The `uvm` script that installing the package put beside this interpreter."""
-    script = shutil.which("uvm", path=os.pathsep.join([os.path.dirname(sys.executable),
-                                                       os.environ.get("PATH", "")]))
-    assert script is not None, "no `uvm` script: install the package (pip install -e .)"
-    return [script, *args]
 
 
 def read_timeline(path: Path) -> list[dict[str, Any]]:
