@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from uvm import scenario
+from uvm.balloon import BalloonChannel
 from uvm.cli import main
 from uvm.scenario import ScenarioError
 
@@ -90,3 +91,29 @@ def test_live_view_shows_balloon_and_guest_paging_columns(tmp_path: Path) -> Non
         machine.close()
     text = out.getvalue()
     assert "balloon MiB" in text and "guest swap in/out" in text and "8.0" in text
+
+
+def test_balloon_schedule_errors_fail_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A [[vm.balloon]] step that fails while the scenario runs: shown in the VM's status and
+    the run's exit status is 1 (a timer thread used to print a traceback, and exit 0)."""
+    def refuse(self: BalloonChannel, pages: int) -> None:
+        raise ValueError(f"target: refused {pages} pages")
+
+    monkeypatch.setattr(BalloonChannel, "target", property(BalloonChannel.target.fget, refuse))
+    text = GUEST.replace("[vm.workload]\nkind = \"file-cache\"\nfiles = 2\nfile_size = \"2MiB\"\n", "")
+    assert main(["run", str(write(tmp_path, text)), "--duration", "1", "--every", "0.25"]) == 1
+    out = capsys.readouterr()
+    assert "error: target: refused 2048 pages" in out.out and "Traceback" not in out.err
+
+
+def test_balloon_steps_run_in_order_of_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Steps are sorted by time (file order among equal times); the last one holds."""
+    text = GUEST.replace('at = 0.3\ntarget = "8MiB"\n', 'at = 0.4\ntarget = "4MiB"\n'
+                         '[[vm.balloon]]\nat = 0.2\ntarget = "8MiB"\n'
+                         '[[vm.balloon]]\nat = 0.4\ntarget = "2MiB"\n')
+    out = tmp_path / "t.jsonl"
+    assert main(["run", str(write(tmp_path, text)), "--duration", "1.5", "--every", "0.5",
+                 "--json", str(out)]) == 0
+    last = json.loads(out.read_text().splitlines()[-1])["vms"][0]["stats"]
+    assert last["balloon_target"] == 512
