@@ -199,6 +199,7 @@ def test_signals_at_random_moments_always_clean_up(small: Path, tmp_path: Path) 
     (["run", "{tmp}/missing.toml"], "{tmp}/missing.toml: cannot read the scenario"),
     (["run", "{small}", "--json", "{tmp}/no/such/dir/t.jsonl"], "--json: cannot write"),
     (["run", "{too_big}"], "{too_big}: vm[0].workload.size: the working set"),
+    (["run", "{small}", "--json", "/dev/full"], "timeline: cannot write '/dev/full': No space left"),
 ])
 def test_user_mistakes_exit_2_without_traceback(small: Path, tmp_path: Path, args: list[str],
                                                 message: str) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TextIO
 
@@ -152,8 +152,16 @@ def _timeline(path: str | None) -> Iterator[TextIO | None]:
         f = open(path, "w", encoding="utf-8")
     except OSError as e:
         raise ValueError(f"--json: cannot write {path!r}: {e.strerror}") from e
-    with f:
+    try:
         yield f
+    except BaseException:
+        with suppress(OSError):         # the error that stopped the run says it already
+            f.close()
+        raise
+    try:
+        f.close()
+    except OSError as e:
+        raise ValueError(f"--json: cannot write {path!r}: {e.strerror}") from e
 
 
 def _print_header(spec: scenario.Scenario, machine: Machine, duration: float, every: float) -> None:

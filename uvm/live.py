@@ -29,6 +29,10 @@ MIB = 1 << 20
 STOP_POLL = 0.05     # seconds between checks of run(stop=...) while waiting for a tick
 
 
+class TimelineError(ValueError):
+    """The timeline could not be written (e.g. its disk is full)."""
+
+
 @dataclass
 class Sample:
     """One snapshot of the machine, `elapsed` seconds into a run of `duration` seconds,
@@ -128,8 +132,12 @@ def run(machine: Machine, title: str, duration: float, every: float, console: Co
         def record() -> Sample:
             sample = take_sample(machine, time.monotonic() - start, duration)
             if timeline is not None:
-                timeline.write(json.dumps(sample.to_json()) + "\n")
-                timeline.flush()
+                try:
+                    timeline.write(json.dumps(sample.to_json()) + "\n")
+                    timeline.flush()
+                except OSError as e:
+                    raise TimelineError(f"timeline: cannot write {getattr(timeline, 'name', '')!r}: "
+                                        f"{e.strerror or e}") from e
             show(sample)
             if sample.managed:
                 states[sample.snapshot.machine["state"]] += 1
