@@ -252,6 +252,8 @@ def test_vm_count_is_checked_before_parsing(tmp_path: Path) -> None:
         scenario.load(write(tmp_path, many))
     with pytest.raises(ScenarioError, match="too long for a scenario"):
         scenario.load(write(tmp_path, GOOD + "# " + "x" * (2 << 20) + "\n"))
+    with pytest.raises(ScenarioError, match="too long for a scenario"):
+        scenario.load("/dev/zero")                              # used to read forever
     inline = "vm = [" + ", ".join(f'{{name = "v{i}", memory = "1MiB"}}' for i in range(300)) + "]\n"
     with pytest.raises(ScenarioError, match=r": vm: at most 256 \[\[vm\]\] entries, got 300$"):
         scenario.loads(inline + '[machine]\nmemory = "8MiB"\n', source="x.toml")

@@ -312,7 +312,12 @@ def load(path: str | Path) -> Scenario:
     """Reads and checks a scenario file; raises ScenarioError naming the file and field."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXT + 1)         # never all of a huge file (or of /dev/zero)
+        if len(data) > MAX_TEXT:
+            raise ScenarioError(f"{path}: the file is too long for a scenario (at most "
+                                f"{MAX_TEXT} bytes)")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else "not a UTF-8 text file"
         raise ScenarioError(f"{path}: cannot read the scenario: {reason}") from e
@@ -347,9 +352,8 @@ _VM_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*vm[ \t]*\]\]", re.MULTILINE)
 def _check_extent(text: str) -> None:
     """Refuses, before parsing, text that is too long or has too many [[vm]] entries to be
     a scenario (a million took minutes and gigabytes to parse, only to be refused)."""
-    if len(text) > MAX_TEXT:
-        raise ValueError(f"the file is too long for a scenario ({len(text)} characters, at most "
-                         f"{MAX_TEXT})")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT:
+        raise ValueError(f"the file is too long for a scenario (at most {MAX_TEXT} bytes)")
     vms = len(_VM_HEADER.findall(text))
     if vms > MAX_VMS:
         raise ValueError(f"vm: at most {MAX_VMS} [[vm]] entries, got {vms}")
