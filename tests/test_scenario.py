@@ -3,7 +3,9 @@ message naming the file, the field path and what is wrong."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -457,3 +459,23 @@ def test_default_scenario_runs_the_policy_with_unequal_claims() -> None:
     shares = {v.shares or 1000 for v in s.vms}
     idle = [v for v in s.vms if v.workload is not None and v.workload.kind == "idle"]
     assert len(shares) > 1 and idle, "shares or the idle tax must matter"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("value", [None, {"a": 1}, [[1]], "x" * 100, float("nan"), True, 2**64,
+                                   -1, 1e300, b"x", object()],
+                         ids=["none", "dict", "nested", "string", "nan", "bool", "2**64", "-1",
+                              "1e300", "bytes", "object"])
+def test_workload_constructors_check_every_parameter(kind: str, value: object) -> None:
+    """The API side: a workload constructed with a wrong value raises ValueError naming the
+    parameter (pattern=[...] used to be a TypeError), or accepts it."""
+    sig = inspect.signature(KINDS[kind].__init__)
+    for name, p in sig.parameters.items():
+        if name == "self" or (value is None and p.default is not inspect.Parameter.empty):
+            continue
+        kwargs: dict[str, Any] = {k: v for k, v in {"size": "1MiB", "touch": "1MiB"}.items()
+                                  if k in sig.parameters}
+        try:
+            KINDS[kind](**{**kwargs, name: value})
+        except ValueError as e:
+            assert str(e).startswith(name), (name, str(e))

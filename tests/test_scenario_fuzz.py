@@ -9,6 +9,7 @@ ones."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -94,12 +95,12 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
         if op == "drop":
             del parent[key]
         elif op == "replace":
-            parent[key] = draw(st.sampled_from(WEIRD))
+            parent[key] = copy.deepcopy(draw(st.sampled_from(WEIRD)))
         elif op == "duplicate" and isinstance(parent, list):
-            parent.extend([parent[key]] * draw(st.sampled_from([1, 2, 300])))
+            parent.extend(copy.deepcopy([parent[key]] * draw(st.sampled_from([1, 2, 300]))))
         elif op == "add" and isinstance(parent, dict):
             parent[draw(st.sampled_from(["colour", "memory", "kind", "at", "os", "balloon",
-                                         "workload", "vm"]))] = draw(st.sampled_from(WEIRD))
+                                         "workload", "vm"]))] = copy.deepcopy(draw(st.sampled_from(WEIRD)))
         elif op == "nest":
             parent[key] = nested(draw(st.sampled_from([3, 40, 2000])))
     return doc

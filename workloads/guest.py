@@ -18,7 +18,7 @@ from uvm.periods import check_seconds
 from uvm.sizes import PAGE_SIZE, parse_pages
 from uvm.vm import VM
 from workloads.base import Workload, check_fraction, check_seed
-from workloads.patterns import PATTERNS
+from workloads.patterns import check_pattern
 
 PAGES_PER_STEP = 256
 MAX_COUNT = 1 << 16     # files, operations per step, writes between syncs: more is a mistake
@@ -70,9 +70,7 @@ class GuestWorkingSet(Workload):
     def __init__(self, size: int | str, pattern: str = "random", write_fraction: float = 0.5,
                  phases: Sequence[tuple[float, int | str]] | None = None, seed: int | None = None) -> None:
         self.set_pages = parse_pages(size, "size")
-        if pattern not in PATTERNS:
-            raise ValueError(f"pattern: must be one of {sorted(PATTERNS)}, got {pattern!r}")
-        self.pattern = pattern
+        self.pattern = check_pattern(pattern)
         self.write_fraction = check_fraction(write_fraction, "write_fraction")
         self.phases = _phases(phases)
         seed = _seed(seed)
@@ -127,8 +125,7 @@ class FileCache(Workload):
                  ops_per_step: int = 64, seed: int | None = None) -> None:
         if isinstance(files, bool) or not isinstance(files, int) or not 1 <= files <= MAX_COUNT:
             raise ValueError(f"files: expected a number of files from 1 to {MAX_COUNT}, got {files!r}")
-        if pattern not in PATTERNS:
-            raise ValueError(f"pattern: must be one of {sorted(PATTERNS)}, got {pattern!r}")
+        self.pattern = check_pattern(pattern)
         if isinstance(write_size, bool) or not isinstance(write_size, int) or not 1 <= write_size <= PAGE_SIZE:
             raise ValueError(f"write_size: must be 1..{PAGE_SIZE} bytes, got {write_size!r}")
         for name, value in (("sync_every", sync_every), ("ops_per_step", ops_per_step)):
@@ -136,7 +133,6 @@ class FileCache(Workload):
                 raise ValueError(f"{name}: expected an integer from 1 to {MAX_COUNT}, got {value!r}")
         self.nfiles = files
         self.file_pages = parse_pages(file_size, "file_size")
-        self.pattern = pattern
         self.write_fraction = check_fraction(write_fraction, "write_fraction")
         self.write_size = write_size
         self.sync_every = sync_every
