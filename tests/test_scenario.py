@@ -244,6 +244,10 @@ def test_deep_nesting_is_one_line(tmp_path: Path) -> None:
         path = write(tmp_path, GOOD + f"\n[vm.os]\nx = {nested}\n")
         with pytest.raises(ScenarioError, match="nested too deeply"):
             scenario.load(path)
+    path = write(tmp_path, GOOD.replace("fault_around = 4", "fault_around = " + "[" * 40 + "]" * 40))
+    with pytest.raises(ScenarioError, match=r": machine\.fault_around\[0\]\[0\]: tables or arrays "
+                                            r"nested too deeply \(at most 32 levels\)$"):
+        scenario.load(path)
 
 
 def test_vm_count_is_checked_before_parsing(tmp_path: Path) -> None:

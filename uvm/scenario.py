@@ -83,6 +83,7 @@ MAX_BYTES = 1 << 47         # 128 TiB, a process's address space: no machine, VM
 MAX_VMS = 256               # the C core's limit (cext/core.h)
 MAX_TEXT = 1 << 20          # bytes of TOML: a scenario is a page or two, not a data set
 MAX_DEPTH = 32              # nesting of tables and arrays
+SHOWN_DEPTH = 4             # levels of a field path an error shows: vm[0].workload.phases
 
 
 class ScenarioError(ValueError):
@@ -360,13 +361,15 @@ def _check_extent(text: str) -> None:
 
 
 def _check_depth(value: object, path: str, depth: int) -> None:
-    """Refuses tables and arrays nested deeper than any scenario field goes."""
+    """Refuses tables and arrays nested deeper than any scenario field goes; the message
+    names the field (its first SHOWN_DEPTH levels), not the whole way down."""
     if depth > MAX_DEPTH:
         raise ValueError(f"{path}: tables or arrays nested too deeply (at most {MAX_DEPTH} levels)")
     items = (value.items() if isinstance(value, dict)
              else enumerate(value) if isinstance(value, list) else ())
     for key, item in items:
-        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
+        where = (path if depth >= SHOWN_DEPTH else f"{path}[{key}]" if isinstance(key, int)
+                 else f"{path}.{key}" if path else key)
         _check_depth(item, where, depth + 1)
 
 
