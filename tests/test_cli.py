@@ -330,3 +330,21 @@ def test_live_view_with_policy_fits_100_columns(managed: Path) -> None:
                     " f ", "reclaim", "ops/s", "status", "working-set", "running"):
         assert heading in text, heading
     assert "…" not in text, "a cell or heading was cut to fit 100 columns"
+
+
+def test_a_second_signal_ends_a_setup_that_hangs(small: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The first signal waits for a safe place; a second one during a setup that never ends
+    forces the exit (status 128+signal of the first) instead of leaving kill -9 as the way out."""
+    def hung_launch(spec: scenario.Scenario) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+        raise AssertionError("the second signal did not end the setup")
+
+    monkeypatch.setattr(scenario, "launch", hung_launch)
+    start = time.monotonic()
+    assert main(["run", str(small)]) == 128 + signal.SIGTERM
+    assert time.monotonic() - start < 20
+    assert capsys.readouterr().err == "uvm: interrupted\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL      # handlers restored
