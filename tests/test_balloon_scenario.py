@@ -117,3 +117,13 @@ def test_balloon_steps_run_in_order_of_time(tmp_path: Path, capsys: pytest.Captu
                  "--json", str(out)]) == 0
     last = json.loads(out.read_text().splitlines()[-1])["vms"][0]["stats"]
     assert last["balloon_target"] == 512
+
+
+def test_a_disk_the_host_cannot_hold_is_one_line(tmp_path: Path) -> None:
+    """A virtual disk larger than its filesystem allows (EFBIG, or ENOSPC once space is
+    reserved) names the VM's [vm.os] table instead of an OSError traceback; no machine is
+    left behind."""
+    text = GUEST.replace("disk_latency = 0.0", 'disk_latency = 0.0\ndisk = "100TiB"')
+    spec = scenario.load(write(tmp_path, text))
+    with pytest.raises(ScenarioError, match=r": vm\[0\]\.os: cannot boot the guest OS: .* \(check disk\)$"):
+        scenario.launch(spec)

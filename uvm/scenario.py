@@ -630,6 +630,15 @@ class BalloonSchedule(Workload):
         return 1
 
 
+def _boot(vm: VM, spec: OSSpec) -> None:
+    """Boots the VM's guest OS; an OSError (e.g. EFBIG: a disk larger than the filesystem
+    allows) becomes a ValueError saying so."""
+    try:
+        uvm.guest.boot(vm, **spec.boot_kwargs())
+    except OSError as e:
+        raise ValueError(f"cannot boot the guest OS: {e.strerror or e} (check disk)") from e
+
+
 def _populate(machine: Machine, scenario: Scenario) -> None:
     for i, spec in enumerate(scenario.vms):
         try:
@@ -640,7 +649,7 @@ def _populate(machine: Machine, scenario: Scenario) -> None:
                 with _at(f"vm[{i}].os"):
                     if spec.os.balloon_max is not None:
                         vm.balloon.max_fraction = spec.os.balloon_max
-                    uvm.guest.boot(vm, **spec.os.boot_kwargs())
+                    _boot(vm, spec.os)
                 if spec.balloon:
                     vm.run(BalloonSchedule(spec.balloon))
             if spec.workload is not None:
