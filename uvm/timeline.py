@@ -40,6 +40,8 @@ MACHINE_FIELDS = {
     "hint_hits": "hint_hits", "shared_hits": "shared_hits", "hash_collisions": "hash_collisions",
     "cow_breaks": "cow_breaks", "scanned": "scanned", "merge_stops": "merge_stops",
     "scan_rate": "scan_rate_pages_per_s", "state": "state", "tax_rate": "tax_rate",
+    "mpn_free": "mpn_free_pages", "mpn_largest_free": "mpn_largest_free_pages",
+    "mpn_holes": "mpn_holes",
 }
 MACHINE_DROPPED = {"uffd_user_mode": "the header's host.mode", "merge_stopped": "merge_stopped (a bool)"}
 VM_FIELDS = {
@@ -107,6 +109,11 @@ class MachineLine(_Strict):
     scan_rate_pages_per_s: float = described("the sharing scanner's measured rate")
     state: str = described("reclamation state: high, soft, hard, low, or unmanaged (no policy)")
     tax_rate: float | None = described("the idle memory tax rate (null: no policy)", True)
+    mpn_free_pages: int = described("MPN space free for VMs' slices")
+    mpn_largest_free_pages: int = described("of that, the largest contiguous run: the biggest "
+                                            "VM that fits")
+    mpn_holes: int = described("free runs of MPN space below the top slice (coalesced: never "
+                               "adjacent)")
 
 
 class PolicyLine(_Strict):
