@@ -4,6 +4,7 @@ with it, and the swap file behind it."""
 from __future__ import annotations
 
 import errno
+import math
 import os
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 from uvm._binding import ffi, lib
 from uvm.errors import USERFAULTFD_HELP, UserfaultfdUnavailable, UvmError
+from uvm.periods import check_period, check_seconds, next_tick
 from uvm.sharing import DEFAULT_RATE, DEFAULT_VM_RATE, ShareScanner, check_rate, scan
 from uvm.sizes import MAX_SIZE, PAGE_SIZE, format_size, parse_pages, parse_size
 from uvm.scheduler import MemoryPolicy, MemoryScheduler
@@ -476,17 +478,16 @@ class Machine:
             return int(lib.machine_memfd_pages(m))
 
     def watch(self, seconds: float, every: float = 1.0) -> Iterator[Snapshot]:
-        """Yields a stats snapshot every `every` seconds for `seconds` seconds."""
-        if every <= 0:
-            raise ValueError(f"every: must be > 0, got {every}")
+        """Yields a stats snapshot at 0, every, 2 every, ... seconds up to `seconds` (`every`
+        at least periods.MIN_PERIOD); ticks that fall behind are skipped, never made up."""
+        seconds = check_seconds(seconds, "seconds", zero=True)
+        every = check_period(every, "every")
         start = time.monotonic()
-        nxt = start
-        while True:
+        tick = 0.0
+        while tick <= seconds + 1e-9:
+            time.sleep(max(0.0, start + tick - time.monotonic()))
             yield snapshot(self)
-            nxt += every
-            if nxt - start > seconds + 1e-9:
-                return
-            time.sleep(max(0.0, nxt - time.monotonic()))
+            tick = next_tick(time.monotonic() - start, every, math.inf)
 
     @property
     def uptime(self) -> float:
