@@ -15,7 +15,7 @@ import errno
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Union, cast
 
 from uvm._binding import lib
 
@@ -116,8 +116,10 @@ def scan(machine_handle: object, slot: int, first: int, count: int, random: bool
 
 def check_domains(policy: object) -> DomainPolicy:
     """Returns a sharing-domain policy; ValueError naming share_domains if it is not one."""
-    if callable(policy) or policy in DOMAIN_POLICIES:
-        return policy       # type: ignore[return-value]
+    if isinstance(policy, str) and policy in DOMAIN_POLICIES:
+        return policy
+    if callable(policy):
+        return cast(DomainPolicy, policy)
     raise ValueError(f"share_domains: must be one of {list(DOMAIN_POLICIES)} or a callable "
                      f"taking a VM's name and returning its salt, got {policy!r}")
 
