@@ -217,7 +217,7 @@ def test_the_side_channel_is_open_across_vms_and_closed_by_salts() -> None:
     (merged counts only the attacker's own 32 pairs), so every write is private and the
     accuracy is 50% give or take the odd delayed write: the bounds [0.4, 0.6] need 26 of
     them, all on one side."""
-    attacker = sidechannel.Attacker()
+    attacker = sidechannel.ThresholdClassifier()
     for p in rounds(2, lambda s: sidechannel.probe(s)):
         assert p.intact and p.merged == 2 * sidechannel.CALIBRATION + 256
         assert sidechannel.accuracy(attacker.guess(p.private, p.shared, p.latencies), p.held) >= 0.9

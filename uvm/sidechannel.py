@@ -13,8 +13,8 @@ candidates, half of them copies of victim pages and half fresh random pages nobo
 has, plus calibration pages it knows the answer for (unique pages, and pages it holds twice,
 which merge within its own VM whatever the domains); the scanner runs (`share_now`); the
 attacker times one write to every calibration page and candidate (`wl_time_writes`, timed
-in C: Python's own jitter would be the size of the signal). `Attacker` is the classifier:
-a threshold between the two calibration medians. With sharing across VMs it is right about
+in C: Python's own jitter would be the size of the signal). `ThresholdClassifier` is the
+attacker's classifier: a threshold between the two calibration medians. With sharing across VMs it is right about
 nearly every candidate; once the two VMs are in different sharing domains (salts), no
 candidate is merged, every write is fast, and it can do no better than chance.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from uvm._binding import ffi, lib
@@ -96,10 +97,20 @@ def probe(seed: int, candidates: int = 256, share_domains: DomainPolicy = "all",
     return Probe(latencies, held, private, shared, merged, saved, intact)
 
 
-class Attacker:
-    """The attacker's classifier: a write slower than the threshold hit a shared page. The
-    threshold is the geometric mean of the calibration medians (the two costs differ by a
-    factor, not by an offset), so it holds on a faster or slower machine alike."""
+class Classifier(ABC):
+    """The attacker's classifier (the side-channel lab's student writes one)."""
+
+    @abstractmethod
+    def guess(self, private: list[int], shared: list[int], latencies: list[int]) -> list[bool]:
+        """Given write latencies (ns) of the attacker's own pages known to be private and
+        known to be shared (calibration), and of each candidate: for each candidate, does
+        the victim hold that page (was the write slow because it was shared)?"""
+
+
+class ThresholdClassifier(Classifier):
+    """A write slower than the threshold hit a shared page. The threshold is the geometric
+    mean of the calibration medians (the two costs differ by a factor, not by an offset),
+    so it holds on a faster or slower machine alike."""
 
     def threshold(self, private: list[int], shared: list[int]) -> float:
         """The latency (ns) that separates a private write from a copy-on-write break."""

@@ -45,7 +45,7 @@ def params(quick: bool) -> dict[str, Any]:
 
 def attack(config: str, p: dict[str, Any], trial: Trial) -> dict[str, Any]:
     """The attack in one configuration, `rounds` times; its accuracy and latencies."""
-    attacker = sidechannel.Attacker()
+    attacker = sidechannel.ThresholdClassifier()
     right = fp = fn = merged = 0
     held_ns: list[int] = []
     free_ns: list[int] = []
