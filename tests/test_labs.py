@@ -299,9 +299,9 @@ UNPRIVILEGED = textwrap.dedent("""
 
 
 def test_a_lab_is_graded_as_an_unprivileged_user(tmp_path: Path) -> None:
-    """As students run it (the labs that run real VMs). As root, the child drops to nobody once Python has started (the
-    interpreter lives under /root here, which nobody may not read), so only user-mode
-    userfaultfd is left; as any other user it runs as that user."""
+    """As students run it (the labs that run real VMs). As root, the child drops to nobody
+    once Python has started (the interpreter lives under /root here, which nobody may not
+    read), so only user-mode userfaultfd is left; as any other user it runs as that user."""
     work = Path(tempfile.mkdtemp(prefix="uvm-lab-"))     # tmp_path's parents are root-only
     try:
         os.chmod(work, 0o777)           # the grader's machines put their swap files here
