@@ -52,8 +52,9 @@ struct vm {
 };
 
 struct swap {
-    int fd;
+    int fd;                 /* -1: none */
     char *path;             /* NULL when unlinked */
+    uint64_t dev, ino;      /* the named file created, to remove only that one */
     uint64_t capacity;      /* nominal capacity in bytes */
     uint64_t units;         /* usable UVM_SWAP_UNIT units (capacity plus slack) */
     uint64_t *bitmap;       /* 1 bit per unit: 1 = in use */
@@ -109,7 +110,8 @@ struct share {
     int64_t zero;           /* index of the zero page's shared frame, or -1 */
     int stopped;            /* merging stopped at the mapping limit */
     long max_maps, vma_est; /* vm.max_map_count and our running estimate of VMAs */
-    uint64_t since_count;
+    uint64_t since_count;   /* pages scanned since the last count */
+    uint64_t counted_at, count_cost;    /* when maps were last counted, and what it took (ns) */
     int trans;              /* this machine's slot in the transition table */
     struct scan *scan;
 };
@@ -121,8 +123,8 @@ struct machine {
     char *view;             /* machine view: the whole memfd, unregistered */
     uint64_t view_pages;
     uint64_t mpn_next;      /* MPN slices are handed out by bump allocation ... */
-    struct { uint64_t base, npages; } holes[MAX_VMS];   /* ... and reused from holes */
-    int nholes;
+    struct { uint64_t base, npages; } holes[MAX_VMS + 1];   /* ... and reused from holes: */
+    int nholes;             /* sorted by base, never adjacent (coalesced), none at mpn_next */
 
     uint64_t nframes;       /* M */
     uint64_t nresident;     /* private frames (home frames of resident pages) */
@@ -147,7 +149,8 @@ struct machine {
     uint64_t listen_checked;    /* when a listener last looked where faults come from (ns) */
     uint64_t local_seen[MAX_PAGERS];    /* when a fault last came from pager i's CPU (ns) */
     int closing;
-    int hold;               /* INJECT_PAGER_HOLD */
+    int hold;               /* INJECT_PAGER_HOLD: the pagers wait ... */
+    uint64_t hold_until;    /* ... until then (CLOCK_MONOTONIC ns) at the latest */
     pthread_cond_t hold_cv;
 
     int reclaim;
@@ -221,6 +224,10 @@ void trans_end(int slot);
 int live_add(char *start, uint64_t len);
 void live_remove(int slot);
 void guard_install(void);
+
+/* machine.c */
+int machine_held(struct machine *m);
+uint64_t now_ns(void);
 
 /* pager.c */
 int pager_start(struct machine *m, const int *cpus);

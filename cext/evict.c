@@ -197,11 +197,11 @@ void *reclaim_main(void *arg)
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000;
         }
-        if (frames_free(m) >= m->low_water || m->hold) {
+        if (frames_free(m) >= m->low_water || machine_held(m)) {
             pthread_cond_timedwait(&m->reclaim_cv, &m->lock, &ts);
             continue;
         }
-        while (!m->closing && !m->hold && frames_free(m) < m->high_water) {
+        while (!m->closing && !machine_held(m) && frames_free(m) < m->high_water) {
             uint64_t ents[EVICT_BATCH];
             int n = pick_random(m, ents, EVICT_BATCH);
             if (n == 0 || evict_pages(m, ents, n, 1) < 0) {

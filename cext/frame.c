@@ -58,8 +58,40 @@ int frame_punch(struct machine *m, struct vm *v, uint64_t ppn, uint64_t n)
     return 0;
 }
 
+/* returns whether [b1, b1 + n1) and [b2, b2 + n2) overlap. */
+static int overlap(uint64_t b1, uint64_t n1, uint64_t b2, uint64_t n2)
+{
+    return b1 < b2 + n2 && b2 < b1 + n1;
+}
+
+/* checks MPN space: holes sorted, coalesced and below the tail, and no VM's slice overlapping
+ * a hole, another slice or the tail; returns 0 or -EUCLEAN. */
+static int slices_check(struct machine *m)
+{
+    for (int i = 0; i < m->nholes; i++) {
+        uint64_t end = m->holes[i].base + m->holes[i].npages;
+        if (m->holes[i].npages == 0 || end >= m->mpn_next ||
+            (i + 1 < m->nholes && end >= m->holes[i + 1].base))
+            return -EUCLEAN;
+    }
+    for (int s = 0; s < MAX_VMS; s++) {
+        struct vm *v = m->vms[s];
+        if (!v)
+            continue;
+        if (v->base + v->npages > m->mpn_next)
+            return -EUCLEAN;
+        for (int i = 0; i < m->nholes; i++)
+            if (overlap(v->base, v->npages, m->holes[i].base, m->holes[i].npages))
+                return -EUCLEAN;
+        for (int t = 0; t < s; t++)
+            if (m->vms[t] && overlap(v->base, v->npages, m->vms[t]->base, m->vms[t]->npages))
+                return -EUCLEAN;
+    }
+    return 0;
+}
+
 /* checks that the frame table and every pmap agree (each resident page has exactly the
- * entry its pmap names, and per-VM counts match); returns 0, or -EUCLEAN. Debug aid: it
+ * entry its pmap names, and per-VM counts match), and that MPN slices do not overlap; returns 0, or -EUCLEAN. Debug aid: it
  * walks every pmap, so call it from tests, not from a hot path. */
 int machine_check(struct machine *m)
 {
@@ -111,6 +143,8 @@ int machine_check(struct machine *m)
     }
     if (!r && live != m->nshared)
         r = -EUCLEAN;
+    if (!r)
+        r = slices_check(m);
     free(refs);
     pthread_mutex_unlock(&m->lock);
     return r;

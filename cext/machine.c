@@ -90,9 +90,13 @@ int machine_open(const struct uvm_config *cfg, struct machine **out)
     if (!m)
         return -ENOMEM;
     pthread_mutex_init(&m->lock, NULL);
-    pthread_cond_init(&m->hold_cv, NULL);
+    pthread_condattr_t mono;
+    pthread_condattr_init(&mono);
+    pthread_condattr_setclock(&mono, CLOCK_MONOTONIC);     /* hold_until is monotonic */
+    pthread_cond_init(&m->hold_cv, &mono);
+    pthread_condattr_destroy(&mono);
     pthread_cond_init(&m->reclaim_cv, NULL);
-    m->memfd = m->uffd = m->stopfd = -1;
+    m->memfd = m->uffd = m->stopfd = m->swap.fd = -1;
     m->view = MAP_FAILED;
     m->nframes = cfg->frames;
     m->fault_around = cfg->fault_around < 1 ? 1 : cfg->fault_around;
@@ -107,8 +111,11 @@ int machine_open(const struct uvm_config *cfg, struct machine **out)
         goto fail;
     memset(m->zbuf, 0, (size_t)FAULT_AROUND_MAX * PG);
 
-    if ((r = swap_open(&m->swap, cfg->swap_path, cfg->swap_dir, cfg->swap_bytes, cfg->debug)))
+    if ((r = swap_open(&m->swap, cfg->swap_path, cfg->swap_dir, cfg->swap_bytes, cfg->debug))) {
+        if (cfg->swap_failed)
+            *cfg->swap_failed = 1;
         goto fail;
+    }
     r = -errno;
     m->memfd = memfd_create("uvm-machine", MFD_CLOEXEC);
     if (m->memfd < 0 || ftruncate(m->memfd, (off_t)VIEW_BYTES))
@@ -222,6 +229,13 @@ static void stats_locked(struct machine *m, struct uvm_machine_stats *st)
     st->frame_table_bytes = m->nframes * sizeof *m->frames;
     st->swap_map_bytes = ((m->swap.units + 63) / 64 + 1) * 8;
     st->uffd_user_mode = m->user_mode;
+    st->mpn_free = st->mpn_largest_free = m->share.sh_base - m->mpn_next;
+    st->mpn_holes = (uint64_t)m->nholes;
+    for (int i = 0; i < m->nholes; i++) {
+        st->mpn_free += m->holes[i].npages;
+        if (m->holes[i].npages > st->mpn_largest_free)
+            st->mpn_largest_free = m->holes[i].npages;
+    }
     st->shared_frames = m->nshared;
     st->saved = m->st.sharing - m->nshared;
     st->share_table_bytes = (m->share.mask + 1) * sizeof(struct share_entry) +
@@ -248,6 +262,24 @@ void machine_snapshot(struct machine *m, struct uvm_machine_stats *st, const int
     pthread_mutex_unlock(&m->lock);
 }
 
+uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* returns whether the pagers are held (INJECT_PAGER_HOLD), ending a hold whose time is up.
+ * A hold always ends by itself: a guest thread that faults while holding the GIL would
+ * otherwise wedge the whole process, since no Python thread could run to resume the pagers.
+ * Caller holds m->lock. */
+int machine_held(struct machine *m)
+{
+    if (m->hold && now_ns() >= m->hold_until)
+        m->hold = 0;
+    return m->hold;
+}
+
 /* arms a fault injection point (see INJECT_* in uvm.h); returns 0 or -EINVAL. */
 int machine_inject(struct machine *m, int what, int64_t n)
 {
@@ -259,8 +291,9 @@ int machine_inject(struct machine *m, int what, int64_t n)
     }
     else if (what == INJECT_SWAP_READ)
         m->inject_read = n;
-    else if (what == INJECT_PAGER_HOLD) {
+    else if (what == INJECT_PAGER_HOLD && n >= 0 && n <= HOLD_MAX_MS) {
         m->hold = n != 0;
+        m->hold_until = now_ns() + (uint64_t)n * 1000000u;
         pthread_cond_broadcast(&m->hold_cv);
     } else
         r = -EINVAL;

@@ -34,6 +34,7 @@
 #include <time.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include "core.h"
 #include "uffd.h"
 
@@ -61,13 +62,25 @@ int uffd_wake(struct machine *m, char *addr, uint64_t len)
     return uffd_ioctl(m, UFFDIO_WAKE, &r);
 }
 
-/* makes [addr, addr + len) raise SIGBUS on access and wakes its waiters; returns 0 or -errno. */
+/* makes [addr, addr + len) raise SIGBUS on access and wakes its waiters; returns 0 or -errno.
+ * UFFDIO_POISON refuses any PTE, even a marker: a write-protected page takes a WP fault
+ * while mapped, and dropping its mapping leaves a uffd-wp marker behind. Waking the writer
+ * would only make it fault again, forever. So the mapping is dropped (MADV_DONTNEED keeps
+ * the frame in the memfd: nothing is lost), then the marker (un-protecting a page that maps
+ * nothing lets no write through: the next touch is a fault, which waits for the lock the
+ * caller holds), and the poison lands. If it still cannot (the mapping is gone), the waiter
+ * is woken to retry and see (a destroyed VM's range faults as an inaccessible reservation). */
 int uffd_poison(struct machine *m, char *addr, uint64_t len)
 {
     struct uffdio_poison p = { .range = { .start = (uint64_t)addr, .len = len } };
     int r = uffd_ioctl(m, UFFDIO_POISON, &p);
-    /* EEXIST: the page is mapped; anything else (the mapping is gone or broken): either
-     * way the waiter must not sleep forever, so wake it to retry and see */
+    if (r == -EEXIST && madvise(addr, len, MADV_DONTNEED) == 0) {
+        struct uffdio_writeprotect w = { .range = p.range, .mode = 0 };
+        if ((r = uffd_ioctl(m, UFFDIO_WRITEPROTECT, &w)) == 0) {
+            p.updated = 0;
+            r = uffd_ioctl(m, UFFDIO_POISON, &p);
+        }
+    }
     return r ? uffd_wake(m, addr, len) : 0;
 }
 
@@ -281,13 +294,6 @@ static int thread_cpu(uint32_t tid)
     return f ? atoi(f) : -1;
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* when it is time to look (see Listening above): makes the pager pinned on the CPU this
  * fault came from a listener, and stops listener me if its own CPU has gone quiet. */
 static void listen_follow(struct machine *m, int me, const struct uffd_msg *msg)
@@ -356,8 +362,11 @@ static void *pager_main(void *arg)
         if (who != ~0ull)
             listen_follow(m, pc->i, &msgs[0]);
         pthread_mutex_lock(&m->lock);
-        while (m->hold && !m->closing)
-            pthread_cond_wait(&m->hold_cv, &m->lock);
+        while (machine_held(m) && !m->closing) {
+            struct timespec until = { (time_t)(m->hold_until / 1000000000u),
+                                      (long)(m->hold_until % 1000000000u) };
+            pthread_cond_timedwait(&m->hold_cv, &m->lock, &until);
+        }
         for (size_t i = 0; i < (size_t)n / sizeof msgs[0]; i++)
             if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
                 fault(m, &msgs[i]);

@@ -238,6 +238,21 @@ static long count_maps(void)
     return n;
 }
 
+/* judges a fresh count (sh->vma_est): stops or resumes merging; returns whether a merge may
+ * add mappings. */
+static int maps_judge(struct machine *m)
+{
+    struct share *sh = &m->share;
+    long headroom = sh->max_maps / 8 > 2048 ? sh->max_maps / 8 : 2048;
+    int room = sh->vma_est >= 0 && sh->vma_est + 2 < sh->max_maps - headroom;
+    if (!room && !sh->stopped)
+        m->st.merge_stops++;
+    sh->stopped = !room;
+    sh->since_count = 0;
+    m->st.merge_stopped = (uint64_t)sh->stopped;
+    return room;
+}
+
 /* returns whether a merge may add mappings; stops or resumes merging at the limit. */
 static int maps_room(struct machine *m)
 {
@@ -247,31 +262,74 @@ static int maps_room(struct machine *m)
         return 1;
     if (sh->stopped && sh->since_count < 4096)
         return 0;
-    sh->since_count = 0;
     sh->vma_est = count_maps();
-    int room = sh->vma_est >= 0 && sh->vma_est + 2 < sh->max_maps - headroom;
-    if (!room && !sh->stopped)
+    __atomic_store_n(&sh->counted_at, now_ns(), __ATOMIC_RELAXED);
+    return maps_judge(m);
+}
+
+/* records that adding a mapping failed for want of mappings (ENOMEM from mmap, mprotect
+ * or a split: the process is at vm.max_map_count, whoever made the mappings): merging stops
+ * until a recount finds room again. */
+static void maps_exhausted(struct machine *m)
+{
+    if (!m->share.stopped)
         m->st.merge_stops++;
-    sh->stopped = !room;
-    m->st.merge_stopped = (uint64_t)sh->stopped;
-    return room;
+    m->share.stopped = 1;
+    m->share.since_count = 0;
+    m->st.merge_stopped = 1;
 }
 
 /* maps n guest pages at a onto memfd pages from mpn, registered with the pager; returns 0
- * or -errno. In the window before registration the range is PROT_NONE and "in transition",
- * so a guest touching it waits in the signal handler instead of reaching the kernel. The
- * caller has called guard_install() (once per scan or fault, not per re-map). */
-static int remap(struct machine *m, char *a, uint64_t n, uint64_t mpn)
+ * or -errno (-EMFILE: the process has no mapping to spare), and sets *replaced when the old
+ * mapping is gone (the mmap succeeded; when it fails, the old mapping is intact). In the
+ * window before registration the range is PROT_NONE and "in transition", so a guest
+ * touching it waits in the signal handler instead of reaching the kernel. The caller has
+ * called guard_install() (once per scan or fault, not per re-map). */
+static int remap(struct machine *m, char *a, uint64_t n, uint64_t mpn, int *replaced)
 {
     int r = 0;
+    *replaced = 0;
     trans_begin(m->share.trans, a, n * PG);
     struct uffdio_register reg = { .range = { (uint64_t)a, n * PG }, .mode = REG_MODES };
-    if (mmap(a, n * PG, PROT_NONE, MAP_SHARED | MAP_FIXED, m->memfd, (off_t)(mpn * PG)) == MAP_FAILED ||
-        ioctl(m->uffd, UFFDIO_REGISTER, &reg) || mprotect(a, n * PG, PROT_READ | PROT_WRITE))
+    if (mmap(a, n * PG, PROT_NONE, MAP_SHARED | MAP_FIXED, m->memfd, (off_t)(mpn * PG)) == MAP_FAILED)
+        r = -errno;
+    else if ((*replaced = 1, ioctl(m->uffd, UFFDIO_REGISTER, &reg)) ||
+             mprotect(a, n * PG, PROT_READ | PROT_WRITE))
         r = -errno;
     trans_end(m->share.trans);
     m->share.vma_est += 2;
+    if (r == -ENOMEM) {
+        maps_exhausted(m);
+        r = -EMFILE;
+    }
     return r;
+}
+
+/* The application shares the mapping limit: it may add thousands of mappings of its own
+ * after the machine was created, so the estimate is refreshed by a real count before a scan
+ * pass. Counting reads /proc/self/maps, whose cost grows with the mappings (milliseconds at
+ * tens of thousands), so passes count at most every MAPS_RECOUNT_NS, and no more often than
+ * ten times the last count's cost: counting never takes more than a tenth of the scanner. */
+#define MAPS_RECOUNT_NS 100000000ull
+
+/* refreshes the estimate of this process's mappings if it is time; called without m->lock
+ * (counting takes the kernel's mmap lock, and the pagers must not wait for it). */
+static void maps_recount(struct machine *m)
+{
+    struct share *sh = &m->share;
+    uint64_t t0 = now_ns();
+    uint64_t every = 10 * __atomic_load_n(&sh->count_cost, __ATOMIC_RELAXED);
+    if (t0 - __atomic_load_n(&sh->counted_at, __ATOMIC_RELAXED) <
+        (every > MAPS_RECOUNT_NS ? every : MAPS_RECOUNT_NS))
+        return;
+    long n = count_maps();
+    uint64_t t1 = now_ns();
+    pthread_mutex_lock(&m->lock);
+    __atomic_store_n(&sh->counted_at, t1, __ATOMIC_RELAXED);
+    __atomic_store_n(&sh->count_cost, t1 - t0, __ATOMIC_RELAXED);
+    sh->vma_est = n;
+    maps_judge(m);
+    pthread_mutex_unlock(&m->lock);
 }
 
 /* maps [a, a + n pages) from the page cache, write-protected if wp. */
@@ -341,12 +399,14 @@ static int apply_run(struct machine *m, struct merge *run, int n)
 {
     struct vm *v = run[0].v;
     char *a = v->guest + run[0].ppn * PG;
-    int room = maps_room(m);
-    int r = room ? remap(m, a, (uint64_t)n, m->share.sh_base + run[0].s) : -ENOMEM;
+    int replaced = 0, back;
+    int r = maps_room(m) ? remap(m, a, (uint64_t)n, m->share.sh_base + run[0].s, &replaced) : -EMFILE;
     if (r) {
-        /* if the old mapping may be gone, map the home frames back (they hold the data) */
-        if (room && remap(m, a, (uint64_t)n, v->base + run[0].ppn))
-            v->stopped = v->st.stopped = ENOMEM;
+        /* a failed mmap left the old mapping as it was; past it, map the home frames back
+         * (they hold the data). Merging is only an optimisation: its failure stops merging
+         * (maps_exhausted), never the VM, unless its memory cannot be mapped at all. */
+        if (replaced && remap(m, a, (uint64_t)n, v->base + run[0].ppn, &back))
+            v->stopped = v->st.stopped = EMFILE;
         for (int i = 0; i < n; i++) {
             v->pmap[run[i].ppn] &= ~((pte_t)PTE_PENDING << 3);
             sframe_free_unused(m, run[i].s);
@@ -535,6 +595,7 @@ int64_t share_scan(struct machine *m, int id, uint64_t first, uint64_t n, int ra
 {
     int64_t merged = 0;
     guard_install();            /* once per scan: every re-map below relies on it */
+    maps_recount(m);
     pthread_mutex_lock(&m->lock);
     struct vm *v = vm_get(m, id);
     if (id >= 0 && !v) {
@@ -569,25 +630,59 @@ static void cow_broken(struct machine *m, struct vm *v, uint64_t s)
     m->st.cow_breaks++;
 }
 
+/* returns whether shared page (v, p) and (v, q = p + 1) are mapped by one alias run. */
+static int alias_continues(struct vm *v, uint64_t p, uint64_t q)
+{
+    pte_t a = v->pmap[p], b = v->pmap[q];
+    return PTE_STATE(a) == PM_SHARED && PTE_STATE(b) == PM_SHARED && !share_at_home(v, p) &&
+           !share_at_home(v, q) && PTE_VAL(b) == PTE_VAL(a) + 1;
+}
+
+/* gives shared pages [lo, hi) of v (one alias run, or part of one) private copies in their
+ * home frames, mapped writable; returns 0 or -errno (-EMFILE: no mapping to spare). */
+static int cow_range(struct machine *m, struct vm *v, uint64_t lo, uint64_t hi)
+{
+    int r = ensure_free(m, hi - lo);
+    if (r < 0)
+        return r;
+    for (uint64_t p = lo; p < hi; p++)
+        memcpy(frame_addr(m, v, p), sframe_addr(m, PTE_VAL(v->pmap[p])), PG);
+    char *a = v->guest + lo * PG;
+    guard_install();
+    int replaced;
+    if ((r = remap(m, a, hi - lo, v->base + lo, &replaced))) {
+        frame_punch(m, v, lo, hi - lo);
+        return r;
+    }
+    for (uint64_t p = lo; p < hi; p++) {
+        uint64_t s = PTE_VAL(v->pmap[p]);
+        frame_add(m, v, p);
+        cow_broken(m, v, s);
+    }
+    premap(m, a, hi - lo, 0);   /* maps the private copies and wakes the writer */
+    return 0;
+}
+
 /* breaks copy-on-write for a write to shared page (v, ppn): the page gets its home frame
  * back with the shared content; returns 0 or -errno. */
 int share_cow(struct machine *m, struct vm *v, uint64_t ppn)
 {
-    uint64_t s = PTE_VAL(v->pmap[ppn]);
-    int r = ensure_free(m, 1);
-    if (r < 0)
-        return r;
-    memcpy(frame_addr(m, v, ppn), sframe_addr(m, s), PG);
-    char *a = v->guest + ppn * PG;
-    guard_install();
-    if ((r = remap(m, a, 1, v->base + ppn))) {
-        frame_punch(m, v, ppn, 1);
-        return r;
+    int r = cow_range(m, v, ppn, ppn + 1);
+    if (r == -EMFILE) {
+        /* Re-mapping one page of an alias run splits its mapping, and the process has no
+         * mapping to spare (the application made them): break the whole run instead, whose
+         * mapping is then replaced whole, which needs no new one. Consecutive shared PPNs
+         * onto consecutive shared frames are one mapping (the kernel merges such neighbours,
+         * and a home offset never continues a shared one). Costs a frame per page. */
+        uint64_t lo = ppn, hi = ppn + 1;
+        while (lo > 0 && alias_continues(v, lo - 1, lo))
+            lo--;
+        while (hi < v->npages && alias_continues(v, hi - 1, hi))
+            hi++;
+        if (hi - lo > 1)
+            r = cow_range(m, v, lo, hi);
     }
-    frame_add(m, v, ppn);
-    premap(m, a, 1, 0);         /* maps the private copy and wakes the writer */
-    cow_broken(m, v, s);
-    return 0;
+    return r;
 }
 
 /* returns whether shared page (v, ppn) was merged without re-mapping (a zero page that still
@@ -604,15 +699,16 @@ int share_fault_home(struct machine *m, struct vm *v, uint64_t ppn, uint64_t fla
 {
     uint64_t s = PTE_VAL(v->pmap[ppn]);
     char *a = v->guest + ppn * PG;
-    int r;
+    int r, replaced;
     if (!(flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) && maps_room(m)) {
         guard_install();
-        if ((r = remap(m, a, 1, m->share.sh_base + s)) == 0) {
+        if ((r = remap(m, a, 1, m->share.sh_base + s, &replaced)) == 0) {
             v->pmap[ppn] = PTE_MAKE(PM_SHARED, 0, s);
             premap(m, a, 1, 1);     /* maps the zero frame and wakes the reader */
             return 0;
         }
-        if (remap(m, a, 1, v->base + ppn))     /* back to the home offset, for a private frame */
+        /* back to the home offset, for a private frame */
+        if (replaced && remap(m, a, 1, v->base + ppn, &replaced))
             return r;
     }
     if ((r = ensure_free(m, 1)) < 0)
@@ -638,7 +734,7 @@ int share_release(struct machine *m, struct vm *v, uint64_t ppn)
     uint64_t s = PTE_VAL(v->pmap[ppn]);
     if (!share_at_home(v, ppn)) {
         guard_install();
-        int r = remap(m, v->guest + ppn * PG, 1, v->base + ppn);
+        int replaced, r = remap(m, v->guest + ppn * PG, 1, v->base + ppn, &replaced);
         if (r)
             return r;
     }
@@ -711,6 +807,7 @@ int share_init(struct machine *m)
     if (pretend && atol(pretend) > 0 && atol(pretend) < sh->max_maps)
         sh->max_maps = atol(pretend);
     sh->vma_est = count_maps();
+    sh->counted_at = now_ns();
     return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include "core.h"
 #include "lz4.h"
 
@@ -24,6 +25,7 @@ uint32_t swap_units(uint32_t len)
 int swap_open(struct swap *s, const char *path, const char *dir, uint64_t bytes, int debug)
 {
     memset(s, 0, sizeof *s);
+    s->fd = -1;
     s->debug = debug;
     /* Compressed pages take runs of 1..8 units, so free space fragments; an eighth more
      * units than the nominal capacity absorbs that, so admission control (which counts
@@ -34,9 +36,13 @@ int swap_open(struct swap *s, const char *path, const char *dir, uint64_t bytes,
     if (!s->bitmap)
         return -ENOMEM;
     if (path) {
+        struct stat st;
         s->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (s->fd >= 0)
+        if (s->fd >= 0 && fstat(s->fd, &st) == 0) {
             s->path = strdup(path);
+            s->dev = st.st_dev;
+            s->ino = st.st_ino;
+        }
     } else {
         s->fd = open(dir, O_RDWR | O_TMPFILE | O_EXCL | O_CLOEXEC, 0600);
     }
@@ -56,17 +62,22 @@ int swap_open(struct swap *s, const char *path, const char *dir, uint64_t bytes,
     return 0;
 }
 
-/* closes the swap file and removes it if it has a name. */
+/* closes the swap file and removes it if it has a name and the name still names the file
+ * created (someone may have replaced it since: uvm removes only files it created). Safe to
+ * call twice. */
 void swap_close(struct swap *s)
 {
-    if (s->fd > 0)
+    struct stat st;
+    if (s->fd >= 0)
         close(s->fd);
     if (s->path) {
-        unlink(s->path);
+        if (lstat(s->path, &st) == 0 && st.st_dev == s->dev && st.st_ino == s->ino)
+            unlink(s->path);
         free(s->path);
     }
     free(s->bitmap);
     memset(s, 0, sizeof *s);
+    s->fd = -1;
 }
 
 static int bit_get(const uint64_t *b, uint64_t i) { return (b[i / 64] >> (i % 64)) & 1; }

@@ -17,7 +17,9 @@
 /* fault injection points (machine_inject) */
 #define INJECT_SWAP_WRITE 1  /* the next n swap writes fail with EIO */
 #define INJECT_SWAP_READ 2   /* the next n swap reads fail with EIO */
-#define INJECT_PAGER_HOLD 3  /* n = 1: pagers stop serving faults; n = 0: resume */
+#define INJECT_PAGER_HOLD 3  /* n > 0: pagers stop serving faults for n ms (at most
+                                HOLD_MAX_MS; then they resume by themselves); 0: resume */
+#define HOLD_MAX_MS 60000
 #define INJECT_SWAP_FULL 4   /* the next n swap writes fail with ENOSPC (device full) */
 
 struct machine;
@@ -35,6 +37,8 @@ struct uvm_config {
     uint64_t swap_latency_ns; /* charged per swap read or write request (a disk); 0: none */
     uint64_t seed;          /* seeds the core's random choices (victims, sampling, sharing
                              * scan); 0: from the clock and pid */
+    int *swap_failed;       /* out, if not NULL: 1 when machine_open failed on the swap file
+                               (its errno, e.g. EOPNOTSUPP, means something else there) */
 };
 
 struct uvm_vm_stats {
@@ -92,6 +96,9 @@ struct uvm_machine_stats {
     uint64_t scanned;
     uint64_t merge_stopped;     /* 1 while merging is stopped at the mapping limit */
     uint64_t merge_stops;       /* times it stopped */
+    uint64_t mpn_free;          /* pages of MPN space free for VMs' slices */
+    uint64_t mpn_largest_free;  /* of those, the largest contiguous run: the biggest VM that fits */
+    uint64_t mpn_holes;         /* free runs below the top slice (coalesced: never adjacent) */
     int uffd_user_mode;         /* 1: UFFD_USER_MODE_ONLY (unprivileged) */
 };
 

@@ -10,7 +10,8 @@
 #include "core.h"
 #include "uffd.h"
 
-/* takes an MPN slice of n pages from a hole or the end of MPN space; returns base or -1. */
+/* takes an MPN slice of n pages from a hole (first fit) or the end of MPN space; returns
+ * base or -1. */
 static int64_t slice_alloc(struct machine *m, uint64_t n)
 {
     for (int i = 0; i < m->nholes; i++) {
@@ -18,8 +19,10 @@ static int64_t slice_alloc(struct machine *m, uint64_t n)
             uint64_t base = m->holes[i].base;
             m->holes[i].base += n;
             m->holes[i].npages -= n;
-            if (m->holes[i].npages == 0)
-                m->holes[i] = m->holes[--m->nholes];
+            if (m->holes[i].npages == 0) {
+                memmove(&m->holes[i], &m->holes[i + 1], (size_t)(m->nholes - i - 1) * sizeof m->holes[0]);
+                m->nholes--;
+            }
             return (int64_t)base;
         }
     }
@@ -29,17 +32,31 @@ static int64_t slice_alloc(struct machine *m, uint64_t n)
     return (int64_t)(m->mpn_next - n);
 }
 
-/* returns a slice to the holes (MAX_VMS holes always suffice: one per VM that existed). */
+/* returns a slice to MPN space, coalescing it with the free space on either side, so free
+ * space never fragments into pieces too small for a VM that would fit in their sum. Free
+ * ranges lie between live slices, so there are at most MAX_VMS + 1 of them, hole or tail. */
 static void slice_free(struct machine *m, uint64_t base, uint64_t n)
 {
-    if (base + n == m->mpn_next) {
-        m->mpn_next = base;
-        return;
-    }
-    if (m->nholes < MAX_VMS) {
-        m->holes[m->nholes].base = base;
-        m->holes[m->nholes].npages = n;
+    int i = 0;
+    while (i < m->nholes && m->holes[i].base < base)
+        i++;
+    if (i > 0 && m->holes[i - 1].base + m->holes[i - 1].npages == base) {
+        i--;                        /* joins the hole below */
+        m->holes[i].npages += n;
+    } else {
+        memmove(&m->holes[i + 1], &m->holes[i], (size_t)(m->nholes - i) * sizeof m->holes[0]);
+        m->holes[i].base = base;
+        m->holes[i].npages = n;
         m->nholes++;
+    }
+    if (i + 1 < m->nholes && m->holes[i].base + m->holes[i].npages == m->holes[i + 1].base) {
+        m->holes[i].npages += m->holes[i + 1].npages;     /* and the hole above */
+        memmove(&m->holes[i + 1], &m->holes[i + 2], (size_t)(m->nholes - i - 2) * sizeof m->holes[0]);
+        m->nholes--;
+    }
+    if (i == m->nholes - 1 && m->holes[i].base + m->holes[i].npages == m->mpn_next) {
+        m->mpn_next = m->holes[i].base;                     /* the top hole rejoins the tail */
+        m->nholes--;
     }
 }
 

@@ -112,7 +112,7 @@ def test_swap_read_error_stops_the_vm_and_keeps_the_slot(make_machine) -> None: 
 def test_close_while_a_guest_is_blocked_in_a_fault(make_machine) -> None:  # type: ignore[no-untyped-def]
     m = make_machine("1MiB")
     vm = m.create_vm("a", memory="1MiB")
-    m.inject_fault("pager-hold", 1)
+    m.inject_fault("pager-hold", 1, timeout=60)     # held past close()'s 5 s wait for runs
     run = vm.run(Fill(seed=1))
     time.sleep(0.3)
     assert not run.done and run.ops == 0            # blocked in its first fault

@@ -164,6 +164,11 @@ def test_sharing_and_swap_together(make_machine) -> None:  # type: ignore[no-unt
     layouts = [[p % 64 if p < 128 else 1000 * (i + 1) + p for p in range(192)] for i in range(3)]
     for vm, tags in zip(vms, layouts):
         fill(vm, tags)
+    # a merge needs a free frame for its shared copy (the scanner never evicts to share):
+    # wait for the background reclaimer to make some, which may lag on a loaded machine
+    deadline = time.monotonic() + 10
+    while m.stats()["frames_free"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
     m.share_now()
     m.share_now()
     assert m.stats()["sharing"] > 0

@@ -39,6 +39,9 @@ def stop_reason(err: int) -> str:
         return "the machine was closed"
     if err == errno.ENOMEM:
         return "no machine frame could be freed"
+    if err == errno.EMFILE:
+        return ("this process has no memory mapping to spare (vm.max_map_count): a write to a "
+                "shared page could not be given its own copy")
     return f"pager error: {os.strerror(err)}"
 
 

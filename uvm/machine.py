@@ -15,7 +15,7 @@ from uvm._binding import ffi, lib
 from uvm.errors import USERFAULTFD_HELP, UserfaultfdUnavailable, UvmError
 from uvm.sharing import (DEFAULT_DOMAINS, DEFAULT_RATE, DEFAULT_VM_RATE, DomainPolicy, Salt,
                          ShareDomains, ShareScanner, check_rate, check_salt, scan, set_domain)
-from uvm.sizes import PAGE_SIZE, format_size, parse_pages, parse_size
+from uvm.sizes import MAX_SIZE, PAGE_SIZE, format_size, parse_pages, parse_size
 from uvm.scheduler import MemoryPolicy, MemoryScheduler
 from uvm.seeds import check_seed, derive, new_seed
 from uvm.stats import Snapshot, snapshot
@@ -25,6 +25,10 @@ MACHINE_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_machine_stats").fiel
 SWAP_PER_MEMORY = 4     # default swap capacity, in multiples of machine memory
 FAULT_AROUND_MAX = 64
 PMAP_BYTES = 8          # per guest page: a VM's overhead, reserved with its min
+MAX_MEMORY = MAX_SIZE // 2     # machine memory: the other half of MPN space is for VMs' slices
+HOLD_DEFAULT = 5.0      # seconds a pager-hold lasts unless resumed sooner
+HOLD_MAX = lib.HOLD_MAX_MS / 1000
+INJECT_COUNT_MAX = 2**62
 INJECTIONS = {"swap-write": lib.INJECT_SWAP_WRITE, "swap-read": lib.INJECT_SWAP_READ,
               "swap-full": lib.INJECT_SWAP_FULL, "pager-hold": lib.INJECT_PAGER_HOLD}
 
@@ -34,6 +38,17 @@ def _check_fault_around(pages: object) -> int:
         raise ValueError(f"fault_around: must be an integer from 1 (off) to {FAULT_AROUND_MAX}, "
                          f"got {pages!r}")
     return pages
+
+
+def _path(value: object, name: str) -> str:
+    """Returns a file system path as a str; ValueError naming `name` if it is not one."""
+    try:
+        path = os.fspath(value)     # type: ignore[call-overload]
+    except TypeError:
+        path = None
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise ValueError(f"{name}: expected a path, got {value!r}")
+    return path
 
 
 def _pager_cpus(pagers: int | Sequence[int] | None) -> list[int]:
@@ -115,7 +130,7 @@ class Machine:
             raise ValueError(f"policy: expected a uvm.MemoryPolicy or a bool, got {policy!r}")
         chosen = MemoryPolicy() if policy is True else policy or None
         self._call_lock = threading.Lock()
-        frames = parse_pages(memory, "memory")
+        frames = parse_pages(memory, "memory", limit=MAX_MEMORY)
         swap_bytes = (parse_size(swap_size, "swap_size") if swap_size is not None
                       else SWAP_PER_MEMORY * frames * PAGE_SIZE)
         if swap_bytes < PAGE_SIZE:
@@ -129,10 +144,11 @@ class Machine:
         self._domains = ShareDomains(share_domains)
         self.seed = new_seed() if seed is None else check_seed(seed)
         cpus = _pager_cpus(pagers)
-        directory = os.fspath(swap_dir) if swap_dir is not None else os.environ.get("TMPDIR", "/var/tmp")
+        directory = (_path(swap_dir, "swap_dir") if swap_dir is not None
+                     else os.environ.get("TMPDIR", "/var/tmp"))
         if swap_file is None and not os.path.isdir(directory):
             raise ValueError(f"swap_dir: {directory!r} is not a directory")
-        path = os.fspath(swap_file) if swap_file is not None else None
+        path = _path(swap_file, "swap_file") if swap_file is not None else None
         if path is not None and os.path.exists(path):
             raise ValueError(f"swap_file: {path!r} already exists (uvm creates its swap file "
                              f"itself and removes it at close; pick a new path)")
@@ -151,10 +167,12 @@ class Machine:
         cfg.debug = int(debug)
         cfg.swap_latency_ns = round(swap_latency * 1e9)
         cfg.seed = derive(self.seed, "core")
+        swap_failed = ffi.new("int *")
+        cfg.swap_failed = swap_failed
         out = ffi.new("struct machine **")
         r = lib.machine_open(cfg, out)
         if r < 0:
-            raise self._open_error(-r, path or directory, swap_bytes)
+            raise self._open_error(-r, path, directory, swap_bytes, bool(swap_failed[0]))
         self._m = out[0]
         self.frames = frames
         self.memory = frames * PAGE_SIZE
@@ -173,19 +191,34 @@ class Machine:
             self.scheduler = MemoryScheduler(self, chosen)
 
     @staticmethod
-    def _open_error(err: int, swap_where: str, swap_bytes: int) -> Exception:
+    def _open_error(err: int, path: str | None, directory: str, swap_bytes: int,
+                    in_swap: bool) -> Exception:
+        """The error for machine_open's -err; in_swap: it came from creating the swap file
+        (there EOPNOTSUPP, the same number as ENOTSUP, means the file system cannot hold an
+        unlinked file, not that userfaultfd lacks a feature)."""
+        field, where = ("swap_file", path) if path is not None else ("swap_dir", directory)
+        if in_swap:
+            if err in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                return ValueError(f"swap_size: no room for a {format_size(swap_bytes)} swap "
+                                  f"file at {where!r} ({os.strerror(err)})")
+            if err == errno.EOPNOTSUPP and path is None:
+                return ValueError(f"swap_dir: {where!r} cannot hold an unlinked swap file "
+                                  f"(O_TMPFILE: {os.strerror(err)}); pick a directory on a "
+                                  f"disk file system, or give swap_file")
+            if err == errno.ENOMEM:
+                return ValueError(f"swap_size: no host memory for the swap map of a "
+                                  f"{format_size(swap_bytes)} swap file")
+            return ValueError(f"{field}: cannot create the swap file at {where!r}: "
+                              f"{os.strerror(err)}")
         if err in (errno.EPERM, errno.EACCES):
             return UserfaultfdUnavailable(USERFAULTFD_HELP.format(why=os.strerror(err)))
         if err == errno.ENOTSUP:
             return UserfaultfdUnavailable(
                 "this kernel's userfaultfd lacks a feature uvm needs (MISSING, MINOR and WP "
                 "faults on shmem, and UFFDIO_POISON: Linux 6.6 or newer)")
-        if err in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.EROFS, errno.EOPNOTSUPP,
-                   errno.EISDIR):
-            return ValueError(f"swap file at {swap_where!r}: {os.strerror(err)}")
-        if err in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            return ValueError(f"swap_size: no room for a {format_size(swap_bytes)} swap file at "
-                              f"{swap_where!r} ({os.strerror(err)})")
+        if err == errno.ENOMEM:
+            return ValueError(f"memory: not enough host memory for the machine's "
+                              f"bookkeeping ({os.strerror(err)})")
         return OSError(err, f"machine could not be created: {os.strerror(err)}")
 
     # -- life cycle -------------------------------------------------------------------
@@ -250,9 +283,9 @@ class Machine:
         machine memory: the pager overcommits onto swap), with `shares` (its claim on memory
         relative to other VMs) and `min` bytes guaranteed. `share_salt` (a str or an int)
         puts the VM in the sharing domain of that salt: its pages merge only with those of
-        VMs with the same salt (default: as the machine's share_domains says). Admission control, as in the
-        paper: min plus the VM's overhead must fit in machine memory no other VM has
-        reserved, and max - min must fit in swap no other VM has reserved."""
+        VMs with the same salt (default: as the machine's share_domains says). Admission
+        control, as in the paper: min plus the VM's overhead must fit in machine memory no
+        other VM has reserved, and max - min must fit in swap no other VM has reserved."""
         if not isinstance(name, str) or not name or not name.isprintable():
             raise ValueError(f"name: expected a non-empty printable string, got {name!r}")
         pages = parse_pages(memory, "memory")
@@ -352,17 +385,29 @@ class Machine:
             lib.machine_set_fault_around(m, pages)
         self._fault_around = pages
 
-    def inject_fault(self, kind: str, count: int = 1) -> None:
+    def inject_fault(self, kind: str, count: int = 1, *, timeout: float = HOLD_DEFAULT) -> None:
         """Fault injection for tests and labs: 'swap-write' / 'swap-read' make the next
         `count` swap writes / reads fail with EIO, 'swap-full' the next `count` writes fail
-        with ENOSPC (the device is full); 'pager-hold' with count 1 makes the
-        pagers stop serving faults (guests block) and with 0 resumes them."""
+        with ENOSPC (the device is full); 'pager-hold' with count 1 makes the pagers stop
+        serving faults (guests block) for `timeout` seconds at most (default 5, at most 60),
+        and with 0 resumes them at once.
+
+        The hold always ends by itself: a guest thread that faults while holding the GIL (a
+        plain `vm.memory` write does) blocks every Python thread, including the one that
+        would have resumed the pagers, so an unbounded hold could wedge the process."""
         if kind not in INJECTIONS:
             raise ValueError(f"kind: must be one of {sorted(INJECTIONS)}, got {kind!r}")
-        if count < 0:
-            raise ValueError(f"count: must be >= 0, got {count}")
+        top = 1 if kind == "pager-hold" else INJECT_COUNT_MAX
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= top:
+            raise ValueError(f"count: must be an integer from 0 to {top} for {kind!r}, "
+                             f"got {count!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 < timeout <= HOLD_MAX:
+            raise ValueError(f"timeout: must be a number of seconds in (0, {HOLD_MAX:g}], "
+                             f"got {timeout!r}")
+        n = max(1, round(timeout * 1000)) * count if kind == "pager-hold" else count
         with self._core() as m:
-            lib.machine_inject(m, INJECTIONS[kind], count)
+            lib.machine_inject(m, INJECTIONS[kind], n)
 
     # -- content-based page sharing -----------------------------------------------------
 

@@ -37,6 +37,13 @@ def check_shares(value: object) -> int:
     return value
 
 
+def check_count(value: object, name: str = "count") -> int:
+    """Returns a count (an int >= 0); ValueError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: must be an integer >= 0, got {value!r}")
+    return value
+
+
 def vm_dict(st: Any) -> dict[str, Any]:
     """A VM's counters (struct uvm_vm_stats) as a plain dict."""
     return {f: int(getattr(st, f)) for f in VM_STAT_FIELDS}
@@ -48,7 +55,10 @@ class VM:
 
     Touching `memory` of a stopped VM raises SIGBUS, which kills the process like any bad
     memory access in C; code that must survive that uses `read`/`write` or a workload,
-    which turn it into VMStopped."""
+    which turn it into VMStopped. Asking for `memory` once the VM is stopped, destroyed or
+    its machine closed raises VMStopped with the reason; a view taken before and kept
+    (m = vm.memory) is released when the VM is destroyed or the machine closed, and then
+    says only "operation forbidden on released memoryview"."""
 
     def __init__(self, machine: Machine, name: str, slot: int, base: Any, pages: int,
                  shares: int = DEFAULT_SHARES, min_pages: int = 0, share_salt: str | int | None = None,
@@ -71,12 +81,21 @@ class VM:
         self._destroyed = False
         self._share_rate: float | None = None
         self._lock = threading.Lock()
-        self.memory = memoryview(ffi.buffer(base, self.size))
+        self._memory = memoryview(ffi.buffer(base, self.size))
         self.os: GuestOS | None = None      # the toy guest OS, once booted (uvm.guest.boot)
         self.balloon = BalloonChannel(self)
 
     def __repr__(self) -> str:
         return f"<VM {self.name!r} {self.size >> 20} MiB>"
+
+    @property
+    def memory(self) -> memoryview:
+        """A writable view of all of the guest-physical memory; VMStopped (with the reason)
+        once the VM is stopped, destroyed or its machine closed."""
+        reason = self.stopped
+        if reason is not None:
+            raise VMStopped(self.name, reason)
+        return self._memory
 
     @property
     def address(self) -> int:
@@ -97,6 +116,11 @@ class VM:
         swap-outs...; balloon_target and balloon_size; shares, min, max and blocked; with a
         memory policy, target, allocated, active (f), reclaim and host_paged; and with a
         guest OS its own counters (guest_free, guest_cache, guest_swapins, ...)."""
+        return self._with_guest(vm_dict(self._core_stats()))
+
+    def _core_stats(self) -> Any:
+        """The C core's counters of this VM (struct uvm_vm_stats); stopped = ENOENT once it
+        was destroyed, ESHUTDOWN once its machine was closed."""
         st = ffi.new("struct uvm_vm_stats *")
         try:
             with self.machine._core() as m:     # destroy_vm holds it too: no slot reuse race
@@ -106,7 +130,7 @@ class VM:
                     lib.vm_stats(m, self._slot, st)
         except UvmError:
             st.stopped = errno.ESHUTDOWN
-        return self._with_guest(vm_dict(st))
+        return st
 
     def _with_guest(self, d: dict[str, Any]) -> dict[str, Any]:
         """Adds the balloon's, the memory policy's (shares, min, max, target, allocated,
@@ -127,7 +151,7 @@ class VM:
     @property
     def stopped(self) -> str | None:
         """None while the VM runs; otherwise why it was stopped."""
-        return self.stop_reason(self.stats()["stopped"])
+        return self.stop_reason(int(self._core_stats().stopped))
 
     @staticmethod
     def stop_reason(err: int) -> str | None:
@@ -137,6 +161,9 @@ class VM:
         return stop_reason(err) if err else None
 
     def _check_range(self, offset: int, length: int) -> None:
+        for name, value in (("offset", offset), ("length", length)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name}: expected an integer, got {value!r}")
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ValueError(f"offset/length: [{offset}, {offset + length}) is outside the VM's "
                              f"{self.size} bytes")
@@ -154,6 +181,8 @@ class VM:
 
     def write(self, offset: int, data: bytes) -> None:
         """Writes guest memory; raises VMStopped instead of crashing if the VM is stopped."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValueError(f"data: expected bytes, got {type(data).__name__}")
         self._check_range(offset, len(data))
         if lib.guest_write(self._base + offset, ffi.from_buffer(data), len(data)) < 0:
             self._raise_stopped()
@@ -172,10 +201,11 @@ class VM:
     def page_state(self, ppn: int) -> str:
         """The pmap state of one page: 'none', 'resident', 'swapped', 'zero', 'shared' or
         'ballooned'."""
+        self._check_ppns([ppn], "ppn")
         with self._core() as m:
             r = lib.vm_page_state(m, self._slot, ppn)
         if r < 0:
-            raise ValueError(f"ppn: {ppn} is not a page of VM {self.name!r} ({self.pages} pages)")
+            raise OSError(-r, f"VM {self.name!r}: {os.strerror(-r)}")
         return PAGE_STATES[r]
 
     @property
@@ -212,9 +242,15 @@ class VM:
         except UvmError:
             pass                            # the VM or the machine is gone meanwhile
 
+    def _check_ppns(self, ppns: list[int], name: str = "ppns") -> None:
+        """ValueError naming `name` unless every entry is a PPN of this VM."""
+        for p in ppns:
+            if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < self.pages:
+                raise ValueError(f"{name}: every PPN must be in [0, {self.pages}) (a page of VM "
+                                 f"{self.name!r}), got {p!r}")
+
     def _ppn_call(self, fn: Any, ppns: list[int], *extra: Any) -> tuple[int, Any]:
-        if any(not 0 <= p < self.pages for p in ppns):
-            raise ValueError(f"ppns: every PPN must be in [0, {self.pages})")
+        self._check_ppns(ppns)
         arr = ffi.new("uint64_t[]", ppns)
         with self._core() as m:
             r = int(fn(m, self._slot, arr, len(ppns), *extra))
@@ -224,9 +260,10 @@ class VM:
 
     def _pick(self, fn: Any, count: int) -> list[int]:
         """Calls a C function that writes up to `count` PPNs of this VM; returns them."""
+        count = min(check_count(count), self.pages)
         out = ffi.new("uint64_t[]", max(1, count))
         with self._core() as m:
-            n = int(fn(m, self._slot, max(0, count), out))
+            n = int(fn(m, self._slot, count, out))
         return [int(out[i]) for i in range(max(0, n))]
 
     def random_resident(self, count: int) -> list[int]:
@@ -255,16 +292,14 @@ class VM:
         """Pages the given PPNs (default: every resident page) out to swap, as the host's
         swap daemon would; returns how many were evicted."""
         pages = list(range(self.pages)) if ppns is None else list(ppns)
-        if any(not 0 <= p < self.pages for p in pages):
-            raise ValueError(f"ppns: every PPN must be in [0, {self.pages})")
+        self._check_ppns(pages)
         arr = ffi.new("uint64_t[]", pages)
         with self._core() as m:
             return self._evicted(lib.vm_evict(m, self._slot, arr, len(pages)))
 
     def evict_random(self, count: int) -> int:
         """Pages out `count` resident pages chosen at random; returns how many."""
-        if count < 0:
-            raise ValueError(f"count: must be >= 0, got {count}")
+        count = min(check_count(count), self.pages)
         with self._core() as m:
             return self._evicted(lib.vm_evict_random(m, self._slot, count))
 
@@ -281,8 +316,7 @@ class VM:
 
     def _balloon_call(self, fn: Any, ppns: Iterable[int]) -> int:
         pages = list(ppns)
-        if any(not 0 <= p < self.pages for p in pages):
-            raise ValueError(f"ppns: every PPN must be in [0, {self.pages})")
+        self._check_ppns(pages)
         with self._core() as m:
             r = int(fn(m, self._slot, ffi.new("uint64_t[]", pages), len(pages)))
         if r < 0:
@@ -317,7 +351,7 @@ class VM:
         if self.os is not None:
             self.os.shutdown()
         try:
-            self.memory.release()
+            self._memory.release()
         except BufferError:
             pass
 
