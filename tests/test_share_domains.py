@@ -119,6 +119,23 @@ def test_a_stale_hint_of_a_reused_slot_never_crosses_domains() -> None:
         m.check()
 
 
+def test_the_core_refuses_a_domain_once_the_vm_was_scanned() -> None:
+    """A page merged in one domain would stay merged after a change: the core says EBUSY."""
+    import errno
+
+    from uvm._binding import lib
+
+    with uvm.Machine("4MiB") as m:
+        vm = m.create_vm("a", "1MiB")
+        fill(vm, [page(1)])
+        with m._core() as core:
+            assert lib.vm_set_share_domain(core, vm._slot, 5) == 0          # nothing scanned yet
+            assert lib.vm_set_share_domain(core, vm._slot, 2**31) == -errno.EINVAL
+        m.share_now()
+        with m._core() as core:
+            assert lib.vm_set_share_domain(core, vm._slot, 6) == -errno.EBUSY
+
+
 def test_bad_domains_and_salts_are_one_line_errors() -> None:
     with pytest.raises(ValueError, match=r"^share_domains: must be one of \['all', 'vm'\]"):
         uvm.Machine("4MiB", share_domains="tenant")
