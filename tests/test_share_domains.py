@@ -6,6 +6,7 @@ close, measured by the attack itself."""
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -84,6 +85,20 @@ def test_a_callable_names_the_domains() -> None:
     assert two_vms(tenant, (None, None), ("t1-web", "t2-db"))[0] == 2
     assert two_vms(lambda name: None, (None, None))[0] == 2     # None: a domain of its own
     assert two_vms(tenant, ("t2", None), ("t1-web", "t2-db"))[0] == 33  # the salt wins
+
+
+def test_the_callable_may_look_at_the_machine() -> None:
+    """It is called with no lock of the machine's held: one that asks the machine about its
+    VMs (here: alternate domains by count) works instead of deadlocking."""
+    m = uvm.Machine("8MiB", share_domains=lambda name: len(m.vms) % 2)
+    vms: list[uvm.VM] = []
+    t = threading.Thread(target=lambda: vms.extend(m.create_vm(f"v{i}", "1MiB") for i in range(4)),
+                         name="test-create-vms", daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "create_vm deadlocked calling share_domains"   # m left open
+    with m:
+        assert [v.share_domain for v in vms] == [1, 2, 1, 2]
 
 
 def test_the_zero_page_is_shared_by_every_domain() -> None:

@@ -294,12 +294,12 @@ class Machine:
             raise ValueError(f"min: {format_size(min_pages * PAGE_SIZE)} is more than the VM's "
                              f"memory ({format_size(pages * PAGE_SIZE)})")
         check_shares(shares)
-        check_salt(share_salt)
+        salt = self._domains.salt(name, check_salt(share_salt))
         with self._lock:
             if name in self._vms:
                 raise ValueError(f"name: a VM called {name!r} already exists")
             self._admit(name, pages, min_pages)
-            domain = self._domains.domain(name, share_salt)
+            domain = self._domains.domain(salt)
             slot = ffi.new("int *")
             base = ffi.new("void **")
             with self._core() as m:         # share_now holds it too: no scan before the domain

@@ -148,10 +148,15 @@ class ShareDomains:
         self._next += 1
         return self._next - 1
 
-    def domain(self, name: str, salt: Salt | None) -> int:
-        """The domain number of a new VM called `name` with `salt` (None: as the policy says)."""
+    def salt(self, name: str, salt: Salt | None) -> Salt | None:
+        """The salt of a new VM called `name` given `salt`: its own, else the callable's
+        (called here, so callers need hold no lock the callable might want)."""
         if salt is None and callable(self.policy):
-            salt = check_salt(self.policy(name), "share_domains")
+            return check_salt(self.policy(name), "share_domains")
+        return salt
+
+    def domain(self, salt: Salt | None) -> int:
+        """The domain number of a new VM with `salt` (from salt(); None: as the policy says)."""
         if salt is not None:
             if salt not in self._salts:
                 self._salts[salt] = self._fresh()
