@@ -4,6 +4,7 @@ driver is paged by the host instead; bad targets are clear errors."""
 
 from __future__ import annotations
 
+import io
 import time
 
 import pytest
@@ -147,3 +148,104 @@ def test_inflation_slows_down_when_the_guest_must_reclaim(make_machine, tmp_path
     assert hard.balloon.driver.hard > 0 and hard.balloon.driver.rate < MAX_RATE
     assert hard.balloon.driver.rate >= MIN_RATE
     assert hard.stats()["guest_swapouts"] >= 1200 - 48
+
+
+def page_content(p: int) -> bytes:
+    return (b"page %d|" % p * 600)[:PG]
+
+
+@pytest.mark.parametrize("how", ["no-os", "absent", "disabled"])
+def test_a_target_without_a_driver_makes_the_host_page_instead(make_machine, tmp_path, how: str) -> None:  # type: ignore[no-untyped-def]
+    """A balloon target on a VM whose balloon cannot inflate (no guest OS, booted without
+    the driver, or the driver disabled) used to be accepted and do nothing. The host pages
+    the VM down to what the balloon would have left it, counts it as paged instead of
+    ballooned (stats, live view), and the C core takes from this VM first from then on;
+    every byte comes back."""
+    from rich.console import Console
+
+    from uvm import live
+
+    m = make_machine("16MiB")
+    vm = m.create_vm("g", memory="4MiB")                    # 1024 pages
+    if how != "no-os":
+        uvm.guest.boot(vm, disk_dir=str(tmp_path), disk_latency=0, balloon_period=FAST,
+                       balloon=how == "disabled")
+    if how == "disabled":
+        assert vm.balloon.driver is not None
+        vm.balloon.driver.enabled = False
+    assert not vm.balloon.active
+    for p in range(vm.pages):
+        vm.write(p * PG, page_content(p))
+    vm.balloon.target = 600
+    st = vm.stats()
+    assert st["resident"] + st["sharing"] <= 1024 - 600
+    assert st["balloon_paged"] >= 600 and st["swapouts"] + st["swapouts_zero"] >= 600
+    assert st["ballooned"] == st["balloon_size"] == 0 and st["balloon_target"] == 600
+    sample = live.take_sample(m, 0.0, 1.0)
+    paged = f"{st['balloon_paged'] * PG / 2**20:.1f}"
+    assert f"paged instead of ballooned {paged} MiB" in "\n".join(live.plain_lines(sample))
+    out = io.StringIO()
+    Console(file=out, width=200).print(live.live_view(sample, "t"))
+    assert f"0.0 +{paged} paged" in out.getvalue()          # the balloon column of its row
+    assert [vm.read(p * PG, PG) for p in range(vm.pages)] == [page_content(p) for p in range(vm.pages)]
+    vm.balloon.target = 0                                    # nothing to give back: no-op
+    assert vm.stats()["balloon_paged"] == st["balloon_paged"]
+    m.check()
+
+
+def test_after_a_target_without_a_driver_the_host_takes_from_that_vm_first(make_machine) -> None:  # type: ignore[no-untyped-def]
+    """The guest touches its pages back in after the host paged it: when memory runs
+    short later, the C core's own evictions take from it (above its target) first."""
+    m = make_machine("8MiB", swap_size="32MiB")             # 2048 frames
+    a, b = m.create_vm("a", memory="4MiB"), m.create_vm("b", memory="6MiB")
+    for p in range(a.pages):
+        a.write(p * PG, page_content(p))
+    a.balloon.target = 600                                   # a may hold 424 pages
+    assert [a.read(p * PG, PG) for p in range(a.pages)] == [page_content(p) for p in range(a.pages)]
+    assert a.stats()["resident"] == 1024                     # all back in: memory was free
+    for p in range(b.pages):                                 # 1536 more pages: 512 too many
+        b.write(p * PG, page_content(p))
+    sa, sb = a.stats(), b.stats()
+    assert sb["swapouts"] + sb["swapouts_zero"] <= 32, sb    # taken from a, not from b
+    assert sa["resident"] <= 1024 - 450
+    assert [a.read(p * PG, PG) for p in range(a.pages)] == [page_content(p) for p in range(a.pages)]
+    assert [b.read(p * PG, PG) for p in range(b.pages)] == [page_content(p) for p in range(b.pages)]
+
+
+def test_a_driver_whose_report_fails_gives_the_pages_back_and_says_why(make_machine, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("16MiB")
+    vm = m.create_vm("g", memory="4MiB")
+    uvm.guest.boot(vm, disk_dir=str(tmp_path), disk_latency=0, balloon_period=FAST)
+
+    def refuse(ppns: object) -> int:
+        raise OSError(5, "VM 'g': ballooning failed: Input/output error")
+
+    monkeypatch.setattr(vm, "balloon_pages", refuse)
+    vm.balloon.target = 300
+    driver = vm.balloon.driver
+    assert driver is not None
+    wait_for(lambda: not driver.running)
+    st = vm.stats()
+    assert st["balloon_error"] == "[Errno 5] VM 'g': ballooning failed: Input/output error"
+    assert st["guest_pinned"] == 0 and st["guest_free"] == 1024 and vm.balloon.size == 0
+    assert not vm.balloon.active                             # the host would page instead
+
+
+def test_a_target_the_host_cannot_page_instead_is_refused(make_machine) -> None:  # type: ignore[no-untyped-def]
+    """No driver and no room in swap: neither can take the pages, so the target is refused
+    with the reason, and stays what it was; every byte stays."""
+    from uvm.errors import SwapFull
+
+    m = make_machine("16MiB")
+    vm = m.create_vm("g", memory="4MiB")
+    for p in range(vm.pages):
+        vm.write(p * PG, page_content(p))
+    m.inject_fault("swap-full", 10**6)
+    with pytest.raises(SwapFull, match=r"^target: refused: VM 'g' has no working balloon driver "
+                                       r"and the host cannot page it instead \(.*swap file is full"):
+        vm.balloon.target = 600
+    assert vm.balloon.target == 0
+    m.inject_fault("swap-full", 0)
+    assert [vm.read(p * PG, PG) for p in range(vm.pages)] == [page_content(p) for p in range(vm.pages)]
+    vm.balloon.target = 600                                  # room again: paged instead
+    assert vm.stats()["balloon_paged"] >= 600

@@ -260,16 +260,19 @@ def test_policy_scenario_runs_end_to_end(managed: Path, tmp_path: Path,
     assert "memory policy: reclamation state " in text and "samples per state: high" in text
 
 
-def test_live_view_with_policy_fits_100_columns(managed: Path) -> None:
-    machine = scenario.launch(scenario.load(managed))
+@pytest.mark.parametrize("which", ["managed", "default"])
+def test_live_view_with_policy_fits_100_columns(managed: Path, which: str) -> None:
+    spec = scenario.load(managed) if which == "managed" else scenario.default()
+    machine = scenario.launch(spec)
     try:
         out = io.StringIO()
         console = Console(file=out, force_terminal=True, width=100)
-        live.run(machine, "managed", duration=1.0, every=0.5, console=console)
+        live.run(machine, which, duration=1.0, every=0.5, console=console)
     finally:
         machine.close()
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())     # no terminal codes
-    for heading in ("state ", "% free", "sizes in MiB", "alloc", "target", "swapped", "balloon",
-                    " f ", "reclaim", "ops/s", "status", "working-set", "running"):
+    kinds = {v.workload.kind for v in spec.vms if v.workload is not None}
+    for heading in ("state ", "% free", "sizes in MiB", "alloc", "target", "shared", "swapped",
+                    "balloon", " f ", "reclaim", "ops/s", "status", "running", *kinds):
         assert heading in text, heading
     assert "…" not in text, "a cell or heading was cut to fit 100 columns"

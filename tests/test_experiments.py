@@ -119,13 +119,18 @@ def test_reallocation_experiment_quick(tmp_path: Path, capsys) -> None:  # type:
     tl = results["timeline"]
     states = [r["state"] for r in tl]
     assert states[0] == "high" and states[-1] == "high"
-    # how far the guests get, and so whether the state leaves high, depends on the CPU the
-    # run gets (tests/test_scheduler.py covers the states and reclamation): the run's own
-    # record must be consistent
-    assert {r["state"] for r in tl} <= {"high", "soft", "hard", "low"}
-    assert all(0 <= r["free_pct"] <= 100 for r in tl)
+    # three 36 MiB working sets on 96 MiB: C's start takes free memory under the soft
+    # threshold, and the scheduler reclaims by ballooning: balloons inflate while the
+    # state is not high. (782757b dropped these checks as timing-dependent: they need the
+    # guests to fill their working sets within the 12 s between C's start and A's stop,
+    # which takes them about 2 s; the test passed with a load average of 10 on 2 CPUs.
+    # Without them the test passed when reclamation did nothing.)
+    assert {"soft", "hard"} & set(states), states
+    pressed = [r for r in tl if r["state"] != "high"]
+    assert max(v["balloon"] for r in pressed for v in r["vms"].values()) > 0
+    assert pressed[0]["vms"].keys() == {"A", "B", "C"}, "A and B alone fit: no pressure"
+    # once B stopped, C alone holds its working set and its balloon was given back
     assert all(v["target"] <= 48 << 8 for r in tl for v in r["vms"].values())
-    assert [n for n in tl[len(tl) // 2]["vms"]] != [] and tl[-1]["vms"].keys() == {"C"}
     assert tl[-1]["vms"].keys() == {"C"} and tl[-1]["vms"]["C"]["balloon"] == 0
     assert "time in each state" in capsys.readouterr().out
 

@@ -99,8 +99,11 @@ def test_default_scenario_is_valid_and_overcommitted() -> None:
     guests = sum(parse_size(v.memory, "memory") for v in s.vms)
     assert guests > machine, "the default scenario must overcommit machine memory"
     assert len(s.vms) >= 3 and all(v.workload is not None for v in s.vms)
-    kinds = {v.workload.kind for v in s.vms if v.workload is not None}
-    assert {"working-set", "idle"} <= kinds
+    kinds = [v.workload.kind for v in s.vms if v.workload is not None]
+    assert {"guest-working-set", "guest-idle"} <= set(kinds) and kinds.count("os-image") >= 2
+    for v in s.vms:                 # guest workloads run on the guest OS, with its balloon
+        if v.workload is not None and v.workload.kind.startswith("guest-"):
+            assert v.os is not None and v.os.balloon is not False, v.name
     assert 10 <= s.run.duration <= 60
 
 
@@ -361,5 +364,5 @@ def test_default_scenario_runs_the_policy_with_unequal_claims() -> None:
     p = s.policy.build()
     assert p.sample_period <= 2 and p.target_period <= 2, "the policy must act within the run"
     shares = {v.shares or 1000 for v in s.vms}
-    idle = [v for v in s.vms if v.workload is not None and v.workload.kind == "idle"]
+    idle = [v for v in s.vms if v.workload is not None and v.workload.kind == "guest-idle"]
     assert len(shares) > 1 and idle, "shares or the idle tax must matter"

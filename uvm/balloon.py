@@ -10,17 +10,27 @@ pages back to the guest. Inflation is rate-limited by a replaceable BalloonRate 
 exercise): the default, AdaptiveRate, halves the rate when the guest had to reclaim to find
 the pages and doubles it while it finds them free. The balloon has a maximum
 size (`max_fraction` of the VM, 0.65 by default, as in later ESX); the driver may be absent
-(no OS booted, or booted without it) or disabled, and then the host must page instead:
-`reclaim` does whichever the VM allows."""
+(no OS booted, or booted without it) or disabled, and then the host pages instead, as the
+paper's does: a target set on such a VM makes the host page the VM's memory down to what the
+balloon would have left it, and every page reclaimed so instead of by the balloon is counted
+(`balloon_paged`). `BalloonChannel.page_instead` is that one mechanism, used by the target,
+by `reclaim` (whichever the VM allows) and by the memory scheduler (VMs that cannot balloon
+in the soft state).
+
+The driver survives a failed guest disk request (its reclaim could not write a page out):
+it counts it (`balloon_errors`), keeps the last (`balloon_error`), and tries again at the
+next poll; an error it cannot survive (the VM stopped) ends it, and stays in
+`balloon_error`."""
 
 from __future__ import annotations
 
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from uvm.errors import UvmError
+from uvm.errors import SwapFull, UvmError, VMStopped
 
 if TYPE_CHECKING:
     from uvm.guest.kernel import GuestOS
@@ -82,6 +92,7 @@ class BalloonChannel:
         self._ppns: list[int] = []
         self._lock = threading.Lock()
         self.driver: BalloonDriver | None = None
+        self.paged = 0          # pages the host paged out because the balloon could not
 
     def __repr__(self) -> str:
         return f"<Balloon of {self.vm.name!r}: {self.size}/{self._target} pages>"
@@ -116,7 +127,37 @@ class BalloonChannel:
             raise ValueError(f"target: {pages} pages is beyond the balloon's maximum of "
                              f"{self.max_pages} pages ({self._max_fraction:.0%} of VM "
                              f"{self.vm.name!r})")
-        self._target = pages
+        before, self._target = self._target, pages
+        if not self.active and self.vm.machine.scheduler is None:
+            try:
+                self._page_toward(pages)
+            except SwapFull as e:               # paging cannot do it either: refused
+                self._target = before
+                self.vm._set_target(self.vm.pages - before if before else None)
+                raise SwapFull(f"target: refused: VM {self.vm.name!r} has no working balloon "
+                               f"driver and the host cannot page it instead ({e})") from None
+
+    def _page_toward(self, target: int) -> None:
+        """No driver to inflate: the host pages the VM down to the memory the balloon
+        would have left it (pages - target), and tells the C core that target, so that its
+        own evictions take from this VM first (the guest may touch its pages back in).
+        SwapFull if the swap file has no room (the pages not paged stay resident). Only
+        without a memory scheduler: with one, the scheduler owns the VM's target and pages
+        VMs that cannot balloon itself (through page_instead)."""
+        room = self.vm.pages - target
+        self.vm._set_target(room if target else None)
+        st = self.vm.stats()
+        self.page_instead(int(st["resident"]) + int(st["sharing"]) - room, self.vm.evict_random)
+
+    def page_instead(self, pages: int, evict: Callable[[int], int]) -> int:
+        """The host pages out up to `pages` pages of the VM with `evict` (count -> pages
+        paged: vm.evict_random, or the memory scheduler's victim policy) because the
+        balloon cannot take them; counts them (balloon_paged) and returns how many."""
+        if pages <= 0:
+            return 0
+        paged = evict(pages)
+        self.paged += paged
+        return paged
 
     @property
     def size(self) -> int:
@@ -133,6 +174,16 @@ class BalloonChannel:
         with self._lock:
             return list(self._ppns)
 
+    def stats(self) -> dict[str, Any]:
+        """balloon_target, balloon_size, balloon_paged (pages the host paged instead), and
+        the driver's balloon_errors (survived) and balloon_error (the last, or the one that
+        ended it; "" if none)."""
+        d = self.driver
+        error = d.error or d.last_error if d is not None else None
+        return {"balloon_target": self._target, "balloon_size": self.size,
+                "balloon_paged": self.paged, "balloon_errors": d.errors if d is not None else 0,
+                "balloon_error": "" if error is None else str(error)}
+
     # -- the driver's end of the channel ----------------------------------------------
 
     def poll(self) -> int:
@@ -145,11 +196,13 @@ class BalloonChannel:
             self._ppns.extend(ppns)
 
     def take_back(self, n: int) -> list[int]:
-        """Deflates by n pages: the host returns them (zero on next touch) to the driver."""
+        """Deflates by n pages: the host returns them (zero on next touch) to the driver.
+        They leave the balloon only once the host has let them go."""
         with self._lock:
             ppns = self._ppns[len(self._ppns) - n:] if n else []
-            del self._ppns[len(self._ppns) - len(ppns):]
         self.vm.unballoon_pages(ppns)
+        with self._lock:
+            del self._ppns[len(self._ppns) - len(ppns):]
         return ppns
 
     def stop_driver(self) -> None:
@@ -164,16 +217,16 @@ class BalloonDriver:
 
     def __init__(self, os: GuestOS, channel: BalloonChannel, period: float = DEFAULT_PERIOD,
                  enabled: bool = True, pace: BalloonRate | None = None) -> None:
-        if isinstance(period, bool) or not isinstance(period, (int, float)) or period <= 0:
-            raise ValueError(f"balloon_period: must be > 0 seconds, got {period!r}")
         self.os = os
         self.channel = channel
-        self.period = float(period)
+        self.period = check_period(period)
         self.enabled = enabled
         self.pace = pace if pace is not None else AdaptiveRate()
         self.hard = 0           # chunks for which the guest had to reclaim
         self.stuck = 0          # times the guest could give no more pages
-        self.error: BaseException | None = None
+        self.errors = 0         # failed guest disk requests it survived
+        self.last_error: UvmError | None = None
+        self.error: BaseException | None = None     # what ended it (the VM stopped, a bug)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"uvm-balloon-{os.vm.name}",
                                         daemon=True)
@@ -202,11 +255,24 @@ class BalloonDriver:
                 now = time.monotonic()
                 if now >= next_poll:
                     target, next_poll = self.channel.poll(), now + self.period
-                pause = self._step(target) if self.enabled else None
+                pause = self._survive(target) if self.enabled else None
                 self._stop.wait(max(0.0, next_poll - time.monotonic()) if pause is None else pause)
-        except UvmError as e:
-            if not self.os.vm.machine.closed:
+        except BaseException as e:      # kept in stats (balloon_error); the host pages instead
+            if not (self.os.vm.machine.closed or isinstance(e, VMStopped) and self._stop.is_set()):
                 self.error = e
+
+    def _survive(self, target: int) -> float | None:
+        """_step, surviving a failed guest disk request (the guest lost nothing: the pages
+        it could not write out stay where they were): counted, and retried at the next
+        poll. A stopped VM or anything else ends the driver."""
+        from uvm.guest.disk import DiskError
+
+        try:
+            return self._step(target)
+        except DiskError as e:
+            self.errors += 1
+            self.last_error = e
+            return None
 
     def _step(self, target: int) -> float | None:
         """Moves one chunk toward target; returns how long to pause, or None to wait for the
@@ -221,7 +287,11 @@ class BalloonDriver:
         before = self.os.reclaimed
         pages = self.os.alloc(want, pin=True)
         if pages:
-            self.channel.report(pages)
+            try:
+                self.channel.report(pages)
+            except BaseException:
+                self.os.release(pages)          # the guest keeps them
+                raise
         reclaimed = self.os.reclaimed - before
         self.hard += reclaimed > 0              # the guest had to work
         pause = self.pace.allocated(want, len(pages), reclaimed)
@@ -241,6 +311,12 @@ def reclaim(vm: VM, pages: int) -> str:
     by_balloon = min(pages, vm.balloon.max_pages - vm.balloon.target) if vm.balloon.active else 0
     if by_balloon:
         vm.balloon.target += by_balloon
-    if pages > by_balloon:
-        vm.evict_random(pages - by_balloon)
+    vm.balloon.page_instead(pages - by_balloon, vm.evict_random)
     return "balloon" if by_balloon == pages else "paging" if by_balloon == 0 else "both"
+
+
+def check_period(period: object) -> float:
+    """Returns the driver's polling period; ValueError naming balloon_period unless > 0."""
+    if isinstance(period, bool) or not isinstance(period, (int, float)) or not 0 < period < 1e9:
+        raise ValueError(f"balloon_period: must be > 0 seconds (and under 1e9), got {period!r}")
+    return float(period)

@@ -158,8 +158,9 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "run", help="run a scenario and watch it live",
         description="Runs a scenario (TOML): creates its machine and VMs, starts their workloads, "
                     "shows per-VM counters while it runs, then a summary. Without FILE, runs the "
-                    "built-in default scenario: five VMs (272 MiB) on a 96 MiB machine, with page sharing "
-                    "and the memory policy (shares and the idle memory tax).")
+                    "built-in default scenario: four VMs (136 MiB) on a 72 MiB machine under the "
+                    "memory policy, showing ballooning, page sharing, the idle memory tax and the "
+                    "reclamation states within its 20 s.")
     p.add_argument("file", nargs="?", metavar="FILE.toml", help="scenario file (default: built in)")
     p.add_argument("--duration", type=_seconds, metavar="SECONDS",
                    help="how long to run (overrides the file's run.duration; default 20)")

@@ -247,13 +247,24 @@ def guest_text(v: VMSample) -> str:
     """The balloon and guest-paging part of a VM's line (empty for a VM with neither)."""
     st = v.stats
     text = ""
-    if st.get("balloon_target") or st.get("ballooned"):
+    if st.get("balloon_target") or st.get("ballooned") or st.get("balloon_paged"):
         text += (f", balloon {_mib(st['ballooned'])} of {_mib(st['balloon_target'])} MiB, "
                  f"{st['balloon_touched']} touched")
+    if st.get("balloon_paged"):
+        text += f", paged instead of ballooned {_mib(st['balloon_paged'])} MiB"
+    if st.get("balloon_error"):
+        text += f", balloon driver error: {st['balloon_error']}"
     if "guest_swapins" in st:
         text += (f", guest: free {_mib(st['guest_free'])} MiB, cache {_mib(st['guest_cache'])} MiB, "
                  f"swap-ins {st['guest_swapins']}, swap-outs {st['guest_swapouts']}")
     return text
+
+
+def _balloon(v: VMSample) -> str:
+    """Ballooned MiB, and what the host paged instead ("+2.0 paged") when it had to."""
+    st = v.stats
+    paged = f" +{_mib(st['balloon_paged'])} paged" if st.get("balloon_paged") else ""
+    return _mib(st["ballooned"]) + paged
 
 
 def _guest_paging(v: VMSample) -> str:
@@ -275,7 +286,7 @@ def live_view(s: Sample, title: str) -> Group:
     table.add_column("status")
     for v in s.snapshot.vms:
         table.add_row(v.name, s.workloads.get(v.name, ""), _mib(v.resident), _mib(v.swapped),
-                      _mib(v.stats["sharing"]), _mib(v.zero), _mib(v.stats["ballooned"]),
+                      _mib(v.stats["sharing"]), _mib(v.zero), _balloon(v),
                       _count(_faults(v)), _count(v.stats["swapins"]),
                       _count(v.stats["swapouts"]), _guest_paging(v), _count(v.ops_per_s),
                       _status_text(s.status.get(v.name, "")))
@@ -283,14 +294,14 @@ def live_view(s: Sample, title: str) -> Group:
 
 
 def _policy_view(s: Sample, title: str) -> Group:
-    """With a memory policy: each VM's allocation against its target, what it swapped and
-    ballooned, its active fraction f and how it was reclaimed last; blocked VMs say so in
-    their status. Sizes in MiB; fits a 100-column terminal."""
+    """With a memory policy: each VM's allocation against its target, what it maps shared,
+    swapped and ballooned, its active fraction f and how it was reclaimed last; blocked VMs
+    say so in their status. Sizes in MiB; fits a 100-column terminal."""
     table = Table(title=f"{title} · {state_text(s)} · sizes in MiB", title_justify="left",
-                  box=box.SIMPLE_HEAD)
+                  box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     for name in ("VM", "workload"):
         table.add_column(name)
-    for name in ("alloc", "target", "swapped", "balloon", "f", "reclaim", "ops/s"):
+    for name in ("alloc", "target", "shared", "swapped", "balloon", "f", "reclaim", "ops/s"):
         table.add_column(name, justify="right")
     table.add_column("status")
     for v in s.snapshot.vms:
@@ -299,7 +310,7 @@ def _policy_view(s: Sample, title: str) -> Group:
         if st.get("blocked") and status == "running":
             status = "blocked"
         table.add_row(v.name, s.workloads.get(v.name, ""), _mib(st.get("allocated", 0)),
-                      _mib(st.get("target", 0)), _mib(v.swapped), _mib(st["ballooned"]),
+                      _mib(st.get("target", 0)), _mib(st["sharing"]), _mib(v.swapped), _balloon(v),
                       f"{st.get('active', 1.0):.2f}", str(st.get("reclaim", "-")),
                       _count(v.ops_per_s), _status_text(status))
     return Group(table, Text(machine_line(s, state=False)))

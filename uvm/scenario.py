@@ -105,6 +105,7 @@ class OSSpec:
     """A [vm.os] table: the VM boots the toy guest OS (keyword arguments of uvm.guest.boot;
     None: boot's default) and, unless balloon = false, its balloon driver."""
     disk: int | str | None = None
+    disk_dir: str | None = None             # where the disk's (unlinked) file goes
     disk_latency: float | None = None
     disk_bandwidth: float | None = None
     balloon: bool | None = None

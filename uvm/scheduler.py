@@ -5,7 +5,7 @@ Every `tick` seconds it
   2. reads free machine memory and moves the reclamation state (uvm.policy.states);
   3. every `target_period` seconds, or at once when the state gets worse, asks the
      allocation policy for targets: machine memory less the high threshold's free memory,
-     shared among the VMs (uvm.policy.allocation);
+     plus the frames page sharing saved, shared among the VMs (uvm.policy.allocation);
   4. reclaims toward the targets as the state says: in soft, by setting balloon targets
      (paging only VMs whose balloon is absent, disabled or full); in hard, by paging too,
      with victims from the victim policy; in low, also by blocking VMs above their target
@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from uvm.errors import SwapFull, VMStopped
@@ -170,14 +171,19 @@ class MemoryScheduler:
         worse = STATES.index(state) > STATES.index(before)
         if worse or now - self._targets_at >= self.policy.target_period:
             self._targets_at = now
-            self._retarget(vms, stats, totals["frames_total"])
+            self._retarget(vms, stats, totals)
         self._reclaim(vms, stats, totals)
 
-    def _retarget(self, vms: list[VM], stats: list[dict[str, Any]], frames: int) -> None:
+    def _retarget(self, vms: list[VM], stats: list[dict[str, Any]], totals: dict[str, Any]) -> None:
         infos = [VMInfo(vm.name, vm.shares, vm.min, vm.max, allocated(st), demand(vm, st),
                         vm.sampler.active)  # type: ignore[union-attr]
                  for vm, st in zip(vms, stats)]
-        available = frames - high_frames(self.policy.thresholds, frames)
+        # Targets are in the currency of `allocated`, which counts a shared frame once for
+        # every VM that maps it: the frames sharing saved are available on top of machine
+        # memory. Without them the targets of VMs that share add up to less than they hold
+        # in real frames, and they would be reclaimed from a machine with memory to spare.
+        frames = totals["frames_total"]
+        available = frames - high_frames(self.policy.thresholds, frames) + totals["saved"]
         targets = self.allocation.targets(infos, available)
         with self._lock:
             for vm in vms:
@@ -218,7 +224,10 @@ class MemoryScheduler:
             if state == "soft" and can_balloon:
                 continue
             try:
-                paged = self._page(vm, min(excess, budget))
+                if state == "soft":             # paging instead of the balloon
+                    paged = vm.balloon.page_instead(min(excess, budget), partial(self._page, vm))
+                else:
+                    paged = self._page(vm, min(excess, budget))
             except SwapFull:
                 ps.reclaim = "swap-full"        # the pages stay; the C core copes or stops it
                 continue

@@ -4,10 +4,19 @@ compares and merges.
 The paper's scanner looks at random pages at a capped rate, per VM and machine-wide (ESX
 2.x: about 50 pages/s per VM and 200 pages/s in all; later versions much more), so that the
 CPU spent on sharing stays small and predictable. Here a Python thread ("uvm-share") wakes
-every tick, hands each VM its share of the budget (its own rate, capped by what is left of
-the machine's), and asks the C core to scan that many random resident pages of it. Rates
-can change while guests run. `Machine.share_now()` instead scans every resident page once,
-in order, which also lets runs of identical pages share one mapping."""
+every tick, hands each VM its share of the budget, and asks the C core to scan that many
+random resident pages of it. Rates can change while guests run. `Machine.share_now()`
+instead scans every resident page once, in order, which also lets runs of identical pages
+share one mapping.
+
+Dividing the budget: every VM is scanned at its own rate while the rates add up to no more
+than the machine's; when they add up to more, every VM's rate is scaled down by the same
+factor, so each gets the machine's rate in proportion to its own. Handing the budget out in
+VM order instead (each VM its rate, until the machine's is spent) starves the last VMs
+whenever the first ones' rates exhaust it: two guests booting the same OS image then never
+share a page. Each VM carries the fraction of a page it was owed over to the next tick, so
+that even a budget smaller than one page per VM per tick reaches every VM; stopped VMs get
+none (their pages are not touched any more)."""
 
 from __future__ import annotations
 
@@ -67,18 +76,20 @@ class ShareScanner:
             self.error = e
 
     def _round(self, dt: float) -> int:
-        """Gives every VM its budget for dt seconds; returns pages scanned."""
-        left = self.rate * dt
+        """Gives every VM its share of the budget for dt seconds; returns pages scanned."""
+        dt = min(dt, 1.0)                   # after a stall, carry fractions, not backlogs
+        live = [(vm, st["scanned"]) for vm in self.machine.vms
+                if not (st := vm.stats())["stopped"]]
+        rates = [self.vm_rate if vm.share_rate is None else vm.share_rate for vm, _ in live]
+        scale = min(1.0, self.rate / sum(rates)) if sum(rates) > 0 else 0.0
+        credit = {vm.name: self._credit.get(vm.name, 0.0) + rate * scale * dt
+                  for (vm, _), rate in zip(live, rates)}
+        self._credit = {name: c - int(c) for name, c in credit.items()}
         scanned = 0
-        for vm in self.machine.vms:
-            rate = self.vm_rate if vm.share_rate is None else vm.share_rate
-            credit = self._credit.get(vm.name, 0.0) + rate * dt
-            n = int(min(credit, left))
-            self._credit[vm.name] = min(credit - n, rate)   # carry fractions, not backlogs
+        for vm, before in live:
+            n = int(credit[vm.name])
             if n <= 0:
                 continue
-            left -= n
-            before = vm.stats()["scanned"]
             if self.machine._share_scan(vm, n, random=True) is None:
                 return scanned          # machine closing
             scanned += vm.stats()["scanned"] - before

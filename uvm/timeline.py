@@ -40,6 +40,8 @@ MACHINE_FIELDS = {
     "hint_hits": "hint_hits", "shared_hits": "shared_hits", "hash_collisions": "hash_collisions",
     "cow_breaks": "cow_breaks", "scanned": "scanned", "merge_stops": "merge_stops",
     "scan_rate": "scan_rate_pages_per_s", "state": "state", "tax_rate": "tax_rate",
+    "mpn_free": "mpn_free_pages", "mpn_largest_free": "mpn_largest_free_pages",
+    "mpn_holes": "mpn_holes",
 }
 MACHINE_DROPPED = {"uffd_user_mode": "the header's host.mode", "merge_stopped": "merge_stopped (a bool)"}
 VM_FIELDS = {
@@ -50,7 +52,8 @@ VM_FIELDS = {
     "sharing": "sharing_pages", "zero_shared": "zero_shared_pages", "cow_breaks": "cow_breaks",
     "scanned": "scanned", "ballooned": "ballooned_pages", "balloon_touched": "balloon_touched",
     "watch_touched": "watch_touched", "balloon_target": "balloon_target_pages",
-    "shares": "shares", "min": "min_pages",
+    "shares": "shares", "min": "min_pages", "balloon_paged": "balloon_paged_pages",
+    "balloon_errors": "balloon_errors", "balloon_error": "balloon_error",
 }
 VM_DROPPED = {"stopped": "`stopped`, the reason as text", "balloon_size": "ballooned_pages",
               "max": "size_pages (the paper's max is the VM's size)", "blocked": "blocked (a bool)"}
@@ -63,6 +66,7 @@ GUEST_FIELDS = {
     "guest_cache_hits": "cache_hits", "guest_cache_misses": "cache_misses",
     "guest_reclaimed": "reclaimed", "guest_double_paging": "double_paging",
     "guest_disk_reads": "disk_reads", "guest_disk_writes": "disk_writes",
+    "guest_disk_errors": "disk_errors",
 }
 
 
@@ -107,6 +111,9 @@ class MachineLine(_Strict):
     scan_rate_pages_per_s: float = described("the sharing scanner's measured rate")
     state: str = described("reclamation state: high, soft, hard, low, or unmanaged (no policy)")
     tax_rate: float | None = described("the idle memory tax rate (null: no policy)", True)
+    mpn_free_pages: int = described("pages of MPN space free for VMs' slices (home frames)")
+    mpn_largest_free_pages: int = described("the largest free run of MPN space: the largest VM that can still be created")
+    mpn_holes: int = described("free runs of MPN space below the top slice (coalesced: never adjacent)")
 
 
 class PolicyLine(_Strict):
@@ -134,6 +141,7 @@ class GuestLine(_Strict):
     double_paging: int = described("guest swap-outs of pages the host had swapped (read back first)")
     disk_reads: int = described("virtual disk reads")
     disk_writes: int = described("virtual disk writes")
+    disk_errors: int = described("virtual disk requests that failed (nothing was lost)")
 
 
 class VMLine(_Strict):
@@ -165,6 +173,11 @@ class VMLine(_Strict):
     balloon_touched: int = described("ballooned pages the guest touched anyway (given a zero page)")
     watch_touched: int = described("watched (sampled) pages the guest touched again")
     balloon_target_pages: int = described("the balloon's target")
+    balloon_paged_pages: int = described("pages the host paged out because the balloon could "
+                                         "not take them (no driver, driver disabled)")
+    balloon_errors: int = described("failed guest disk requests the balloon driver survived")
+    balloon_error: str | None = described("the balloon driver's last error, or what ended it "
+                                          "(null: none)")
     shares: int = described("its shares S", True)
     min_pages: int = described("its guaranteed minimum", True)
     blocked: bool = described("true while the policy blocks it (the low state)")

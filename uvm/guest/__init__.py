@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from uvm.balloon import DEFAULT_PERIOD, BalloonDriver
-from uvm.guest.disk import DEFAULT_BANDWIDTH, DEFAULT_LATENCY, DiskFull, VirtualDisk
+from uvm.balloon import DEFAULT_PERIOD, BalloonDriver, check_period
+from uvm.guest.disk import DEFAULT_BANDWIDTH, DEFAULT_LATENCY, DiskError, DiskFull, VirtualDisk
 from uvm.guest.kernel import GuestOS, GuestOutOfMemory
 from uvm.guest.pagecache import File
 from uvm.guest.process import Process
@@ -21,7 +21,8 @@ from uvm.sizes import parse_pages
 if TYPE_CHECKING:
     from uvm.vm import VM
 
-__all__ = ["boot", "GuestOS", "GuestOutOfMemory", "Process", "File", "VirtualDisk", "DiskFull"]
+__all__ = ["boot", "GuestOS", "GuestOutOfMemory", "Process", "File", "VirtualDisk", "DiskFull",
+           "DiskError"]
 
 
 def boot(vm: VM, *, disk: int | str | None = None, disk_dir: str | None = None,
@@ -32,11 +33,14 @@ def boot(vm: VM, *, disk: int | str | None = None, disk_dir: str | None = None,
     the VM's memory, for files and swap): an unlinked file in `disk_dir` ($TMPDIR), or a new
     private (0600) file at `disk_file`, removed when the VM goes. With balloon=True (the
     default) the balloon driver starts, polling vm.balloon every `balloon_period` seconds;
-    with balloon=False the guest has none and the host must page it."""
+    with balloon=False the guest has none and the host must page it. The disk's space is
+    reserved now: a disk that does not fit is a ValueError naming `disk`."""
     if vm.os is not None:
         raise ValueError(f"vm: VM {vm.name!r} has already booted its OS")
+    check_period(balloon_period)
     blocks = 2 * vm.pages if disk is None else parse_pages(disk, "disk")
-    gos = GuestOS(vm, VirtualDisk(blocks, disk_dir, disk_file, disk_latency, disk_bandwidth))
+    gos = GuestOS(vm, VirtualDisk(blocks, disk_dir, disk_file, disk_latency, disk_bandwidth,
+                                  vm.name))
     vm._attach_os(gos)
     if balloon:
         BalloonDriver(gos, vm.balloon, balloon_period)

@@ -6,7 +6,13 @@ area on its virtual disk, then dirty cache pages (written back, then dropped).
 Its bookkeeping (free list, LRU lists, page tables) is ordinary Python objects; every page it
 hands out is guest memory. One lock guards it all; a guest thread holds it while it touches
 the pages it faulted in, so reclaim (on another thread, e.g. the balloon driver's) never
-takes a page out from under a running access."""
+takes a page out from under a running access.
+
+Every path that moves a page between memory and the virtual disk changes the bookkeeping
+only after the disk request succeeded: a swap-out first takes blocks and writes, and only
+then marks the pages swapped and frees them; a swap-in or cache miss first reads, then takes
+a page. So a request that fails (DiskError) leaves everything as it was, and the error goes
+to whoever needed the page: a workload's step, or the balloon driver, which survives it."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from uvm.errors import UvmError
-from uvm.guest.disk import VirtualDisk
+from uvm.guest.disk import DiskFull, VirtualDisk
 from uvm.guest.pagecache import File, PageCache
 from uvm.sizes import PAGE_SIZE
 
@@ -82,9 +88,22 @@ class GuestOS:
         """One page, or GuestOutOfMemory."""
         pages = self.alloc(1)
         if not pages:
+            full = ", its swap area is full" if not self.disk.free_blocks() else ""
             raise GuestOutOfMemory(f"VM {self.vm.name!r}: the guest OS has no page left to "
-                                   f"reclaim ({len(self.pinned)} pinned)")
+                                   f"reclaim ({len(self.pinned)} pinned{full})")
         return pages[0]
+
+    def alloc_filled(self, data: bytes) -> int:
+        """One page holding `data` (a bounce buffer), or GuestOutOfMemory; if the copy fails
+        (the VM is stopped) the page goes back to the free list."""
+        with self.lock:
+            ppn = self.alloc_page()
+            try:
+                self.vm.write(ppn * PAGE_SIZE, data)
+            except BaseException:
+                self.free.append(ppn)
+                raise
+            return ppn
 
     def release(self, ppns: list[int]) -> None:
         """Gives pages back to the free list (unpinning them)."""
@@ -95,46 +114,66 @@ class GuestOS:
     # -- reclaim ----------------------------------------------------------------------
 
     def reclaim(self, need: int) -> int:
-        """Frees at least `need` pages if it can (RECLAIM_BATCH at least); returns how many."""
+        """Frees at least `need` pages if it can (RECLAIM_BATCH at least); returns how many.
+        A disk request that fails raises DiskError after the pages freed so far (clean
+        cache pages: no I/O) went to the free list; the pages it was for stay as they were."""
         with self.lock:
             want = max(need, RECLAIM_BATCH)
-            freed = self.cache.drop_clean(want)
-            if freed < want:
-                freed += self._swap_out(want - freed)
-            if freed < want:
-                freed += self.cache.drop_dirty(want - freed)
-            self.reclaimed += freed
+            freed = 0
+            try:
+                freed = self.cache.drop_clean(want)
+                if freed < want:
+                    freed += self._swap_out(want - freed)
+                if freed < want:
+                    freed += self.cache.drop_dirty(want - freed)
+            finally:
+                self.reclaimed += freed
             return freed
 
     def _swap_out(self, n: int) -> int:
         """Writes up to n least recently used process pages to the guest's swap area in one
-        request; returns how many pages it freed."""
+        request (fewer if the swap area has fewer free blocks); returns how many pages it
+        freed. Transactional: the pages change owner only once the write succeeded; if it
+        fails (DiskError) they stay resident, on the LRU list, and the blocks are freed."""
         victims: list[tuple[tuple[Process, int], int]] = []
         for key, ppn in self.anon_lru.items():
             if len(victims) == n:
                 break
             if ppn not in self.busy:
                 victims.append((key, ppn))
-        writes = []
-        for (proc, vpn), ppn in victims:
-            # a measurement probe, not something a guest could know: was this page swapped
-            # out by the host? If so, reading it now pages it in only to write it out again
-            self.double_paging += self.vm.page_state(ppn) == "swapped"
-            block = self.disk.alloc()
-            writes.append((block, self.vm.read(ppn * PAGE_SIZE, PAGE_SIZE)))
+        blocks: list[int] = []
+        try:
+            for _ in victims:
+                blocks.append(self.disk.alloc())
+        except DiskFull:
+            del victims[len(blocks):]       # the swap area is full: swap what fits
+        try:
+            writes, double = [], 0
+            for block, (_, ppn) in zip(blocks, victims):
+                # a measurement probe, not something a guest could know: was this page
+                # swapped out by the host? If so, reading it now pages it in only to write
+                # it out again
+                double += self.vm.page_state(ppn) == "swapped"
+                writes.append((block, self.vm.read(ppn * PAGE_SIZE, PAGE_SIZE)))
+            self.disk.write(writes)
+        except BaseException:
+            for block in blocks:
+                self.disk.free(block)
+            raise
+        for ((proc, vpn), ppn), block in zip(victims, blocks):
             proc.swapped_out(vpn, block)
             del self.anon_lru[(proc, vpn)]
-        self.disk.write(writes)
         self.free.extend(ppn for _, ppn in victims)
+        self.double_paging += double
         self.swapouts += len(victims)
         self.swap_used += len(victims)
         return len(victims)
 
     def swap_in(self, block: int) -> int:
-        """Reads a swapped process page back into a new page; returns its PPN."""
+        """Reads a swapped process page back into a new page; returns its PPN. If the read,
+        the allocation or the copy fails, the block keeps the page and no page is taken."""
         with self.lock:
-            ppn = self.alloc_page()
-            self.vm.write(ppn * PAGE_SIZE, self.disk.read(block))
+            ppn = self.alloc_filled(self.disk.read(block))
             self.disk.free(block)
             self.swapins += 1
             self.swap_used -= 1
@@ -151,4 +190,5 @@ class GuestOS:
                 "guest_swapouts": self.swapouts, "guest_swap_used": self.swap_used,
                 "guest_cache_hits": self.cache.hits, "guest_cache_misses": self.cache.misses,
                 "guest_reclaimed": self.reclaimed, "guest_double_paging": self.double_paging,
-                "guest_disk_reads": self.disk.reads, "guest_disk_writes": self.disk.writes}
+                "guest_disk_reads": self.disk.reads, "guest_disk_writes": self.disk.writes,
+                "guest_disk_errors": self.disk.errors}

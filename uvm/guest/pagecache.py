@@ -48,10 +48,17 @@ class PageCache:
     def create(self, name: str, pages: int, content: bytes | None = None) -> File:
         """Creates a file of `pages` pages on the disk, each holding `content` (default: a
         pattern naming the file and page), as if it had been written long ago."""
-        f = File(name, [self.os.disk.alloc() for _ in range(pages)])
-        for i, b in enumerate(f.blocks):
-            self.os.disk.preload(b, content if content is not None else file_page(name, i))
-        return f
+        disk = self.os.disk
+        blocks: list[int] = []
+        try:
+            for i in range(pages):
+                blocks.append(disk.alloc())
+                disk.preload(blocks[-1], content if content is not None else file_page(name, i))
+        except BaseException:               # DiskFull, DiskError: no file, no block taken
+            for b in blocks:
+                disk.free(b)
+            raise
+        return File(name, blocks)
 
     def _page(self, f: File, index: int, whole: bool) -> CachePage:
         """The cached page of (f, index), read from the disk on a miss unless the caller
@@ -65,9 +72,9 @@ class PageCache:
             self.hits += 1
             return cp
         self.misses += 1
-        cp = CachePage(self.os.alloc_page())
-        if not whole:
-            self.os.vm.write(cp.ppn * PAGE_SIZE, self.os.disk.read(f.blocks[index]))
+        # read before taking a page: a failed read leaves the cache as it was
+        cp = CachePage(self.os.alloc_page() if whole
+                       else self.os.alloc_filled(self.os.disk.read(f.blocks[index])))
         self.pages[key] = cp
         return cp
 
@@ -88,6 +95,7 @@ class PageCache:
                 self.dirty += 1
 
     def _writeback(self, victims: list[tuple[tuple[File, int], CachePage]]) -> None:
+        """Writes the pages to their blocks in one request; they stay dirty if it fails."""
         self.os.disk.write([(f.blocks[i], self.os.vm.read(cp.ppn * PAGE_SIZE, PAGE_SIZE))
                             for (f, i), cp in victims])
         for _, cp in victims:

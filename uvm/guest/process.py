@@ -55,8 +55,7 @@ class Process:
                     ppn = os.swap_in(block)
                     del self.swap[vpn]
                 else:
-                    ppn = os.alloc_page()
-                    os.vm.write(ppn * PAGE_SIZE, ZERO_PAGE)
+                    ppn = os.alloc_filled(ZERO_PAGE)
                 self.resident[vpn] = ppn
                 os.anon_lru[(self, vpn)] = ppn
         os.busy.add(ppn)
