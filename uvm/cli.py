@@ -7,6 +7,8 @@
         --summary-json FILE
     uvm experiment NAME          one of the paper's experiments (uvm/experiments/)
         --quick --out DIR --seed N --repeat N
+    uvm sweep GRID.toml          a grid of trials of a scenario or experiment (uvm/sweep/)
+        --jobs N --out DIR --resume --ray ADDRESS
     uvm schema NAME              the JSON Schema of an output (uvm/schema.py)
     uvm lab list | start NAME DIR | check NAME [DIR] --seed N --timeout SECONDS
                                  kernel-course labs with an autograder (uvm/labs/)
@@ -28,7 +30,7 @@ from typing import TextIO
 
 from rich.console import Console
 
-from uvm import experiments, labs, live, record, resolved, scenario, schema
+from uvm import experiments, labs, live, record, resolved, scenario, schema, sweep
 from uvm.errors import UserfaultfdUnavailable
 from uvm.experiments.runner import check_repeat
 from uvm.machine import Machine
@@ -62,9 +64,35 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_run(commands)
     _add_experiment(commands)
+    _add_sweep(commands)
     _add_lab(commands)
     _add_schema(commands)
     return parser
+
+
+def _add_sweep(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "sweep", help="run a grid of trials of a scenario or experiment",
+        description="Runs every point of GRID.toml's grid for each seed and repeat, each trial in "
+                    "a process of its own, on this host or a Ray cluster; writes DIR/results.csv, "
+                    "DIR/results.jsonl (one row per trial) and DIR/sweep.png. Format: uvm/sweep/grid.py.")
+    p.add_argument("grid", metavar="GRID.toml", help="the grid file")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="trials at once on this host (default: the CPUs; never more than fit in memory)")
+    p.add_argument("--out", metavar="DIR", help="where the table goes (default: sweeps/GRID)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep in DIR: skip trials already in its table")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run on the Ray cluster at ADDRESS (host:port; needs uvm[ray])")
+    p.set_defaults(command=_sweep)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """`uvm sweep`: run the grid, a line per finished trial."""
+    out = Path(args.out or Path("sweeps") / Path(args.grid).stem)
+    table = sweep.sweep(args.grid, out, jobs=args.jobs, resume=args.resume, ray=args.ray,
+                        log=lambda line: print(line, flush=True))
+    return EXIT_FAILED if any(r["status"] != "ok" for r in table.rows) else 0
 
 
 def _add_lab(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

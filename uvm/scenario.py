@@ -332,6 +332,11 @@ def loads(text: str, source: str = "<scenario>", base: Path | None = None) -> Sc
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{source}: invalid TOML: {e}") from e
+    return parse(doc, source, base)
+
+
+def parse(doc: dict[str, Any], source: str = "<scenario>", base: Path | None = None) -> Scenario:
+    """Checks a scenario already read from TOML (a sweep edits the tables before this)."""
     try:
         return _scenario(doc, source, base)
     except ValueError as e:
