@@ -238,3 +238,29 @@ def test_sigterm_mid_experiment_saves_partial_results_without_matplotlib(tmp_pat
     jsonschema.validate(results, schema.shipped("results"))
     assert results["record"]["partial"] is True and results["rows"][0]["vms"] == 1
     assert list(out.iterdir()) == [out / "results.json"]
+
+
+def test_side_channel_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The attack reads the victim's pages across VMs and is reduced to chance by salts.
+    Bounds: across VMs only a private write delayed past the threshold (~5 us, against ~1 us
+    private and ~20 us for a COW break) by preemption can be wrong, and 10% of 512 would
+    need 51 of them; salted nothing merges but the attacker's own calibration pairs, every
+    write is private, and leaving [0.4, 0.6] would need 51 delayed writes all on one side."""
+    assert main(["experiment", "side-channel", "--quick", "--out", str(tmp_path), "--seed", "5"]) == 0
+    results = read_results(tmp_path)
+    assert (tmp_path / "side-channel.png").read_bytes().startswith(b"\x89PNG")
+    p = results["params"]
+    across, salted = results["rows"]
+    assert across["config"] == "across VMs" and salted["config"] == "salted"
+    pairs = p["rounds"] * 2 * p["calibration"]
+    assert across["merged"] == pairs + across["candidates"] and salted["merged"] == pairs
+    assert across["accuracy"] >= 0.9 and 0.4 <= salted["accuracy"] <= 0.6
+    assert across["held_median_ns"] > 4 * across["not_held_median_ns"]
+    all_, vm = results["savings"]
+    assert all_["share_domains"] == "all" and vm["share_domains"] == "vm"
+    # salting keeps only zero pages (shared by every domain) and duplicates within a VM
+    assert vm["saved"] < all_["saved"] / 2 and vm["saved"] >= vm["zero_shared"] - 1
+    assert results["saved_mib_lost"] > 0
+    assert set(results["figures"]) == {"accuracy_across_vms", "accuracy_salted", "saved_pct_all",
+                                       "saved_pct_vm"}
+    assert "salting loses" in capsys.readouterr().out

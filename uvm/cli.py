@@ -119,8 +119,9 @@ def _add_lab(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _lab_list(args: argparse.Namespace) -> int:
+    width = max(len(name) for name in labs.REGISTRY)
     for lab in labs.REGISTRY.values():
-        print(f"{lab.name:<10} {lab.title}; paper {lab.section}; you write {lab.module}")
+        print(f"{lab.name:<{width}} {lab.title}; paper {lab.section}; you write {lab.module}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
     [machine]
     memory = "96MiB"            # any keyword of uvm.Machine: swap_size, fault_around, ...
+    share_domains = "vm"        # pages merge within a VM only (default "all": across VMs)
 
     [run]
     duration = 20               # seconds
@@ -18,6 +19,7 @@
     memory = "64MiB"
     shares = 2000               # its claim on memory (default 1000; needs [policy] to matter)
     min = "16MiB"               # guaranteed memory (admission control; default 0)
+    share_salt = "tenant-a"     # optional: pages merge only with VMs of the same salt
     [vm.workload]               # optional; `kind` is one of workloads.KINDS,
     kind = "working-set"        # the rest are that workload's constructor parameters
     size = "48MiB"
@@ -73,7 +75,7 @@ from uvm.policy import (ActivityEstimator, AllocationPolicy, ColdVictims, IdleTa
 from uvm.policy.states import STATES
 from uvm.scheduler import MemoryPolicy
 from uvm.seeds import check_seed, derive, new_seed
-from uvm.sharing import check_rate
+from uvm.sharing import DOMAIN_POLICIES, check_rate, check_salt
 from uvm.sizes import PAGE_SIZE, format_size, parse_pages
 from uvm.vm import VM, check_shares
 from workloads import KINDS, Workload
@@ -174,6 +176,7 @@ class VMSpec:
     share_rate: float | None = None         # this VM's sharing scan rate (pages/s)
     shares: int | None = None               # its claim on memory (None: the default, 1000)
     min: int | str | None = None            # guaranteed memory (None: 0)
+    share_salt: str | int | None = None     # its sharing domain's salt (None: [machine]'s)
     os: OSSpec | None = None
     balloon: list[BalloonStep] = field(default_factory=list)
 
@@ -185,6 +188,7 @@ class VMSpec:
             check_rate(self.share_rate, "share_rate")
         if self.shares is not None:
             check_shares(self.shares)
+        check_salt(self.share_salt)
         if self.min is not None:
             min_pages = check_pages(self.min, "min", zero=True)
             if min_pages > pages:
@@ -192,8 +196,10 @@ class VMSpec:
                                  f"memory ({format_size(pages * PAGE_SIZE)})")
 
     def create_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of Machine.create_vm for shares and min, the ones that are set."""
-        return {k: v for k, v in (("shares", self.shares), ("min", self.min)) if v is not None}
+        """Keyword arguments of Machine.create_vm for shares, min and share_salt, the ones
+        that are set."""
+        return {k: v for k, v in (("shares", self.shares), ("min", self.min),
+                                  ("share_salt", self.share_salt)) if v is not None}
 
     def check_balloon(self, path: str) -> None:
         """Balloon targets need an OS with a balloon driver and must fit its maximum."""
@@ -274,10 +280,14 @@ class MachineSpec:
     sharing: bool | None = None
     share_rate: float | None = None
     share_rate_vm: float | None = None
+    share_domains: str | None = None        # "all" or "vm" (a file cannot give a callable)
     swap_latency: float | None = None
 
     def __post_init__(self) -> None:
         check_pages(self.memory, "memory")
+        if self.share_domains is not None and self.share_domains not in DOMAIN_POLICIES:
+            raise ValueError(f"share_domains: must be one of {list(DOMAIN_POLICIES)}, "
+                             f"got {self.share_domains!r}")
         if self.swap_size is not None:
             check_pages(self.swap_size, "swap_size")
         for name in ("share_rate", "share_rate_vm"):

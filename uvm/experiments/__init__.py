@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from uvm.experiments import (balloon, balloon_vs_paging, idle_tax, reallocation, sharing,
-                             runner, working_set)
+                             runner, side_channel, working_set)
 from uvm.experiments.base import Experiment, MissingExtra, Trial
 
 REGISTRY: dict[str, Experiment] = {e.name: e for e in (sharing.EXPERIMENT, balloon.EXPERIMENT,
                                                          balloon_vs_paging.EXPERIMENT,
                                                          idle_tax.EXPERIMENT,
                                                          working_set.EXPERIMENT,
-                                                         reallocation.EXPERIMENT)}
+                                                         reallocation.EXPERIMENT,
+                                                         side_channel.EXPERIMENT)}
 
 __all__ = ["REGISTRY", "Experiment", "MissingExtra", "Trial", "run"]
 
