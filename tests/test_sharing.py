@@ -295,3 +295,29 @@ def test_zero_pages_merge_without_mappings(make_machine) -> None:  # type: ignor
 def count_maps() -> int:
     with open("/proc/self/maps") as f:
         return sum(1 for _ in f)
+
+
+def test_scan_budget_reaches_every_vm_in_proportion_to_its_rate(make_machine) -> None:  # type: ignore[no-untyped-def]
+    """Regression (issue 8, item 10): per-VM rates adding up to more than the machine's
+    budget were served in VM order, so the first VM took the whole budget and the others
+    were never scanned. Every VM now gets the budget in proportion to its own rate (a VM at
+    rate 0 gets none), and all together stay within the machine's rate. Exact arithmetic
+    per round makes the ratios independent of how many rounds the scanner got to run."""
+    m = make_machine("16MiB", sharing=True, share_rate=400, share_rate_vm=400)
+    vms = [m.create_vm(f"v{i}", memory="1MiB") for i in range(5)]
+    vms[3].share_rate = 800                     # twice the others' rate
+    vms[4].share_rate = 0                       # never scanned
+    for i, vm in enumerate(vms):                # distinct pages: all stay resident, unmerged
+        fill(vm, [1000 * (i + 1) + p for p in range(256)])
+    time.sleep(0.3)                             # rounds begun before the rates were set are over
+    before = [vm.stats()["scanned"] for vm in vms]
+    t0 = time.monotonic()
+    time.sleep(2.0)
+    got = [vm.stats()["scanned"] - b for vm, b in zip(vms, before)]
+    elapsed = time.monotonic() - t0
+    equal = got[:3]                             # rates 400, 400, 400, 800, 0 scaled to 400 in all
+    assert min(equal) > 0 and min(equal) >= 0.8 * max(equal), got
+    assert 1.5 * max(equal) <= got[3] <= 2.5 * min(equal), got
+    assert got[4] == 0, got
+    assert sum(got) <= 400 * (elapsed + 0.3) + len(vms), (got, elapsed)
+    assert m.stats()["sharing"] == 0            # nothing to merge: the counts are all scans

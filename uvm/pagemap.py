@@ -29,6 +29,7 @@ from rich.text import Text
 
 from uvm._binding import lib
 from uvm.errors import MissingExtra, UvmError, VMStopped
+from uvm.periods import check_period
 
 if TYPE_CHECKING:
     from uvm.machine import Machine
@@ -228,13 +229,11 @@ class MapRecorder:
     (pagemap.gif, read back from the PNGs so no frame stays in memory), one frame per period. Errors on the thread are re-raised by stop()."""
 
     def __init__(self, machine: Machine, out: Path, every: float) -> None:
-        if not every > 0:
-            raise ValueError(f"map_every: must be a positive number of seconds, got {every!r}")
+        self.every = check_period(every, "map_every")
         _pillow()
         out.mkdir(parents=True, exist_ok=True)
         self.machine = machine
         self.out = out
-        self.every = every
         self.frames: list[Path] = []
         self.gif: Path | None = None
         self.error: BaseException | None = None

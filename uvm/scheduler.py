@@ -5,7 +5,7 @@ Every `tick` seconds it
   2. reads free machine memory and moves the reclamation state (uvm.policy.states);
   3. every `target_period` seconds, or at once when the state gets worse, asks the
      allocation policy for targets: machine memory less the high threshold's free memory,
-     shared among the VMs (uvm.policy.allocation);
+     plus the frames page sharing saved, shared among the VMs (uvm.policy.allocation);
   4. reclaims toward the targets as the state says: in soft, by setting balloon targets
      (paging only VMs whose balloon is absent, disabled or full); in hard, by paging too,
      with victims from the victim policy; in low, also by blocking VMs above their target
@@ -34,7 +34,8 @@ from uvm.policy.allocation import AllocationPolicy, IdleTax, VMInfo, check_tax_r
 from uvm.policy.estimate import ActivityEstimator, PaperEstimator
 from uvm.policy.states import STATES, ReclaimStates, Thresholds
 from uvm.policy.victims import RandomVictims, VictimPolicy
-from uvm.sampler import DEFAULT_PERIOD, DEFAULT_SIZE, IdleSampler, check_period, check_size
+from uvm.periods import check_seconds
+from uvm.sampler import DEFAULT_PERIOD, DEFAULT_SIZE, IdleSampler, check_size
 
 PAGING_SHARE = 16      # the scheduler pages at most 1/16 of machine memory per tick
 
@@ -59,10 +60,10 @@ class MemoryPolicy:
 
     def __post_init__(self) -> None:
         check_tax_rate(self.tax_rate)
-        check_period(self.sample_period, "sample_period")
+        check_seconds(self.sample_period, "sample_period")
         check_size(self.sample_size)
-        check_period(self.target_period, "target_period")
-        check_period(self.tick, "tick")
+        check_seconds(self.target_period, "target_period")
+        check_seconds(self.tick, "tick")
         for name, cls in (("allocation", AllocationPolicy), ("victims", VictimPolicy)):
             value = getattr(self, name)
             if value is not None and not isinstance(value, cls):
@@ -171,14 +172,19 @@ class MemoryScheduler:
         worse = STATES.index(state) > STATES.index(before)
         if worse or now - self._targets_at >= self.policy.target_period:
             self._targets_at = now
-            self._retarget(vms, stats, totals["frames_total"])
+            self._retarget(vms, stats, totals)
         self._reclaim(vms, stats, totals)
 
-    def _retarget(self, vms: list[VM], stats: list[dict[str, Any]], frames: int) -> None:
+    def _retarget(self, vms: list[VM], stats: list[dict[str, Any]], totals: dict[str, Any]) -> None:
         infos = [VMInfo(vm.name, vm.shares, vm.min, vm.max, allocated(st), demand(vm, st),
                         vm.sampler.active)  # type: ignore[union-attr]
                  for vm, st in zip(vms, stats)]
-        available = frames - high_frames(self.policy.thresholds, frames)
+        # Targets are in the currency of `allocated`, which counts a shared frame once for
+        # every VM that maps it: the frames sharing saved are available on top of machine
+        # memory. Without them the targets of VMs that share add up to less than they hold
+        # in real frames, and they would be reclaimed from a machine with memory to spare.
+        frames = totals["frames_total"]
+        available = frames - high_frames(self.policy.thresholds, frames) + totals["saved"]
         targets = self.allocation.targets(infos, available)
         with self._lock:
             for vm in vms:
