@@ -210,11 +210,13 @@ class Soak:
     """One soak run: `rng` drives the operations; `check` raises SoakFailure."""
 
     def __init__(self, seed: int, workdir: str, disk_dir: str, gates: set[str],
-                 trace: bool = False) -> None:
+                 trace: bool = False, log: str | None = None) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.gates = gates
         self.trace = trace
+        # every operation, as it starts: what a hang that holds the GIL leaves to read
+        self.logfile = open(log, "w", buffering=1) if log else None
         self.disk_dir = disk_dir
         self.filler = os.path.join(disk_dir, "filler")
         self.history: collections.deque[str] = collections.deque(maxlen=60)
@@ -237,7 +239,7 @@ class Soak:
 
     def ops(self) -> list[tuple[int, Callable[[], None]]]:
         """(weight, operation): the mix. Writes and reads dominate; faults are rarer."""
-        mix = [(30, self.op_write), (8, self.op_write_run), (25, self.op_read),
+        mix = [(30, self.op_write), (8, self.op_write_run), (3, self.op_fill), (25, self.op_read),
                (12, self.op_guest_write), (12, self.op_guest_read), (8, self.op_evict),
                (4, self.op_evict_random), (4, self.op_share_now), (4, self.op_watch),
                (2, self.op_sample), (5, self.op_balloon_target), (3, self.op_host_balloon),
@@ -273,18 +275,21 @@ class Soak:
     def act(self, what: str, fn: Callable[[], None]) -> None:
         """Runs one operation under the watchdog, recorded for the failure report."""
         line = f"{self.step:6d} {what}"
-        self.history.append(line)
+        self.record(line)
         self.counts[what.split()[0]] += 1
-        if self.trace:
-            print(line, flush=True)
         with self.watchdog.op(line):
             fn()
 
     def log(self, what: str) -> None:
-        """Records an operation's arguments (called by the op, before it runs)."""
-        self.history.append(f"{self.step:6d}   {what}")
+        """Records something the soak saw (a VM stopped...)."""
+        self.record(f"{self.step:6d}   {what}")
+
+    def record(self, line: str) -> None:
+        self.history.append(line)
         if self.trace:
-            print(f"{self.step:6d}   {what}", flush=True)
+            print(line, flush=True)
+        if self.logfile is not None:
+            self.logfile.write(line + "\n")
 
     def close(self) -> None:
         try:
@@ -292,6 +297,8 @@ class Soak:
                 self.machine.close()
         finally:
             self.watchdog.close()
+            if self.logfile is not None:
+                self.logfile.close()
 
     # -- choosing ----------------------------------------------------------------------
 
@@ -352,6 +359,22 @@ class Soak:
                 if self.may_write(g):       # the VM may stop on the way
                     self.write(g, p, data)
         self.act(f"write-run {g.name} ppn={first}+{n} {data[:16]!r}", write_run)
+
+    def op_fill(self) -> None:
+        """Distinct content over many pages: memory pressure for the policy and the reclaimer."""
+        g = self.pick(plain=True)
+        if g is None or not self.may_write(g):
+            return
+        first = self.rng.randrange(g.size)
+        n = min(self.rng.randrange(16, 128), g.size - first)
+        self.generation += 1
+        gen = self.generation
+
+        def fill() -> None:
+            for p in range(first, first + n):
+                if self.may_write(g):
+                    self.write(g, p, content("unique", self.seed, g.name, p, gen))
+        self.act(f"fill {g.name} ppn={first}+{n} generation {gen}", fill)
 
     def op_guest_write(self) -> None:
         g = self.pick(plain=False)
@@ -432,6 +455,19 @@ class Soak:
             if g.proc is not None or not str(e).startswith("target:"):
                 raise
             return          # a VM without a driver may refuse the target, naming it
+        if g.proc is None:  # no driver: the host must page instead (the paper; issue 8 item 9)
+            deadline = time.monotonic() + OP_LIMIT / 2
+            while (held := self.backed(g)) > g.vm.pages - target:
+                if time.monotonic() > deadline:
+                    raise SoakFailure(f"{g.name} has no balloon driver: target {target} pages "
+                                      f"accepted, yet {held} of its {g.vm.pages} pages are still "
+                                      f"backed after {OP_LIMIT / 2:.1f} s")
+                time.sleep(0.01)
+
+    @staticmethod
+    def backed(g: Guest) -> int:
+        st = g.vm.stats()
+        return int(st["resident"] + st["sharing"])
 
     def op_host_balloon(self) -> None:
         """The host's half of ballooning, on a plain VM (as labs may): the pages read as zeros."""
@@ -572,7 +608,13 @@ class Soak:
             return
         g = Guest(vm)
         if guest_os:
-            gos = uvm.guest.boot(vm, disk_dir=self.disk_dir, disk_latency=0, balloon_period=0.05)
+            try:
+                gos = uvm.guest.boot(vm, disk_dir=self.disk_dir, disk_latency=0, balloon_period=0.05)
+            except ValueError as e:         # its disk may not fit on a full filesystem
+                self.machine.destroy_vm(vm)
+                if "disk-full" not in self.gates or not str(e).startswith("disk"):
+                    raise
+                return
             g.proc = gos.spawn("soak")
             g.proc.alloc(self.rng.choice([128, 256, 320]))   # more than RAM: the guest swaps
         self.guests[name] = g
@@ -714,13 +756,14 @@ class Soak:
         self.armed_since_check = self.armed
 
 
-def run_soak(seed: int, steps: int | None, seconds: float | None, trace: bool = False) -> Soak:
+def run_soak(seed: int, steps: int | None, seconds: float | None, trace: bool = False,
+             log: str | None = None) -> Soak:
     """One soak; raises SoakFailure (after printing the seed and the last operations)."""
     gates = enabled_gates()
     with tempfile.TemporaryDirectory(prefix="uvm-soak-") as workdir:
         disks = small_filesystem(TMPFS_BYTES) if "disk-full" in gates else _plain_dir(workdir)
         with disks as disk_dir:
-            soak = Soak(seed, workdir, disk_dir, gates, trace)
+            soak = Soak(seed, workdir, disk_dir, gates, trace, log)
             try:
                 soak.run(steps, seconds)
             except BaseException:
@@ -746,13 +789,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="operations to run (deterministic per seed)")
     p.add_argument("--seconds", type=float, help="run for this long instead")
     p.add_argument("--trace", action="store_true", help="print every operation as it runs")
+    p.add_argument("--log", help="write every operation to this file as it starts")
     a = p.parse_args(argv)
     if (a.steps is None) == (a.seconds is None):
         p.error("give exactly one of --steps and --seconds")
     faulthandler.enable()
     started = time.monotonic()
     try:
-        soak = run_soak(a.seed, a.steps, a.seconds, a.trace)
+        soak = run_soak(a.seed, a.steps, a.seconds, a.trace, a.log)
     except SoakFailure:
         return 1
     print(f"soak seed {a.seed}: {soak.step} operations in {time.monotonic() - started:.1f} s, "

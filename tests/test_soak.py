@@ -63,19 +63,30 @@ def _child_timeout() -> float:
 
 @pytest.mark.stress
 @pytest.mark.parametrize("seed", SEEDS, ids=[f"seed={s}" for s in SEEDS])
-def test_soak(seed: int) -> None:
+def test_soak(seed: int, tmp_path: Path) -> None:
     faulthandler.cancel_dump_traceback_later()  # bounded below, by the child's own timeout
+    log = tmp_path / "soak.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, str(SOAK), "--seed", str(seed), *DURATION]
-    replay = f"replay: PYTHONPATH=$PWD python tests/soak.py --seed {seed} {' '.join(DURATION)} --trace"
+    cmd = [sys.executable, str(SOAK), "--seed", str(seed), "--log", str(log), *DURATION]
+    gates = os.environ.get("UVM_SOAK_ENABLE")
+    replay = f"replay: {f'UVM_SOAK_ENABLE={gates} ' if gates else ''}PYTHONPATH=$PWD python tests/soak.py --seed {seed} {' '.join(DURATION)} --trace"
     try:
         done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
                               timeout=_child_timeout())
     except subprocess.TimeoutExpired as e:
-        out = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr or ""
         pytest.fail(f"soak seed {seed}: the child outlived its watchdog ({_child_timeout():.0f} s); "
-                    f"{replay}\n{out[-20000:]}")
-    report = "\n".join(done.stderr.splitlines()[-300:])
+                    f"{replay}\n{_last_ops(log)}\n{_text(e.stderr)[-20000:]}")
+    report = f"{_last_ops(log)}\n" + "\n".join(done.stderr.splitlines()[-300:])
     assert done.returncode == 0, f"soak seed {seed} failed (exit {done.returncode}); {replay}\n{report}"
     assert "no defect found" in done.stdout, done.stdout + report
     print(done.stdout.strip())
+
+
+def _last_ops(log: Path, n: int = 40) -> str:
+    """The operations the child started last (its log survives any way it ends)."""
+    lines = log.read_text().splitlines()[-n:] if log.exists() else []
+    return "operations started last:\n" + "\n".join(lines)
+
+
+def _text(out: str | bytes | None) -> str:
+    return out.decode(errors="replace") if isinstance(out, bytes) else out or ""
