@@ -52,7 +52,7 @@ from typing import Any
 import uvm
 import uvm.guest
 from uvm.guest.process import Process
-from workloads import Fill
+from workloads import Fill, GuestWorkingSet, Run
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import BudgetSampler  # noqa: E402
@@ -108,6 +108,7 @@ class Guest:
     pages: dict[int, bytes] = field(default_factory=dict)
     maybe: dict[int, set[bytes]] = field(default_factory=dict)   # a write that failed: old or new
     stopped: str | None = None
+    background: Run | None = None       # a guest workload in another process of its OS
 
     @property
     def name(self) -> str:
@@ -245,7 +246,8 @@ class Soak:
                (2, self.op_sample), (5, self.op_balloon_target), (3, self.op_host_balloon),
                (2, self.op_unballoon), (3, self.op_inject), (4, self.op_heal),
                (2, self.op_pager_hold), (2, self.op_destroy), (3, self.op_create),
-               (1, self.op_destroy_running), (3, self.op_check), (1, self.op_verify_all)]
+               (1, self.op_destroy_running),
+               (2, self.op_background), (3, self.op_check), (1, self.op_verify_all)]
         if "disk-full" in self.gates:
             mix += [(2, self.op_squeeze_disk), (2, self.op_relieve_disk)]
         return mix
@@ -492,6 +494,10 @@ class Soak:
     def op_inject(self) -> None:
         kind = self.rng.choice(["swap-write", "swap-read", "swap-full"])
         count = self.rng.choice([1, 2, 5, 50])
+        if "stopped-fault" not in self.gates:       # see may_write: no writer while armed
+            for g in list(self.guests.values()):
+                if g.background is not None:
+                    self.act(f"background-stop {g.name}", lambda: self.stop_background(g))
         self.armed = self.armed_since_check = True
         self.act(f"inject {kind} {count}", lambda: self.machine.inject_fault(kind, count))
 
@@ -554,6 +560,36 @@ class Soak:
         if len(self.guests) < MAX_VMS:
             guest_os = self.rng.random() < 0.3
             self.act(f"create {'guest-os' if guest_os else 'plain'}", lambda: self.create(guest_os))
+
+    def op_background(self) -> None:
+        """Starts or stops a workload in another process of a guest's OS, so the guest's
+        own memory traffic competes with the soak's process, its balloon and the host."""
+        g = self.pick(plain=False)
+        if g is None:
+            return
+        if g.background is not None:
+            self.act(f"background-stop {g.name}", lambda: self.stop_background(g))
+        elif self.may_write(g):
+            # at most 64 pages: one step holds its whole set (up to 256 touches) at once, and
+            # a full balloon (65%) leaves 90 of the guest's 256 pages
+            size = self.rng.choice([16, 32, 64])
+            self.act(f"background-start {g.name} {size} pages",
+                     lambda: setattr(g, "background", g.vm.run(GuestWorkingSet(size * PAGE, seed=self.step))))
+
+    def stop_background(self, g: Guest) -> None:
+        """Stops g's workload: it must end at once, cleanly or with VMStopped (g stopped)."""
+        run, g.background = g.background, None
+        if run is None:
+            return
+        run.stop()
+        if not run.wait(OP_LIMIT):
+            raise SoakFailure(f"{run!r} did not stop within {OP_LIMIT} s")
+        if isinstance(run.error, uvm.VMStopped):
+            self.stopped(g, run.error)
+        elif run.error is not None:
+            raise SoakFailure(f"{g.name}: its guest workload failed: {run.error!r}")
+        assert isinstance(run.workload, GuestWorkingSet) and run.workload.proc is not None
+        run.workload.proc.exit()            # its pages and swap blocks back to the guest
 
     def op_destroy_running(self) -> None:
         """A VM destroyed while its workload runs: the workload ends (done, or VMStopped)."""
@@ -620,6 +656,7 @@ class Soak:
         self.guests[name] = g
 
     def destroy(self, g: Guest) -> None:
+        self.stop_background(g)
         driver = g.vm.balloon.driver
         if driver is not None and driver.error is not None and not g.stopped:
             raise SoakFailure(f"{g.name}: the balloon driver died: {driver.error!r}")
@@ -726,6 +763,9 @@ class Soak:
     def check(self) -> None:
         """The core's bookkeeping, the budget, counters that must add up, who is stopped."""
         m = self.machine
+        for worker in (m.scheduler, m._scanner):
+            if worker is not None and worker.error is not None:
+                raise SoakFailure(f"a machine thread died: {worker.error!r}")
         m.check()
         vms = [g.vm for g in self.guests.values()]
         ms, vs = m.stats_with_vms(vms)
@@ -750,6 +790,9 @@ class Soak:
                 self.note_stopped(g, reason)
             elif g.stopped is not None:
                 raise SoakFailure(f"{g.name} was stopped ({g.stopped}) and now runs again")
+            run = g.background
+            if run is not None and run.done and not isinstance(run.error, uvm.VMStopped):
+                raise SoakFailure(f"{g.name}: its guest workload ended: {run.error!r}")
             driver = g.vm.balloon.driver
             if driver is not None and not g.stopped and (driver.error is not None or not driver.running):
                 raise SoakFailure(f"{g.name}: the balloon driver died: {driver.error!r}")

@@ -21,6 +21,7 @@ only decides who gives memory back before it comes to that, and it may be late."
 
 from __future__ import annotations
 
+import errno
 import math
 import threading
 import time
@@ -78,7 +79,7 @@ class VMPolicyState:
     """What the scheduler last decided for one VM (shown in stats and the live view)."""
     target: int
     allocated: int = 0
-    reclaim: str = "none"       # none, balloon, paging or both: how it gave memory last tick
+    reclaim: str = "none"       # none, balloon, paging, both, swap-full or swap-error: last tick
     paged: int = 0              # pages the scheduler paged out of it, in all
 
 
@@ -224,6 +225,11 @@ class MemoryScheduler:
                 continue
             except VMStopped:
                 continue                        # destroyed meanwhile
+            except OSError as e:                # the swap device failed the write: the
+                if e.errno != errno.EIO:        # victims stay resident, counted in
+                    raise                       # swap_errors; try again next tick
+                ps.reclaim = "swap-error"
+                continue
             budget -= paged
             ps.paged += paged
             ps.reclaim = "both" if ps.reclaim == "balloon" else "paging" if paged else ps.reclaim
