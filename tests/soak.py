@@ -51,11 +51,17 @@ from typing import Any
 
 import uvm
 import uvm.guest
+from uvm.guest.disk import DiskFull
 from uvm.guest.process import Process
 from workloads import Fill, GuestWorkingSet, Run
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import BudgetSampler  # noqa: E402
+
+# the clear errors guest disk I/O may raise while the disk is in trouble (DiskError: from
+# defect 2's fix, where a failed request loses nothing; before it, the OSError itself)
+GUEST_IO_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, DiskFull, *[c for c in [getattr(uvm.guest, "DiskError", None)] if c is not None])
 
 PAGE = uvm.PAGE_SIZE
 FRAMES = 384                    # machine memory: 1.5 MiB, overcommitted about 3x
@@ -70,8 +76,8 @@ GATES = {
                      "returns (a write to one; also a read of a merged zero page); gated: no "
                      "access to a VM known to be stopped, no write while a fault is armed",
     "pager-hold-gil": "3: pager-hold, then a plain vm.memory write (GIL held) deadlocks",
-    "disk-full": "2: the guest OS loses data when its virtual disk's filesystem fills",
-    "balloon-no-driver": "9: a balloon target on a VM without a driver is accepted and ignored",
+    "disk-full": "2: the guest OS loses data when its virtual disk's filesystem fills (and "
+                 "the disk faults injected through vm.os.disk.inject_fault, that fix's API)",
 }
 FIXED: set[str] = set()         # the lead adds a gate's name here once its fix is merged
 
@@ -227,6 +233,7 @@ class Soak:
         self.armed = False              # an injected swap fault may still be pending
         self.armed_since_check = False
         self.squeezed = False           # the guest disks' filesystem is full
+        self.disk_armed = False         # an injected guest disk fault may still be pending
         self.guests: dict[str, Guest] = {}
         self.counts: collections.Counter[str] = collections.Counter()
         self.seen: dict[str, Any] = {"states": set(), "stops": 0, "most_sharing": 0,
@@ -249,7 +256,7 @@ class Soak:
                (1, self.op_destroy_running),
                (2, self.op_background), (3, self.op_check), (1, self.op_verify_all)]
         if "disk-full" in self.gates:
-            mix += [(2, self.op_squeeze_disk), (2, self.op_relieve_disk)]
+            mix += [(2, self.op_squeeze_disk), (2, self.op_relieve_disk), (2, self.op_disk_inject)]
         return mix
 
     def run(self, steps: int | None, seconds: float | None) -> None:
@@ -315,12 +322,21 @@ class Soak:
     def may_read(self, g: Guest) -> bool:
         """Whether a read of g may run: one that faults on a stopped VM's merged zero page
         never returns until defect 1 is fixed."""
-        return "stopped-fault" in self.gates or not g.stopped
+        return "stopped-fault" in self.gates or not self.is_stopped(g)
 
     def may_write(self, g: Guest) -> bool:
         """Whether a write to g may run: one that faults on a stopped VM's (or a VM about
         to stop's) write-protected page never returns until defect 1 is fixed."""
-        return "stopped-fault" in self.gates or not (self.armed or g.stopped)
+        return "stopped-fault" in self.gates or not (self.armed or self.is_stopped(g))
+
+    def is_stopped(self, g: Guest) -> bool:
+        """Asks the core: a guest's balloon driver may have stopped it in the background
+        (its reclaim reads guest pages, which may need swap)."""
+        if g.stopped is None and g.proc is not None:
+            reason = g.vm.stopped
+            if reason is not None:
+                self.note_stopped(g, reason)
+        return g.stopped is not None
 
     def new_content(self, g: Guest, page: int) -> bytes:
         r = self.rng.random()
@@ -380,7 +396,7 @@ class Soak:
 
     def op_guest_write(self) -> None:
         g = self.pick(plain=False)
-        if g is None or not self.may_write(g) or (self.squeezed and "disk-full" not in self.gates):
+        if g is None or not self.may_write(g) or self.disk_trouble:
             return
         page = self.rng.randrange(g.size)
         data = self.new_content(g, page)
@@ -444,7 +460,7 @@ class Soak:
         self.act("sample", sample)
 
     def op_balloon_target(self) -> None:
-        g = self.pick(plain=False if "balloon-no-driver" not in self.gates else None)
+        g = self.pick()     # a VM without a driver too: the host must page it instead
         if g is None:
             return
         target = self.rng.choice([0, self.rng.randrange(g.vm.balloon.max_pages + 1), g.vm.balloon.max_pages])
@@ -457,19 +473,6 @@ class Soak:
             if g.proc is not None or not str(e).startswith("target:"):
                 raise
             return          # a VM without a driver may refuse the target, naming it
-        if g.proc is None:  # no driver: the host must page instead (the paper; issue 8 item 9)
-            deadline = time.monotonic() + OP_LIMIT / 2
-            while (held := self.backed(g)) > g.vm.pages - target:
-                if time.monotonic() > deadline:
-                    raise SoakFailure(f"{g.name} has no balloon driver: target {target} pages "
-                                      f"accepted, yet {held} of its {g.vm.pages} pages are still "
-                                      f"backed after {OP_LIMIT / 2:.1f} s")
-                time.sleep(0.01)
-
-    @staticmethod
-    def backed(g: Guest) -> int:
-        st = g.vm.stats()
-        return int(st["resident"] + st["sharing"])
 
     def op_host_balloon(self) -> None:
         """The host's half of ballooning, on a plain VM (as labs may): the pages read as zeros."""
@@ -508,6 +511,12 @@ class Soak:
         for kind in ("swap-write", "swap-read", "swap-full"):
             self.machine.inject_fault(kind, 0)
         self.armed = False
+        if self.disk_armed:
+            for g in self.guests.values():
+                for kind in ("disk-write", "disk-read", "disk-full"):
+                    if g.vm.os is not None:
+                        g.vm.os.disk.inject_fault(kind, 0)
+            self.disk_armed = False
 
     def op_pager_hold(self) -> None:
         """The pagers stop serving; a guest thread blocks in a fault; serving resumes and
@@ -534,7 +543,10 @@ class Soak:
             except BaseException as e:
                 errors.append(e)
         g.vm.evict([page])                  # so that the write must fault
-        self.machine.inject_fault("pager-hold", 1)
+        if plain:       # holding the GIL, the writer stops every thread: the hold must end by itself
+            self.machine.inject_fault("pager-hold", 1, timeout=1.0)   # (API of defect 3's fix)
+        else:
+            self.machine.inject_fault("pager-hold", 1)
         writer = threading.Thread(target=write, name="soak-held-writer")
         try:
             writer.start()
@@ -586,6 +598,8 @@ class Soak:
             raise SoakFailure(f"{run!r} did not stop within {OP_LIMIT} s")
         if isinstance(run.error, uvm.VMStopped):
             self.stopped(g, run.error)
+        elif isinstance(run.error, GUEST_IO_ERRORS) and self.disk_trouble:
+            pass                            # a clear error from the guest's disk
         elif run.error is not None:
             raise SoakFailure(f"{g.name}: its guest workload failed: {run.error!r}")
         assert isinstance(run.workload, GuestWorkingSet) and run.workload.proc is not None
@@ -621,6 +635,20 @@ class Soak:
                 if not self.may_read(g) or (g.proc is not None and not self.may_write(g)):
                     break                   # (guest reads write too: swap-in, zero-fill)
                 self.check_page(g, page)
+
+    @property
+    def disk_trouble(self) -> bool:
+        """Guest disk I/O may fail now (with a clear error, losing nothing)."""
+        return self.squeezed or self.disk_armed
+
+    def op_disk_inject(self) -> None:
+        g = self.pick(plain=False)
+        if g is not None and g.vm.os is not None:
+            kind = self.rng.choice(["disk-write", "disk-read", "disk-full"])
+            count = self.rng.choice([1, 3, 20])
+            self.disk_armed = True
+            self.act(f"disk-inject {g.name} {kind} {count}",
+                     lambda: g.vm.os.disk.inject_fault(kind, count))  # type: ignore[union-attr]
 
     def op_squeeze_disk(self) -> None:
         if not self.squeezed:
@@ -680,8 +708,8 @@ class Soak:
             g.maybe[page] = old | {data}
             self.stopped(g, e)
             return
-        except (OSError, uvm.UvmError) as e:
-            if g.proc is None or not self.squeezed:
+        except GUEST_IO_ERRORS:
+            if g.proc is None or not self.disk_trouble:
                 raise
             g.maybe[page] = old | {data}    # guest disk full: a clear error, nothing lost
             return
@@ -694,8 +722,8 @@ class Soak:
         except uvm.VMStopped as e:
             self.stopped(g, e)
             return
-        except (OSError, uvm.UvmError):
-            if g.proc is None or not self.squeezed:
+        except GUEST_IO_ERRORS:
+            if g.proc is None or not self.disk_trouble:
                 raise
             return
         want = g.expected(page)
@@ -791,7 +819,8 @@ class Soak:
             elif g.stopped is not None:
                 raise SoakFailure(f"{g.name} was stopped ({g.stopped}) and now runs again")
             run = g.background
-            if run is not None and run.done and not isinstance(run.error, uvm.VMStopped):
+            if run is not None and run.done and not isinstance(run.error, uvm.VMStopped) \
+                    and not (self.disk_trouble and isinstance(run.error, GUEST_IO_ERRORS)):
                 raise SoakFailure(f"{g.name}: its guest workload ended: {run.error!r}")
             driver = g.vm.balloon.driver
             if driver is not None and not g.stopped and (driver.error is not None or not driver.running):
