@@ -36,6 +36,7 @@ import collections
 import errno
 import faulthandler
 import hashlib
+import mmap
 import os
 import random
 import subprocess
@@ -78,6 +79,8 @@ GATES = {
     "pager-hold-gil": "3: pager-hold, then a plain vm.memory write (GIL held) deadlocks",
     "disk-full": "2: the guest OS loses data when its virtual disk's filesystem fills (and "
                  "the disk faults injected through vm.os.disk.inject_fault, that fix's API)",
+    "map-count": "5: near vm.max_map_count (mappings made by the application) sharing fails "
+                 "and VMs are stopped ('no machine frame could be freed')",
 }
 FIXED: set[str] = set()         # the lead adds a gate's name here once its fix is merged
 
@@ -230,10 +233,11 @@ class Soak:
         self.step = 0
         self.created = 0
         self.generation = 0
-        self.armed = False              # an injected swap fault may still be pending
-        self.armed_since_check = False
+        self.swap_armed = False         # an injected swap fault may still be pending
+        self.armed_since_check = False  # armed at any time since the last check
         self.squeezed = False           # the guest disks' filesystem is full
         self.disk_armed = False         # an injected guest disk fault may still be pending
+        self.mappings: list[mmap.mmap] = []     # the application's own, near the limit
         self.guests: dict[str, Guest] = {}
         self.counts: collections.Counter[str] = collections.Counter()
         self.seen: dict[str, Any] = {"states": set(), "stops": 0, "most_sharing": 0,
@@ -257,6 +261,8 @@ class Soak:
                (2, self.op_background), (3, self.op_check), (1, self.op_verify_all)]
         if "disk-full" in self.gates:
             mix += [(2, self.op_squeeze_disk), (2, self.op_relieve_disk), (2, self.op_disk_inject)]
+        if "map-count" in self.gates:
+            mix += [(1, self.op_map_pressure)]
         return mix
 
     def run(self, steps: int | None, seconds: float | None) -> None:
@@ -274,6 +280,7 @@ class Soak:
                 self.after_op()
             self.act("heal", self.heal)
             self.act("relieve", self.relieve_disk)
+            self.act("unmap", self.unmap)
             self.act("verify-all", self.verify_all)
             self.act("check", self.check)
             self.act("destroy-all", self.destroy_all)
@@ -318,6 +325,11 @@ class Soak:
                        if (plain is None or (g.proc is None) == plain)
                        and not (running and g.stopped))
         return self.guests[self.rng.choice(names)] if names else None
+
+    @property
+    def armed(self) -> bool:
+        """A fault may stop a VM now: one injected, or the mappings nearly all taken."""
+        return self.swap_armed or bool(self.mappings)
 
     def may_read(self, g: Guest) -> bool:
         """Whether a read of g may run: one that faults on a stopped VM's merged zero page
@@ -501,7 +513,7 @@ class Soak:
             for g in list(self.guests.values()):
                 if g.background is not None:
                     self.act(f"background-stop {g.name}", lambda: self.stop_background(g))
-        self.armed = self.armed_since_check = True
+        self.swap_armed = self.armed_since_check = True
         self.act(f"inject {kind} {count}", lambda: self.machine.inject_fault(kind, count))
 
     def op_heal(self) -> None:
@@ -510,7 +522,7 @@ class Soak:
     def heal(self) -> None:
         for kind in ("swap-write", "swap-read", "swap-full"):
             self.machine.inject_fault(kind, 0)
-        self.armed = False
+        self.swap_armed = False
         if self.disk_armed:
             for g in self.guests.values():
                 for kind in ("disk-write", "disk-read", "disk-full"):
@@ -522,7 +534,7 @@ class Soak:
         """The pagers stop serving; a guest thread blocks in a fault; serving resumes and
         the write completes."""
         g = self.pick(plain=True, running=True)
-        if g is None or self.armed:
+        if g is None or self.armed or self.mappings:    # a new thread needs mappings
             return
         page = self.rng.randrange(g.size)
         data = self.new_content(g, page)
@@ -581,7 +593,7 @@ class Soak:
             return
         if g.background is not None:
             self.act(f"background-stop {g.name}", lambda: self.stop_background(g))
-        elif self.may_write(g):
+        elif self.may_write(g) and not self.mappings:   # a thread needs mappings
             # at most 64 pages: one step holds its whole set (up to 256 touches) at once, and
             # a full balloon (65%) leaves 90 of the guest's 256 pages
             size = self.rng.choice([16, 32, 64])
@@ -607,7 +619,8 @@ class Soak:
 
     def op_destroy_running(self) -> None:
         """A VM destroyed while its workload runs: the workload ends (done, or VMStopped)."""
-        if len(self.guests) >= MAX_VMS or (self.armed and "stopped-fault" not in self.gates):
+        if len(self.guests) >= MAX_VMS or (self.armed and "stopped-fault" not in self.gates) \
+                or self.mappings:           # a new thread needs mappings
             return
         delay = self.rng.choice([0.0, 0.005, 0.05])
 
@@ -649,6 +662,30 @@ class Soak:
             self.disk_armed = True
             self.act(f"disk-inject {g.name} {kind} {count}",
                      lambda: g.vm.os.disk.inject_fault(kind, count))  # type: ignore[union-attr]
+
+    def op_map_pressure(self) -> None:
+        """The application maps memory of its own until the process is `spare` mappings short
+        of vm.max_map_count (or unmaps it all again): sharing must degrade, never stop a VM."""
+        if self.mappings:
+            self.act("unmap", self.unmap)
+            return
+        spare = self.rng.choice([400, 3000])   # room for a few threads, not for sharing
+        self.act(f"map-pressure until {spare} mappings short of the limit", lambda: self.map(spare))
+
+    def map(self, spare: int) -> None:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps") as f:
+            used = sum(1 for _ in f)
+        self.armed_since_check = True   # a copy-on-write break may find no mapping to spare
+        for i in range(max(0, limit - used - spare)):   # alternate protections: no merging
+            prot = mmap.PROT_READ if i % 2 else mmap.PROT_READ | mmap.PROT_WRITE
+            self.mappings.append(mmap.mmap(-1, PAGE, prot=prot))
+
+    def unmap(self) -> None:
+        for m in self.mappings:
+            m.close()
+        self.mappings.clear()
 
     def op_squeeze_disk(self) -> None:
         if not self.squeezed:
@@ -748,21 +785,23 @@ class Soak:
         if g.stopped is None:
             if not self.armed_since_check:
                 raise SoakFailure(f"{g.name} stopped ({reason}) with no fault injected")
-            if not ("swap file is full" in reason or "I/O error" in reason):
+            if not any(r in reason for r in ("swap file is full", "I/O error", "max_map_count")):
                 raise SoakFailure(f"{g.name} stopped for an unexpected reason: {reason}")
             self.log(f"{g.name} is stopped: {reason}")
             g.stopped = reason
             self.seen["stops"] += 1
 
     def tolerate_swap_fault(self, fn: Callable[[], object]) -> None:
-        """An eviction may fail while a swap fault is armed (EIO, or SwapFull), never else."""
+        """An eviction may fail while a swap fault is armed (EIO, or SwapFull), or near the
+        mapping limit (EMFILE: a shared victim cannot be unshared), never else."""
         try:
             fn()
         except uvm.SwapFull:
-            if not self.armed:
+            if not self.swap_armed:
                 raise
         except OSError as e:
-            if not self.armed or e.errno != errno.EIO:
+            if not ((self.swap_armed and e.errno == errno.EIO)
+                    or (self.mappings and e.errno == errno.EMFILE)):
                 raise
 
     def squeeze_disk(self) -> None:

@@ -79,7 +79,8 @@ class VMPolicyState:
     """What the scheduler last decided for one VM (shown in stats and the live view)."""
     target: int
     allocated: int = 0
-    reclaim: str = "none"       # none, balloon, paging, both, swap-full or swap-error: last tick
+    reclaim: str = "none"       # none, balloon, paging or both (swap-full, swap-error or
+                                # map-limit: its paging failed, the pages stayed): last tick
     paged: int = 0              # pages the scheduler paged out of it, in all
 
 
@@ -225,10 +226,12 @@ class MemoryScheduler:
                 continue
             except VMStopped:
                 continue                        # destroyed meanwhile
-            except OSError as e:                # the swap device failed the write: the
-                if e.errno != errno.EIO:        # victims stay resident, counted in
-                    raise                       # swap_errors; try again next tick
-                ps.reclaim = "swap-error"
+            except OSError as e:
+                # the victims stay resident; try again next tick. EIO: the swap device failed
+                # the write (swap_errors counts it); EMFILE: no mapping left to unshare one
+                if e.errno not in (errno.EIO, errno.EMFILE):
+                    raise
+                ps.reclaim = "swap-error" if e.errno == errno.EIO else "map-limit"
                 continue
             budget -= paged
             ps.paged += paged
