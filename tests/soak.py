@@ -68,6 +68,7 @@ PAGE = uvm.PAGE_SIZE
 FRAMES = 384                    # machine memory: 1.5 MiB, overcommitted about 3x
 MAX_VMS = 5
 OP_LIMIT = float(os.environ.get("UVM_SOAK_OP_LIMIT", "5"))   # seconds an operation may take
+MAP_LIMIT = max(OP_LIMIT, 30)   # for some 60,000 mmap or munmap calls: not what is timed
 SHARED_KINDS = 6                # contents that recur across VMs (sharing merges them)
 TMPFS_BYTES = 4 << 20           # the guest disks' filesystem when "disk-full" is on
 
@@ -118,6 +119,7 @@ class Guest:
     maybe: dict[int, set[bytes]] = field(default_factory=dict)   # a write that failed: old or new
     stopped: str | None = None
     background: Run | None = None       # a guest workload in another process of its OS
+    disk_trouble: bool = False          # its disk failed requests since the workload started
 
     @property
     def name(self) -> str:
@@ -154,6 +156,7 @@ class Watchdog:
         self.history = history
         self.seed = seed
         self._op: str | None = None
+        self._limit = limit
         self._started = 0.0
         self._cond = threading.Condition()
         self._stop = False
@@ -161,8 +164,10 @@ class Watchdog:
         self._thread.start()
 
     @contextmanager
-    def op(self, what: str) -> Iterator[None]:
-        faulthandler.dump_traceback_later(2 * self.limit + 5, exit=True)
+    def op(self, what: str, limit: float | None = None) -> Iterator[None]:
+        """Times one operation (`limit` seconds, default the watchdog's)."""
+        self._limit = limit or self.limit
+        faulthandler.dump_traceback_later(2 * self._limit + 5, exit=True)
         with self._cond:
             self._op, self._started = what, time.monotonic()
             self._cond.notify()
@@ -179,12 +184,12 @@ class Watchdog:
                 if self._op is None:
                     self._cond.wait()
                     continue
-                left = self._started + self.limit - time.monotonic()
+                left = self._started + self._limit - time.monotonic()
                 if left > 0:
                     self._cond.wait(left)
                     continue
                 print(f"\nSOAK HANG: seed {self.seed}: operation {self._op!r} still running after "
-                      f"{self.limit:.0f} s", file=sys.stderr)
+                      f"{self._limit:.0f} s", file=sys.stderr)
                 print_history(self.history)
                 faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
                 sys.stderr.flush()
@@ -280,7 +285,7 @@ class Soak:
                 self.after_op()
             self.act("heal", self.heal)
             self.act("relieve", self.relieve_disk)
-            self.act("unmap", self.unmap)
+            self.act("unmap", self.unmap, limit=MAP_LIMIT)
             self.act("verify-all", self.verify_all)
             self.act("check", self.check)
             self.act("destroy-all", self.destroy_all)
@@ -288,12 +293,12 @@ class Soak:
             raise SoakFailure(f"machine memory exceeded its budget: {budget.max_seen} of {FRAMES} frames "
                               f"({budget.samples} samples)")
 
-    def act(self, what: str, fn: Callable[[], None]) -> None:
+    def act(self, what: str, fn: Callable[[], None], limit: float | None = None) -> None:
         """Runs one operation under the watchdog, recorded for the failure report."""
         line = f"{self.step:6d} {what}"
         self.record(line)
         self.counts[what.split()[0]] += 1
-        with self.watchdog.op(line):
+        with self.watchdog.op(line, limit):
             fn()
 
     def log(self, what: str) -> None:
@@ -597,6 +602,7 @@ class Soak:
             # at most 64 pages: one step holds its whole set (up to 256 touches) at once, and
             # a full balloon (65%) leaves 90 of the guest's 256 pages
             size = self.rng.choice([16, 32, 64])
+            g.disk_trouble = self.disk_trouble
             self.act(f"background-start {g.name} {size} pages",
                      lambda: setattr(g, "background", g.vm.run(GuestWorkingSet(size * PAGE, seed=self.step))))
 
@@ -610,7 +616,7 @@ class Soak:
             raise SoakFailure(f"{run!r} did not stop within {OP_LIMIT} s")
         if isinstance(run.error, uvm.VMStopped):
             self.stopped(g, run.error)
-        elif isinstance(run.error, GUEST_IO_ERRORS) and self.disk_trouble:
+        elif isinstance(run.error, GUEST_IO_ERRORS) and g.disk_trouble:
             pass                            # a clear error from the guest's disk
         elif run.error is not None:
             raise SoakFailure(f"{g.name}: its guest workload failed: {run.error!r}")
@@ -660,6 +666,7 @@ class Soak:
             kind = self.rng.choice(["disk-write", "disk-read", "disk-full"])
             count = self.rng.choice([1, 3, 20])
             self.disk_armed = True
+            self.note_disk_trouble()
             self.act(f"disk-inject {g.name} {kind} {count}",
                      lambda: g.vm.os.disk.inject_fault(kind, count))  # type: ignore[union-attr]
 
@@ -667,10 +674,11 @@ class Soak:
         """The application maps memory of its own until the process is `spare` mappings short
         of vm.max_map_count (or unmaps it all again): sharing must degrade, never stop a VM."""
         if self.mappings:
-            self.act("unmap", self.unmap)
+            self.act("unmap", self.unmap, limit=MAP_LIMIT)
             return
         spare = self.rng.choice([400, 3000])   # room for a few threads, not for sharing
-        self.act(f"map-pressure until {spare} mappings short of the limit", lambda: self.map(spare))
+        self.act(f"map-pressure until {spare} mappings short of the limit", lambda: self.map(spare),
+                 limit=MAP_LIMIT)
 
     def map(self, spare: int) -> None:
         with open("/proc/sys/vm/max_map_count") as f:
@@ -723,8 +731,8 @@ class Soak:
     def destroy(self, g: Guest) -> None:
         self.stop_background(g)
         driver = g.vm.balloon.driver
-        if driver is not None and driver.error is not None and not g.stopped:
-            raise SoakFailure(f"{g.name}: the balloon driver died: {driver.error!r}")
+        if driver is not None and driver.error is not None:
+            self.driver_died(g)
         self.machine.destroy_vm(g.vm)
         del self.guests[g.name]
 
@@ -791,6 +799,14 @@ class Soak:
             g.stopped = reason
             self.seen["stops"] += 1
 
+    def driver_died(self, g: Guest) -> None:
+        """g's balloon driver ended: fine if its VM was stopped (the driver's reclaim may be
+        what stopped it, after the stats this check started from); a defect otherwise."""
+        driver = g.vm.balloon.driver
+        assert driver is not None
+        if not (isinstance(driver.error, uvm.VMStopped) and self.is_stopped(g)):
+            raise SoakFailure(f"{g.name}: the balloon driver died: {driver.error!r}")
+
     def tolerate_swap_fault(self, fn: Callable[[], object]) -> None:
         """An eviction may fail while a swap fault is armed (EIO, or SwapFull), or near the
         mapping limit (EMFILE: a shared victim cannot be unshared), never else."""
@@ -814,6 +830,11 @@ class Soak:
                 if e.errno != errno.ENOSPC:
                     raise
         self.squeezed = True
+        self.note_disk_trouble()
+
+    def note_disk_trouble(self) -> None:
+        for g in self.guests.values():
+            g.disk_trouble = True
 
     def relieve_disk(self) -> None:
         if os.path.exists(self.filler):
@@ -859,11 +880,11 @@ class Soak:
                 raise SoakFailure(f"{g.name} was stopped ({g.stopped}) and now runs again")
             run = g.background
             if run is not None and run.done and not isinstance(run.error, uvm.VMStopped) \
-                    and not (self.disk_trouble and isinstance(run.error, GUEST_IO_ERRORS)):
+                    and not (g.disk_trouble and isinstance(run.error, GUEST_IO_ERRORS)):
                 raise SoakFailure(f"{g.name}: its guest workload ended: {run.error!r}")
             driver = g.vm.balloon.driver
-            if driver is not None and not g.stopped and (driver.error is not None or not driver.running):
-                raise SoakFailure(f"{g.name}: the balloon driver died: {driver.error!r}")
+            if driver is not None and (driver.error is not None or not driver.running):
+                self.driver_died(g)
         self.armed_since_check = self.armed
 
 
