@@ -32,7 +32,7 @@ STRESS = os.environ.get("UVM_STRESS") == "1"
 SOAK = Path(__file__).with_name("soak.py")
 ROOT = SOAK.parent.parent
 CI_SEEDS = [1, 2, 3]
-CI_STEPS = 2000
+CI_STEPS = 1500
 CHILD_SLACK = 240           # seconds beyond the planned run before the parent kills the child
 
 
