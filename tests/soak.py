@@ -20,7 +20,7 @@ to run: a replay usually, not always, fails the same way (run it a few times).
 
 Model: for every page the soak wrote, the bytes it must read back (a page never written
 reads as zeros; one the host ballooned reads as zeros). A VM is *stopped* only by an
-injected fault; from then on each of its pages reads back as the model says or raises
+injected fault (or, under the map-count gate, for want of a mapping); from then on each of its pages reads back as the model says or raises
 VMStopped (docs/faults.md: a stopped VM keeps its swapped slots and resident pages), never
 other bytes and never a hang. Every other VM must read back exactly.
 
