@@ -263,7 +263,7 @@ class Soak:
                (2, self.op_unballoon), (3, self.op_inject), (4, self.op_heal),
                (2, self.op_pager_hold), (2, self.op_destroy), (3, self.op_create),
                (1, self.op_destroy_running),
-               (2, self.op_background), (3, self.op_check), (1, self.op_verify_all)]
+               (2, self.op_background), (1, self.op_knobs), (3, self.op_check), (1, self.op_verify_all)]
         if "disk-full" in self.gates:
             mix += [(2, self.op_squeeze_disk), (2, self.op_relieve_disk), (2, self.op_disk_inject)]
         if "map-count" in self.gates:
@@ -623,6 +623,18 @@ class Soak:
         assert isinstance(run.workload, GuestWorkingSet) and run.workload.proc is not None
         run.workload.proc.exit()            # its pages and swap blocks back to the guest
 
+    def op_knobs(self) -> None:
+        """Knobs a lab turns while guests run: fault-around, a VM's shares."""
+        g = self.pick()
+        pages = self.rng.choice([1, 4, 16, 64])
+        shares = self.rng.choice([100, 1000, 5000])
+
+        def turn() -> None:
+            self.machine.fault_around = pages
+            if g is not None:
+                g.vm.shares = shares
+        self.act(f"knobs fault_around={pages} shares of {g.name if g else '-'}={shares}", turn)
+
     def op_destroy_running(self) -> None:
         """A VM destroyed while its workload runs: the workload ends (done, or VMStopped)."""
         if len(self.guests) >= MAX_VMS or (self.armed and "stopped-fault" not in self.gates) \
@@ -709,10 +721,13 @@ class Soak:
         self.created += 1
         name = f"{'g' if guest_os else 'vm'}{self.created}"
         pages = 256 if guest_os else self.rng.choice([64, 128, 256])
+        reserved = self.rng.choice([0, 0, 16, 64])
         try:
-            vm = self.machine.create_vm(name, memory=pages * PAGE, shares=self.rng.choice([500, 1000, 2000]))
-        except ValueError as e:             # admission control: swap cannot back it
-            if not str(e).startswith("memory: ") or "cannot be backed" not in str(e):
+            vm = self.machine.create_vm(name, memory=pages * PAGE, min=reserved * PAGE,
+                                        shares=self.rng.choice([500, 1000, 2000]))
+        except ValueError as e:             # admission control: swap or memory cannot back it
+            if not (str(e).startswith("memory: ") and "cannot be backed" in str(e)) \
+                    and not str(e).startswith("min: "):
                 raise
             return
         g = Guest(vm)
