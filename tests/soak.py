@@ -90,6 +90,9 @@ GATES = {
 }
 FIXED: set[str] = set()         # the lead adds a gate's name here once its fix is merged
 
+# what must be undone even when the watchdog ends the process (os._exit runs no finally)
+ON_HANG: list[Callable[[], None]] = []
+
 
 def enabled_gates() -> set[str]:
     extra = {g for g in os.environ.get("UVM_SOAK_ENABLE", "").split(",") if g}
@@ -200,6 +203,8 @@ class Watchdog:
                 print_history(self.history)
                 faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
                 sys.stderr.flush()
+                for undo in ON_HANG:
+                    undo()
                 os._exit(3)
 
     def close(self) -> None:
@@ -221,11 +226,16 @@ def small_filesystem(size: int) -> Iterator[str]:
     where = tempfile.mkdtemp(prefix="uvm-soak-disk-")
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "uvm-soak", where],
                    check=True)
+
+    def unmount() -> None:
+        subprocess.run(["umount", "-l", where], check=False)
+        os.rmdir(where)
+    ON_HANG.append(unmount)
     try:
         yield where
     finally:
-        subprocess.run(["umount", "-l", where], check=True)
-        os.rmdir(where)
+        ON_HANG.remove(unmount)
+        unmount()
 
 
 class Soak:
