@@ -121,6 +121,9 @@ def test_top_attaches_to_a_running_run_and_wide_mode_shows_the_panel(env: dict[s
         assert stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
         assert sock.name == f"run-{run.proc.pid}.sock"
+        listed = subprocess.run(uvm_cmd("top", "--list"), capture_output=True, text=True,
+                                timeout=30, env=env)
+        assert listed.stdout == f"{run.proc.pid}\t{sock}\n", listed
         top = Terminal(uvm_cmd("top"), env)          # the only run: no PID needed
         assert top.wait(60) == 0, (top.text, run.read(30))   # it ends when the run ends
         assert run.wait(60) == 0

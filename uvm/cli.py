@@ -9,7 +9,7 @@
         --quick --out DIR --seed N --repeat N --map-every SECONDS
     uvm sweep GRID.toml          a grid of trials of a scenario or experiment (uvm/sweep/)
         --jobs N --out DIR --resume --ray ADDRESS
-    uvm top [PID|PATH] [--json FILE] [--once]
+    uvm top [PID|PATH] [--json FILE] [--once] | --list
                                  esxtop's memory panel of a running run (uvm/top/)
     uvm schema NAME              the JSON Schema of an output (uvm/schema.py)
     uvm lab list | start NAME DIR | check NAME [DIR] --seed N --timeout SECONDS
@@ -83,11 +83,15 @@ def _add_top(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("target", nargs="?", metavar="PID|PATH", help="which run (default: the only one)")
     p.add_argument("--json", metavar="FILE", help="follow this timeline (uvm run --json FILE)")
     p.add_argument("--once", action="store_true", help="print one panel and exit")
+    p.add_argument("--list", action="store_true", help="list the running runs (pid, socket)")
     p.set_defaults(command=_top)
 
 
 def _top(args: argparse.Namespace) -> int:
-    """`uvm top`: the panel of a running run, until it ends."""
+    """`uvm top`: the panel of a running run, until it ends (or the list of runs)."""
+    if args.list:
+        print("\n".join(top.listing()) or "uvm: no running `uvm run`")
+        return 0
     return top.attach(args.target, args.json, _console(), args.once)
 
 

@@ -16,12 +16,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from uvm.top.client import find, follow, socket_lines, watch
+from uvm.top.client import find, follow, running, socket_lines, watch
 from uvm.top.screen import panel
 from uvm.top.server import pid_of, serving
 from uvm.top.views import Wide, run_view
 
-__all__ = ["Wide", "attach", "panel", "run_view", "serving"]
+__all__ = ["Wide", "attach", "listing", "panel", "run_view", "serving"]
+
+
+def listing() -> list[str]:
+    """`uvm top --list`: one line per running run: its pid and its socket."""
+    return [f"{pid_of(path)}\t{path}" for path in running()]
 
 
 def attach(target: str | None, json_file: str | None, console: Console, once: bool = False) -> int:
