@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import uvm_cmd
+from helpers import uvm_cmd
 
 import uvm
 from uvm import pagemap, scenario
@@ -76,6 +76,15 @@ class Terminal:
     def text(self) -> str:
         return ANSI.sub("", self.raw.decode(errors="replace")).replace("\r", "")
 
+    def wait_for(self, text: str, count: int, timeout: float) -> None:
+        """Waits until `text` was printed `count` times; fails after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while self.text.count(text) < count:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"{self.proc.args}: {text!r} not printed {count} times; "
+                                     f"screen:\n{self.text[-3000:]}")
+            time.sleep(0.1)
+
     def wait(self, timeout: float) -> int:
         self.read(timeout)
         return self.proc.wait(timeout=10)
@@ -112,7 +121,7 @@ def _socket_of(runtime: Path, timeout: float) -> Path:
 
 
 def test_top_attaches_to_a_running_run_and_wide_mode_shows_the_panel(env: dict[str, str]) -> None:
-    run = Terminal(uvm_cmd("run", "--duration", "4", "--wide"), env)
+    run = Terminal(uvm_cmd("run", "--duration", "120", "--wide"), env)   # ended below
     top = None
     try:
         runtime = Path(env["XDG_RUNTIME_DIR"])
@@ -125,8 +134,11 @@ def test_top_attaches_to_a_running_run_and_wide_mode_shows_the_panel(env: dict[s
                                 timeout=30, env=env)
         assert listed.stdout == f"{run.proc.pid}\t{sock}\n", listed
         top = Terminal(uvm_cmd("top"), env)          # the only run: no PID needed
-        assert top.wait(60) == 0, (top.text, run.read(30))   # it ends when the run ends
-        assert run.wait(60) == 0
+        top.wait_for("MEMSZ", count=2, timeout=60)  # attached: a panel per sample
+        os.kill(run.proc.pid, signal.SIGTERM)         # the run ends (its end line) ...
+        assert top.wait(60) == 0, top.text           # ... and so does uvm top
+        assert run.wait(60) == 128 + signal.SIGTERM
+        assert "(interrupted)" in run.text
         for screen in (top.text, run.text):
             for name in PANEL_FIELDS + DEFAULT_VMS:
                 assert name in screen, (name, screen[-2000:])
