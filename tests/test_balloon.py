@@ -67,6 +67,33 @@ def test_a_touched_ballooned_page_is_zero_and_accounted(make_machine, tmp_path) 
     assert vm.stats()["balloon_touched"] == 1
 
 
+def test_a_touched_ballooned_page_pops_the_balloon_and_it_inflates_again(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("32MiB")
+    vm = m.create_vm("g", memory="8MiB")                    # 2048 pages
+    gos = uvm.guest.boot(vm, disk_dir=str(tmp_path), disk_latency=0, balloon_period=FAST)
+    checked = GuestChecked("3MiB", seed=7)                  # 768 pages of known data
+    checked.start(vm)
+    while not checked.written:
+        checked.step(vm)
+    vm.balloon.target = 900
+    wait_for(lambda: vm.balloon.size == 900)
+    assert vm.stats()["balloon_pops"] == 0
+    held = vm.balloon.ppns()
+    touched = held[len(held) // 2]
+    vm.write(touched * PG + 100, b"broken promise")          # the guest touches one anyway
+    wait_for(lambda: vm.stats()["balloon_pops"] == 1)
+    wait_for(lambda: vm.balloon.size == 900)                 # inflated again from the target
+    st = vm.stats()
+    assert st["balloon_pops"] == 1 and st["balloon_touched"] == 1
+    assert st["ballooned"] == 900                            # every page it holds is the host's
+    assert all(vm.page_state(p) == "ballooned" for p in vm.balloon.ppns())
+    assert len(gos.pinned) == 900 and not set(gos.free) & set(vm.balloon.ppns())
+    checked.verify_all()                                     # every byte of the process's data
+    time.sleep(10 * FAST)
+    assert vm.stats()["balloon_pops"] == 1                   # one touch, one pop
+    m.check()
+
+
 def test_the_balloon_cannot_take_pinned_pages(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
     m = make_machine("16MiB")
     vm = m.create_vm("g", memory="8MiB")                    # 2048 pages

@@ -17,6 +17,12 @@ balloon would have left it, and every page reclaimed so instead of by the balloo
 by `reclaim` (whichever the VM allows) and by the memory scheduler (VMs that cannot balloon
 in the soft state).
 
+A guest that touches a ballooned page anyway (it broke its promise) is given a zero page by
+the host's fault path, which counts it (`balloon_touched`); the host then pops the balloon,
+as ESX does: at its next poll the driver sees the pop (the counter moved), gives every page
+it held back to the guest (its state is reset), and inflates again from the target. Pops are
+counted (`balloon_pops`).
+
 The driver survives a failed guest disk request (its reclaim could not write a page out):
 it counts it (`balloon_errors`), keeps the last (`balloon_error`), and tries again at the
 next poll; an error it cannot survive (the VM stopped) ends it, and stays in
@@ -93,6 +99,8 @@ class BalloonChannel:
         self._lock = threading.Lock()
         self.driver: BalloonDriver | None = None
         self.paged = 0          # pages the host paged out because the balloon could not
+        self.pops = 0           # times the balloon popped (the guest touched a ballooned page)
+        self._touched = 0       # the host's balloon_touched when the driver last polled
 
     def __repr__(self) -> str:
         return f"<Balloon of {self.vm.name!r}: {self.size}/{self._target} pages>"
@@ -176,18 +184,29 @@ class BalloonChannel:
 
     def stats(self) -> dict[str, Any]:
         """balloon_target, balloon_size, balloon_paged (pages the host paged instead), and
-        the driver's balloon_errors (survived) and balloon_error (the last, or the one that
-        ended it; "" if none)."""
+        balloon_pops (times it popped), and the driver's balloon_errors (survived) and
+        balloon_error (the last, or the one that ended it; "" if none)."""
         d = self.driver
         error = d.error or d.last_error if d is not None else None
         return {"balloon_target": self._target, "balloon_size": self.size,
-                "balloon_paged": self.paged, "balloon_errors": d.errors if d is not None else 0,
+                "balloon_paged": self.paged, "balloon_pops": self.pops, "balloon_errors": d.errors if d is not None else 0,
                 "balloon_error": "" if error is None else str(error)}
 
     # -- the driver's end of the channel ----------------------------------------------
 
     def poll(self) -> int:
         return min(self._target, self.max_pages)
+
+    def popped(self) -> bool:
+        """Whether the balloon popped since the driver last asked: the host's fault path
+        gave the guest a zero page for a ballooned page (balloon_touched moved). Counted."""
+        st = self.vm._core_stats()
+        touched = int(st.balloon_touched)
+        if st.stopped or touched == self._touched:
+            return False
+        self._touched = touched
+        self.pops += 1
+        return True
 
     def report(self, ppns: list[int]) -> None:
         """The driver gives these pinned pages to the host, which frees their frames."""
@@ -255,11 +274,19 @@ class BalloonDriver:
                 now = time.monotonic()
                 if now >= next_poll:
                     target, next_poll = self.channel.poll(), now + self.period
+                    if self.channel.popped():
+                        self._pop()
                 pause = self._survive(target) if self.enabled else None
                 self._stop.wait(max(0.0, next_poll - time.monotonic()) if pause is None else pause)
         except BaseException as e:      # kept in stats (balloon_error); the host pages instead
             if not (self.os.vm.machine.closed or isinstance(e, VMStopped) and self._stop.is_set()):
                 self.error = e
+
+    def _pop(self) -> None:
+        """The balloon popped: the driver's state is reset, every page it held goes back to
+        the guest (the touched one, no longer ballooned, among them); it inflates again
+        from the target at its next steps."""
+        self.os.release(self.channel.take_back(self.channel.size))
 
     def _survive(self, target: int) -> float | None:
         """_step, surviving a failed guest disk request (the guest lost nothing: the pages

@@ -53,6 +53,7 @@ VM_FIELDS = {
     "scanned": "scanned", "ballooned": "ballooned_pages", "balloon_touched": "balloon_touched",
     "watch_touched": "watch_touched", "balloon_target": "balloon_target_pages",
     "shares": "shares", "min": "min_pages", "balloon_paged": "balloon_paged_pages",
+    "balloon_pops": "balloon_pops",
     "balloon_errors": "balloon_errors", "balloon_error": "balloon_error",
 }
 VM_DROPPED = {"stopped": "`stopped`, the reason as text", "balloon_size": "ballooned_pages",
@@ -175,6 +176,8 @@ class VMLine(_Strict):
     balloon_target_pages: int = described("the balloon's target")
     balloon_paged_pages: int = described("pages the host paged out because the balloon could "
                                          "not take them (no driver, driver disabled)")
+    balloon_pops: int = described("times its balloon popped (the guest touched a ballooned "
+                                  "page; the driver gave its pages back and inflated again)")
     balloon_errors: int = described("failed guest disk requests the balloon driver survived")
     balloon_error: str | None = described("the balloon driver's last error, or what ended it "
                                           "(null: none)")

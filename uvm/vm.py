@@ -111,7 +111,7 @@ class VM:
     def stats(self) -> dict[str, Any]:
         """Counters: pages, resident, swapped, zero, ballooned, faults by kind, swap-ins,
         swap-outs...; balloon_target, balloon_size, balloon_paged (paged instead),
-        balloon_errors and balloon_error; shares, min, max and blocked; with a
+        balloon_pops, balloon_errors and balloon_error; shares, min, max and blocked; with a
         memory policy, target, allocated, active (f), reclaim and host_paged; and with a
         guest OS its own counters (guest_free, guest_cache, guest_swapins, ...)."""
         return self._with_guest(vm_dict(self._core_stats()))
@@ -131,8 +131,8 @@ class VM:
         return st
 
     def _with_guest(self, d: dict[str, Any]) -> dict[str, Any]:
-        """Adds the balloon's (balloon_target, balloon_size, balloon_paged, balloon_errors,
-        balloon_error), the memory policy's (shares, min, max, target, allocated,
+        """Adds the balloon's (balloon_target, balloon_size, balloon_paged, balloon_pops,
+        balloon_errors, balloon_error), the memory policy's (shares, min, max, target, allocated,
         active, reclaim, blocked) and the guest OS's counters (guest_free, guest_cache,
         guest_swapins, ...) to the host's."""
         d.update(self.balloon.stats())
