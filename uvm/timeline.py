@@ -62,7 +62,8 @@ POLICY_FIELDS = {"target": "target_pages", "allocated": "allocated_pages", "acti
                  "reclaim": "reclaim", "host_paged": "host_paged"}
 GUEST_FIELDS = {
     "guest_free": "free_pages", "guest_cache": "cache_pages", "guest_cache_dirty": "cache_dirty_pages",
-    "guest_process": "process_pages", "guest_pinned": "pinned_pages", "guest_swapins": "swapins",
+    "guest_process": "process_pages", "guest_pinned": "pinned_pages",
+    "guest_memmap": "memmap_pages", "guest_swapins": "swapins",
     "guest_swapouts": "swapouts", "guest_swap_used": "swap_used_pages",
     "guest_cache_hits": "cache_hits", "guest_cache_misses": "cache_misses",
     "guest_reclaimed": "reclaimed", "guest_double_paging": "double_paging",
@@ -133,6 +134,7 @@ class GuestLine(_Strict):
     cache_dirty_pages: int = described("dirty pages in its page cache")
     process_pages: int = described("pages of its processes")
     pinned_pages: int = described("pinned pages (the balloon's among them)")
+    memmap_pages: int = described("pages of its page-frame array (sized by its configured memory)")
     swapins: int = described("pages the guest read back from its own swap")
     swapouts: int = described("pages the guest wrote to its own swap")
     swap_used_pages: int = described("pages in the guest's swap")
