@@ -48,12 +48,22 @@ class PageCache:
     def create(self, name: str, pages: int, content: bytes | None = None) -> File:
         """Creates a file of `pages` pages on the disk, each holding `content` (default: a
         pattern naming the file and page), as if it had been written long ago."""
+        return self._preloaded(name, [content if content is not None else file_page(name, i)
+                                      for i in range(pages)])
+
+    def create_data(self, name: str, data: bytes) -> File:
+        """Creates a file holding `data` (its last page padded with zeros) on the disk, as
+        if it had been written long ago."""
+        pad = data + bytes(-len(data) % PAGE_SIZE)
+        return self._preloaded(name, [pad[i:i + PAGE_SIZE] for i in range(0, len(pad), PAGE_SIZE)])
+
+    def _preloaded(self, name: str, pages: list[bytes]) -> File:
         disk = self.os.disk
         blocks: list[int] = []
         try:
-            for i in range(pages):
+            for page in pages:
                 blocks.append(disk.alloc())
-                disk.preload(blocks[-1], content if content is not None else file_page(name, i))
+                disk.preload(blocks[-1], page)
         except BaseException:               # DiskFull, DiskError: no file, no block taken
             for b in blocks:
                 disk.free(b)
