@@ -233,6 +233,23 @@ int vm_set_limits(struct machine *m, int id, uint64_t min, uint64_t target)
     return v ? 0 : -ENOENT;
 }
 
+int vm_set_share_domain(struct machine *m, int id, uint32_t domain)
+{
+    int r = 0;
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = vm_get(m, id);
+    if (!v)
+        r = -ENOENT;
+    else if (domain > UVM_MAX_DOMAIN)
+        r = -EINVAL;
+    else if (v->st.scanned)
+        r = -EBUSY;             /* pages already merged would stay merged across domains */
+    else
+        v->domain = domain;
+    pthread_mutex_unlock(&m->lock);
+    return r;
+}
+
 /* returns the pmap state of (id, ppn), or -ENOENT / -EINVAL. */
 int vm_page_state(struct machine *m, int id, uint64_t ppn)
 {
@@ -324,18 +341,25 @@ static int balloon_one(struct machine *m, struct vm *v, uint64_t ppn)
 
 /* balloons the listed pages of VM id: their frames, swap slots and shared references are
  * freed with nothing written anywhere (the guest gave them up); returns pages newly
- * ballooned, or -errno if one failed before any was. */
+ * ballooned, or -errno if a page could not be (-EMFILE: a shared page, no mapping to spare
+ * to unshare it): every other listed page is ballooned all the same, and a page that failed
+ * keeps its state and content, so the caller learns of the failure and loses nothing. */
 int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n)
 {
     int64_t done = 0;
-    int err;
+    int err, failed = 0;
     pthread_mutex_lock(&m->lock);
     struct vm *v = vm_get_ppns(m, id, ppns, n, &err);
     for (size_t i = 0; v && !err && i < n; ) {
         uint64_t p = ppns[i];
         if (PTE_STATE(v->pmap[p]) != PM_RESIDENT) {
-            if (PTE_STATE(v->pmap[p]) != PM_BALLOONED && (err = balloon_one(m, v, p)) == 0)
-                done++;
+            if (PTE_STATE(v->pmap[p]) != PM_BALLOONED) {
+                int r = balloon_one(m, v, p);
+                if (r == 0)
+                    done++;
+                else if (!failed)
+                    failed = r;
+            }
             i++;
             continue;
         }
@@ -350,7 +374,7 @@ int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n)
         }
     }
     pthread_mutex_unlock(&m->lock);
-    return done ? done : err;
+    return err ? err : failed ? failed : done;
 }
 
 /* returns the listed ballooned pages of VM id to the guest (PM_NONE: a zero page on next

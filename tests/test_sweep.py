@@ -333,3 +333,20 @@ def test_ray_unreachable_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stdout + r.stderr
     assert "uvm: error: --ray: cannot connect to a Ray cluster at" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_an_experiment_sweeps_over_seeds(tmp_path: Path) -> None:
+    """An experiment trial runs through the experiment runner's trial (results filled as it
+    measures, its key figures under "figures"): each row has the experiment's figures and a
+    record of kind "experiment" with the row's seed."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text('experiment = "sharing"\nquick = true\nseeds = [1, 2]\n'
+                    'metrics = ["figures.shared_pct", "figures.saved_pct"]\n')
+    out = tmp_path / "out"
+    sweep(grid, out, jobs=1, log=lambda line: None)
+    table = rows(out)
+    assert sorted(r["seed"] for r in table) == [1, 2]
+    for r in table:
+        assert r["status"] == "ok", r
+        assert r["record"]["kind"] == "experiment" and r["record"]["seed"] == r["seed"]
+        assert 0 < r["metrics"]["figures.saved_pct"] <= r["metrics"]["figures.shared_pct"] < 100

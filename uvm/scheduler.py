@@ -21,6 +21,7 @@ only decides who gives memory back before it comes to that, and it may be late."
 
 from __future__ import annotations
 
+import errno
 import math
 import threading
 import time
@@ -34,7 +35,8 @@ from uvm.policy.allocation import AllocationPolicy, IdleTax, VMInfo, check_tax_r
 from uvm.policy.estimate import ActivityEstimator, PaperEstimator
 from uvm.policy.states import STATES, ReclaimStates, Thresholds
 from uvm.policy.victims import RandomVictims, VictimPolicy
-from uvm.sampler import DEFAULT_PERIOD, DEFAULT_SIZE, IdleSampler, check_period, check_size
+from uvm.periods import check_seconds
+from uvm.sampler import DEFAULT_PERIOD, DEFAULT_SIZE, IdleSampler, check_size
 
 PAGING_SHARE = 16      # the scheduler pages at most 1/16 of machine memory per tick
 
@@ -59,10 +61,10 @@ class MemoryPolicy:
 
     def __post_init__(self) -> None:
         check_tax_rate(self.tax_rate)
-        check_period(self.sample_period, "sample_period")
+        check_seconds(self.sample_period, "sample_period")
         check_size(self.sample_size)
-        check_period(self.target_period, "target_period")
-        check_period(self.tick, "tick")
+        check_seconds(self.target_period, "target_period")
+        check_seconds(self.tick, "tick")
         for name, cls in (("allocation", AllocationPolicy), ("victims", VictimPolicy)):
             value = getattr(self, name)
             if value is not None and not isinstance(value, cls):
@@ -79,7 +81,8 @@ class VMPolicyState:
     """What the scheduler last decided for one VM (shown in stats and the live view)."""
     target: int
     allocated: int = 0
-    reclaim: str = "none"       # none, balloon, paging or both: how it gave memory last tick
+    reclaim: str = "none"       # none, balloon, paging or both (swap-full, swap-error or
+                                # map-limit: its paging failed, the pages stayed): last tick
     paged: int = 0              # pages the scheduler paged out of it, in all
 
 
@@ -233,6 +236,13 @@ class MemoryScheduler:
                 continue
             except VMStopped:
                 continue                        # destroyed meanwhile
+            except OSError as e:
+                # the victims stay resident; try again next tick. EIO: the swap device failed
+                # the write (swap_errors counts it); EMFILE: no mapping left to unshare one
+                if e.errno not in (errno.EIO, errno.EMFILE):
+                    raise
+                ps.reclaim = "swap-error" if e.errno == errno.EIO else "map-limit"
+                continue
             budget -= paged
             ps.paged += paged
             ps.reclaim = "both" if ps.reclaim == "balloon" else "paging" if paged else ps.reclaim

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from uvm._binding import ffi, lib
 from uvm.balloon import BalloonChannel
-from uvm.errors import SwapFull, UvmError, VMStopped, stop_reason
+from uvm.errors import NO_MAPPING, SwapFull, UvmError, VMStopped, map_count, stop_reason
 from uvm.sizes import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -61,7 +61,8 @@ class VM:
     says only "operation forbidden on released memoryview"."""
 
     def __init__(self, machine: Machine, name: str, slot: int, base: Any, pages: int,
-                 shares: int = DEFAULT_SHARES, min_pages: int = 0) -> None:
+                 shares: int = DEFAULT_SHARES, min_pages: int = 0, share_salt: str | int | None = None,
+                 share_domain: int = 0) -> None:
         self.machine = machine
         self.name = name
         self.pages = pages
@@ -69,6 +70,8 @@ class VM:
         self.max = pages                    # the paper's max: the configured size, in pages
         self.min = min_pages                # guaranteed pages (reserved at admission)
         self._shares = check_shares(shares)
+        self.share_salt = share_salt        # as given to create_vm (None: none)
+        self.share_domain = share_domain    # its pages merge only with VMs' of the same domain
         self.sampler: IdleSampler | None = None     # set while a memory policy runs
         self._runnable = threading.Event()          # cleared while the VM is blocked
         self._runnable.set()
@@ -317,6 +320,10 @@ class VM:
         self._check_ppns(pages)
         with self._core() as m:
             r = int(fn(m, self._slot, ffi.new("uint64_t[]", pages), len(pages)))
+        if r == -errno.EMFILE:
+            raise OSError(-r, f"VM {self.name!r}: ballooning failed for a shared page: "
+                              + NO_MAPPING.format(count=map_count())
+                              + " (the other pages listed were ballooned)")
         if r < 0:
             raise OSError(-r, f"VM {self.name!r}: ballooning failed: {os.strerror(-r)}")
         return r
@@ -324,8 +331,11 @@ class VM:
     def _evicted(self, r: int) -> int:
         if r == -errno.ENOSPC:
             raise SwapFull(f"VM {self.name!r}: the swap file is full; the pages stay resident")
+        if r == -errno.EMFILE:
+            raise OSError(-r, f"VM {self.name!r}: eviction of a shared page failed: "
+                              + NO_MAPPING.format(count=map_count()))
         if r < 0:
-            raise OSError(-r, f"eviction failed: {errno.errorcode.get(-r, r)}")
+            raise OSError(-r, f"VM {self.name!r}: eviction failed: {os.strerror(-r)}")
         return int(r)
 
     def run(self, workload: Workload) -> Run:

@@ -217,14 +217,16 @@ def _run_experiment(trial: Trial) -> tuple[dict[str, Any], dict[str, Any]]:
     """Runs the experiment once with the trial's seed; returns (its results plus its key
     figures under "figures", its run record)."""
     from uvm import experiments, record
-    from uvm.experiments.base import Trial as Run
+    from uvm.experiments.runner import new_trial
 
     assert trial.experiment is not None
     exp = experiments.REGISTRY[trial.experiment]
     head = record.header(kind="experiment", name=exp.name, seed=trial.seed, argv=list(trial.argv),
                          config={"quick": trial.quick, "repeat": 1, "params": exp.params(trial.quick)})
-    results = exp.run(Run(trial.quick, trial.seed, lambda line: None))
-    return {**results, "figures": exp.figures(results)}, head.finish(partial=False).to_json()
+    run = new_trial(exp, trial.quick, trial.seed, lambda line: None)
+    exp.run(run)
+    return ({**run.results, "figures": exp.figures(run.results)},
+            head.finish(partial=False).to_json())
 
 
 def lookup(outcome: Any, path: str) -> Any:
