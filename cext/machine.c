@@ -198,6 +198,7 @@ void machine_close(struct machine *m)
         close(m->memfd);
     swap_close(&m->swap);
     share_fini(m);
+    lowmem_fini(m);
     free(m->frames);
     free(m->zbuf);
     free(m->cbuf);
