@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from uvm.errors import MissingExtra
-from uvm.experiments import (balloon, balloon_vs_paging, idle_tax, reallocation, sharing,
-                             runner, side_channel, working_set)
+from uvm.experiments import (balloon, balloon_vs_paging, idle_tax, io_remap, reallocation,
+                             runner, sharing, side_channel, working_set)
 from uvm.experiments.base import Experiment, MapSpec, Trial
 
 REGISTRY: dict[str, Experiment] = {e.name: e for e in (sharing.EXPERIMENT, balloon.EXPERIMENT,
@@ -26,7 +26,8 @@ REGISTRY: dict[str, Experiment] = {e.name: e for e in (sharing.EXPERIMENT, ballo
                                                          idle_tax.EXPERIMENT,
                                                          working_set.EXPERIMENT,
                                                          reallocation.EXPERIMENT,
-                                                         side_channel.EXPERIMENT)}
+                                                         side_channel.EXPERIMENT,
+                                                         io_remap.EXPERIMENT)}
 
 __all__ = ["REGISTRY", "Experiment", "MissingExtra", "Trial", "run"]
 
