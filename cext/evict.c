@@ -96,7 +96,7 @@ int evict_pages(struct machine *m, const uint64_t *ents, int n, int background)
         x->ppn = ppn;
         x->off = off;
         x->unit = -1;
-        x->len = (uint32_t)page_compress(frame_addr(m, v, ppn), CBUF_CLUSTER(m) + off);
+        x->len = (uint32_t)page_compress(m, frame_addr(m, v, ppn), CBUF_CLUSTER(m) + off);
         off += (uint64_t)swap_units(x->len) * UVM_SWAP_UNIT;
         total += swap_units(x->len);
     }

@@ -24,6 +24,9 @@
 
 struct machine;
 
+#define UVM_FAULT_PAGER 0
+#define UVM_FAULT_THREAD 1
+
 struct uvm_config {
     uint64_t frames;        /* machine memory M, in pages */
     uint64_t swap_bytes;    /* capacity of the swap file */
@@ -37,6 +40,9 @@ struct uvm_config {
     uint64_t swap_latency_ns; /* charged per swap read or write request (a disk); 0: none */
     uint64_t seed;          /* seeds the core's random choices (victims, sampling, sharing
                              * scan); 0: from the clock and pid */
+    int fault_path;         /* UVM_FAULT_PAGER: pager threads read userfaultfd events;
+                             * UVM_FAULT_THREAD: the faulting thread serves its own fault in
+                             * a SIGBUS handler (UFFD_FEATURE_SIGBUS; see sigfault.c) */
     int *swap_failed;       /* out, if not NULL: 1 when machine_open failed on the swap file
                                (its errno, e.g. EOPNOTSUPP, means something else there) */
 };

@@ -39,6 +39,23 @@ def _check_fault_around(pages: object) -> int:
     return pages
 
 
+FAULT_PATHS = {"pager": lib.UVM_FAULT_PAGER, "thread": lib.UVM_FAULT_THREAD}
+FAULT_PATH_DEFAULT = "pager"
+
+
+def _fault_path(value: str | None) -> str:
+    """The fault path a Machine uses: `value`, else $UVM_FAULT_PATH (so the whole suite or
+    an experiment can run on either path unchanged), else FAULT_PATH_DEFAULT."""
+    name = "fault_path"
+    if value is None:
+        value = os.environ.get("UVM_FAULT_PATH") or FAULT_PATH_DEFAULT
+        name = "UVM_FAULT_PATH"
+    if value not in FAULT_PATHS:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, FAULT_PATHS))}, "
+                         f"got {value!r}")
+    return value
+
+
 def _path(value: object, name: str) -> str:
     """Returns a file system path as a str; ValueError naming `name` if it is not one."""
     try:
@@ -114,7 +131,8 @@ class Machine:
                  reclaim: bool = True, debug: bool = False, sharing: bool = False,
                  swap_latency: float = 0.0,
                  share_rate: float = DEFAULT_RATE, share_rate_vm: float = DEFAULT_VM_RATE,
-                 policy: MemoryPolicy | bool = False, seed: int | None = None) -> None:
+                 policy: MemoryPolicy | bool = False, seed: int | None = None,
+                 fault_path: str | None = None) -> None:
         self._m: Any = None
         self._scanner: ShareScanner | None = None
         self.scheduler: MemoryScheduler | None = None
@@ -134,7 +152,8 @@ class Machine:
         check_rate(share_rate, "share_rate")
         check_rate(share_rate_vm, "share_rate_vm")
         self.seed = new_seed() if seed is None else check_seed(seed)
-        cpus = _pager_cpus(pagers)
+        self.fault_path = _fault_path(fault_path)
+        cpus = _pager_cpus(pagers) if self.fault_path == "pager" else []
         directory = (_path(swap_dir, "swap_dir") if swap_dir is not None
                      else os.environ.get("TMPDIR", "/var/tmp"))
         if swap_file is None and not os.path.isdir(directory):
@@ -158,6 +177,7 @@ class Machine:
         cfg.debug = int(debug)
         cfg.swap_latency_ns = round(swap_latency * 1e9)
         cfg.seed = derive(self.seed, "core")
+        cfg.fault_path = FAULT_PATHS[self.fault_path]
         swap_failed = ffi.new("int *")
         cfg.swap_failed = swap_failed
         out = ffi.new("struct machine **")
@@ -206,7 +226,8 @@ class Machine:
         if err == errno.ENOTSUP:
             return UserfaultfdUnavailable(
                 "this kernel's userfaultfd lacks a feature uvm needs (MISSING, MINOR and WP "
-                "faults on shmem, and UFFDIO_POISON: Linux 6.6 or newer)")
+                "faults on shmem, and UFFDIO_POISON: Linux 6.6 or newer; fault_path='thread' "
+                "also needs UFFD_FEATURE_SIGBUS and an x86-64 CPU)")
         if err == errno.ENOMEM:
             return ValueError(f"memory: not enough host memory for the machine's "
                               f"bookkeeping ({os.strerror(err)})")
