@@ -153,7 +153,9 @@ class Machine:
         check_rate(share_rate_vm, "share_rate_vm")
         self.seed = new_seed() if seed is None else check_seed(seed)
         self.fault_path = _fault_path(fault_path)
-        cpus = _pager_cpus(pagers) if self.fault_path == "pager" else []
+        cpus = _pager_cpus(pagers)      # checked on both paths
+        if self.fault_path == "thread":
+            cpus = []                   # no pager threads: faults are served in-thread
         directory = (_path(swap_dir, "swap_dir") if swap_dir is not None
                      else os.environ.get("TMPDIR", "/var/tmp"))
         if swap_file is None and not os.path.isdir(directory):
