@@ -20,6 +20,27 @@ def pytest_configure(config: pytest.Config) -> None:
         pytest.exit(f"uvm's tests need userfaultfd: {e}", returncode=3)
 
 
+# The core's regression tests run on both fault paths (pager threads, and the faulting
+# thread's own SIGBUS handler) in every default run; the rest run on the default path, or
+# on the one $UVM_FAULT_PATH names (UVM_FAULT_PATH=thread pytest runs everything on it).
+BOTH_FAULT_PATHS = {"test_hardening_core", "test_faults", "test_model", "test_guest_model",
+                    "test_paging", "test_sharing", "test_soak"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__ in BOTH_FAULT_PATHS:
+        metafunc.parametrize("fault_path_env", ["pager", "thread"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def fault_path_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The fault path this test's machines take by default (subprocesses inherit it)."""
+    path: str | None = getattr(request, "param", None)
+    if path is not None:
+        monkeypatch.setenv("UVM_FAULT_PATH", path)
+    return path
+
+
 @pytest.fixture
 def make_machine(tmp_path: Path) -> Iterator[Callable[..., uvm.Machine]]:
     """Creates machines (swap in the test's tmp dir) and closes them after the test."""

@@ -223,3 +223,17 @@ def test_no_core_path_touches_guest_memory_under_the_machine_lock(tmp_path: Path
     r = run_child(code, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert "rounds" in r.stdout
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_run_record_names_the_machines_fault_path(make_machine, path: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from uvm import record
+    m = make_machine("1MiB", fault_path=path)
+    assert record.header(kind="run", name="x", config={}, seed=1, machine=m).fault_path == path
+    monkeypatch.setenv("UVM_FAULT_PATH", path)     # no machine yet: the one a new one takes
+    assert record.header(kind="run", name="x", config={}, seed=1).fault_path == path
+    monkeypatch.setenv("UVM_FAULT_PATH", "kernel")
+    with pytest.raises(ValueError, match="^UVM_FAULT_PATH: expected one of 'pager', 'thread'"):
+        make_machine("1MiB")
+    with pytest.raises(ValueError, match="^fault_path: expected one of 'pager', 'thread'"):
+        make_machine("1MiB", fault_path="fast")

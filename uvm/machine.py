@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal, cast
 
 from uvm._binding import ffi, lib
 from uvm.errors import USERFAULTFD_HELP, UserfaultfdUnavailable, UvmError
@@ -39,11 +39,12 @@ def _check_fault_around(pages: object) -> int:
     return pages
 
 
+FaultPath = Literal["pager", "thread"]
 FAULT_PATHS = {"pager": lib.UVM_FAULT_PAGER, "thread": lib.UVM_FAULT_THREAD}
-FAULT_PATH_DEFAULT = "pager"
+FAULT_PATH_DEFAULT: FaultPath = "pager"
 
 
-def _fault_path(value: str | None) -> str:
+def resolve_fault_path(value: str | None) -> FaultPath:
     """The fault path a Machine uses: `value`, else $UVM_FAULT_PATH (so the whole suite or
     an experiment can run on either path unchanged), else FAULT_PATH_DEFAULT."""
     name = "fault_path"
@@ -53,7 +54,7 @@ def _fault_path(value: str | None) -> str:
     if value not in FAULT_PATHS:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, FAULT_PATHS))}, "
                          f"got {value!r}")
-    return value
+    return cast(FaultPath, value)
 
 
 def _path(value: object, name: str) -> str:
@@ -152,7 +153,7 @@ class Machine:
         check_rate(share_rate, "share_rate")
         check_rate(share_rate_vm, "share_rate_vm")
         self.seed = new_seed() if seed is None else check_seed(seed)
-        self.fault_path = _fault_path(fault_path)
+        self.fault_path = resolve_fault_path(fault_path)
         cpus = _pager_cpus(pagers)      # checked on both paths
         if self.fault_path == "thread":
             cpus = []                   # no pager threads: faults are served in-thread
