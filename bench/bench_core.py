@@ -216,6 +216,30 @@ def ratio_by_class(expected: dict[str, list[int]]) -> dict[str, dict[str, float]
     return out
 
 
+def time_touch(lib: ctypes.CDLL, addr: int, pages: Pages, random_order: bool, seed: int,
+               write: bool = True) -> tuple[float, list[int]]:
+    """Touches every page at addr once from CPU GUEST_CPU; returns (ns per page, each
+    touch's ns)."""
+    pages.set_order(random_order, seed)
+    with pinned(GUEST_CPU):
+        wall = lib.touch_pages(addr, pages.order, pages.n, pages.ns, int(write))
+    return wall / pages.n, pages.latencies()
+
+
+def kernel_touch(lib: ctypes.CDLL, pages: Pages, anon: bool, random_order: bool,
+                 seed: int) -> tuple[float, list[int]]:
+    """The kernel's own first touch of fresh memory: a memfd mapped MAP_SHARED and not
+    registered with userfaultfd (anon: private anonymous memory); as time_touch."""
+    nbytes = pages.n * PAGE
+    addr = lib.baseline_map(nbytes, int(anon))
+    if not addr:
+        raise OSError("baseline mapping failed")
+    try:
+        return time_touch(lib, addr, pages, random_order, seed)
+    finally:
+        lib.baseline_unmap(addr, nbytes)
+
+
 # -- the benchmark ------------------------------------------------------------------------
 
 class Bench:
@@ -247,23 +271,6 @@ class Bench:
 
     # 1. first touch --------------------------------------------------------------------
 
-    def time_touch(self, addr: int, pages: Pages, random_order: bool, seed: int,
-                   write: bool = True) -> tuple[float, list[int]]:
-        pages.set_order(random_order, seed)
-        with pinned(GUEST_CPU):
-            wall = self.lib.touch_pages(addr, pages.order, pages.n, pages.ns, int(write))
-        return wall / pages.n, pages.latencies()
-
-    def kernel_touch(self, pages: Pages, anon: bool, random_order: bool, seed: int) -> tuple[float, list[int]]:
-        nbytes = pages.n * PAGE
-        addr = self.lib.baseline_map(nbytes, int(anon))
-        if not addr:
-            raise OSError("baseline mapping failed")
-        try:
-            return self.time_touch(addr, pages, random_order, seed)
-        finally:
-            self.lib.baseline_unmap(addr, nbytes)
-
     def first_touch(self) -> None:
         n = self.region_pages
         pages = Pages(self.lib, n)
@@ -272,8 +279,8 @@ class Bench:
         # warm-up: on a VM the first use of host memory costs extra (EPT faults); touch a
         # few regions' worth through the kernel before timing anything
         for _ in range(3):
-            self.kernel_touch(pages, False, True, 1)
-            self.kernel_touch(pages, True, False, 1)
+            kernel_touch(self.lib, pages, False, True, 1)
+            kernel_touch(self.lib, pages, True, False, 1)
         # swap as large as the VM: admission control wants max - min to fit (nothing swaps)
         machines = {p: self.machine("256MiB" if n <= 1 << 14 else f"{4 * self.region_mib}MiB", p,
                                     swap_size=n * PAGE)
@@ -285,13 +292,13 @@ class Bench:
             for m in machines.values():                # one untimed warm-up run each
                 vm = m.create_vm("warm", self.region_pages * PAGE)
                 m.fault_around = 16
-                self.time_touch(vm.address, pages, False, 1)
+                time_touch(self.lib, vm.address, pages, False, 1)
                 m.destroy_vm(vm)
             for rep in range(self.repeats):
                 seed = 1000 + rep
                 for kind in ("shmem", "anon"):
                     for order in ("sequential", "random"):
-                        per_page, lat = self.kernel_touch(pages, kind == "anon", order == "random", seed)
+                        per_page, lat = kernel_touch(self.lib, pages, kind == "anon", order == "random", seed)
                         key = (f"kernel-{kind}", 0, order)
                         runs.setdefault(key, []).append(per_page)
                         lats.setdefault(key, []).extend(lat)
@@ -300,7 +307,7 @@ class Bench:
                         m.fault_around = fa
                         for order in ("sequential", "random"):
                             vm = m.create_vm(f"ft{rep}", self.region_pages * PAGE)
-                            per_page, lat = self.time_touch(vm.address, pages, order == "random", seed)
+                            per_page, lat = time_touch(self.lib, vm.address, pages, order == "random", seed)
                             st = vm.stats()
                             m.destroy_vm(vm)
                             key = (pl, fa, order)
@@ -409,7 +416,7 @@ class Bench:
                     # touch every page once (a load), random order: each is a swap-in (text,
                     # numeric, random pages) or a zero fill (zero pages keep no slot)
                     s0 = vm.stats()
-                    per_page, lat = self.time_touch(vm.address, pages, True, 77 + cyc, write=False)
+                    per_page, lat = time_touch(self.lib, vm.address, pages, True, 77 + cyc, write=False)
                     s1 = vm.stats()
                     swapin_walls.append(per_page)
                     if s1["swapins"] - s0["swapins"] != n - n // 4 or s1["zero_fills"] - s0["zero_fills"] != n // 4:

@@ -49,6 +49,7 @@ struct vm {
     pte_t *pmap;
     int stopped;            /* 0, or errno: faults of a stopped VM are poisoned */
     uint64_t min, target;   /* the memory scheduler's: evict from VMs above target first */
+    uint32_t domain;        /* sharing domain: pages merge only with pages of the same one */
     struct uvm_vm_stats st;
 };
 
@@ -79,9 +80,10 @@ struct share_entry {
 #define SE_PAYLOAD(v) ((v) >> 2)
 
 struct sframe {             /* one shared frame (MPN sh_base + index) */
-    uint64_t hash;
+    uint64_t hash;          /* its table key: content hash with its domain folded in */
     uint32_t refs;          /* PPNs mapping it; 0 = free */
-    uint32_t zero;          /* 1 for the zero page */
+    uint32_t zero : 1;      /* 1 for the zero page (shared by every domain: share.c) */
+    uint32_t domain : 31;   /* the sharing domain of its sharers */
 };
 
 #define CHUNK 256               /* pages the scanner write-protects and scans at once */

@@ -27,7 +27,21 @@
  *
  * Mappings: each alias costs up to two VMAs. Merging stops before vm.max_map_count comes
  * near (keeping headroom for COW breaks, which also re-map) and resumes when there is room.
- * Runs of consecutive PPNs merging into consecutive shared frames share one VMA. */
+ * Runs of consecutive PPNs merging into consecutive shared frames share one VMA.
+ *
+ * Sharing domains: a VM belongs to one domain (v->domain; 0 for all by default) and a page
+ * merges only with pages of its own domain, which closes the page-sharing side channel
+ * between domains (docs/sharing.md): a VM that times its writes learns which of its pages
+ * are shared, so sharing across VMs tells it which pages other VMs hold. The domain is
+ * folded into the table key (content hash ^ domain * an odd constant: a bijection, so equal
+ * content in two domains never has equal keys) and compared again on every match, and a
+ * hint of another domain is never validated (validating write-protects the hinted page for
+ * a moment, which the other VM could feel). Entries stay 16 bytes; a shared frame records
+ * its domain in its 16-byte record. The zero page is the exception: every domain shares
+ * the one zero frame, because whether a zero page merges depends only on that page (the
+ * zero frame is made on demand, even for one VM alone), so it tells a VM nothing it did
+ * not know; what remains common to domains is capacity (table slots for hints, free
+ * frames, the mapping limit), not content. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -78,6 +92,12 @@ static int page_is_zero(const char *page)
         if (w[i])
             return 0;
     return 1;
+}
+
+/* returns the table key of content hash h in sharing domain d (0 keeps h). */
+static uint64_t domain_key(uint64_t h, uint32_t d)
+{
+    return h ^ ((uint64_t)d * 0x9E3779B97F4A7C15ull);
 }
 
 char *sframe_addr(struct machine *m, uint64_t s)
@@ -171,6 +191,7 @@ static int64_t sframe_alloc(struct machine *m, uint64_t h)
     sh->sf[s].hash = h;
     sh->sf[s].refs = 0;
     sh->sf[s].zero = 0;
+    sh->sf[s].domain = 0;
     m->nshared++;
     return (int64_t)s;
 }
@@ -444,18 +465,19 @@ static int apply_merges(struct machine *m, struct scan *sc)
     return done;
 }
 
-/* validates the hinted page (v2, p2) for a candidate of hash h: returns 1 if it is resident,
- * write-protected now, and still hashes to h. */
-static int hint_valid(struct machine *m, uint64_t payload, uint64_t h, struct vm **v2, uint64_t *p2)
+/* validates the hinted page (v2, p2) for a candidate of key h in domain d: returns 1 if it
+ * is of that domain, resident, write-protected now, and still has key h. */
+static int hint_valid(struct machine *m, uint64_t payload, uint64_t h, uint32_t d, struct vm **v2,
+                      uint64_t *p2)
 {
     *v2 = m->vms[(payload >> 40) & 0xff];
     *p2 = payload & ((1ull << 40) - 1);
-    if (!*v2 || *p2 >= (*v2)->npages || PTE_STATE((*v2)->pmap[*p2]) != PM_RESIDENT ||
-        pending(*v2, *p2))
+    if (!*v2 || (*v2)->domain != d || *p2 >= (*v2)->npages ||
+        PTE_STATE((*v2)->pmap[*p2]) != PM_RESIDENT || pending(*v2, *p2))
         return 0;
     if (wp_set(m, (*v2)->guest + *p2 * PG, 1, 1))
         return 0;
-    if (page_hash(frame_addr(m, *v2, *p2)) == h)
+    if (domain_key(page_hash(frame_addr(m, *v2, *p2)), d) == h)
         return 1;
     wp_set(m, (*v2)->guest + *p2 * PG, 1, 0);
     return 0;
@@ -479,7 +501,7 @@ static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t 
         queue_merge(sc, v, ppn, (uint64_t)sh->zero);
         return;
     }
-    uint64_t h = page_hash(page);
+    uint64_t h = domain_key(page_hash(page), v->domain);
     struct share_entry *e = tab_find(sh, h);
     if (!e) {
         tab_insert(sh, h, SE_HINT | (FT_MAKE(v->slot, ppn) << 2), &m->st.hints);
@@ -487,7 +509,7 @@ static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t 
     }
     if (SE_KIND(e->val) == SE_SHARED) {
         uint64_t s = SE_PAYLOAD(e->val);
-        if (memcmp(page, sframe_addr(m, s), PG) == 0) {
+        if (sh->sf[s].domain == v->domain && memcmp(page, sframe_addr(m, s), PG) == 0) {
             m->st.shared_hits++;
             queue_merge(sc, v, ppn, s);
         } else {
@@ -500,7 +522,7 @@ static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t 
         return;                 /* our own hint: nothing changed */
     struct vm *v2;
     uint64_t p2;
-    if (!hint_valid(m, payload, h, &v2, &p2)) {
+    if (!hint_valid(m, payload, h, v->domain, &v2, &p2)) {
         e->val = SE_HINT | (FT_MAKE(v->slot, ppn) << 2);    /* stale: the hint is ours now */
         return;
     }
@@ -515,6 +537,7 @@ static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t 
         return;
     }
     memcpy(sframe_addr(m, (uint64_t)s), page, PG);
+    sh->sf[s].domain = v->domain;
     m->st.hints--;
     e->val = SE_SHARED | ((uint64_t)s << 2);
     m->st.hint_hits++;

@@ -136,6 +136,12 @@ int vm_set_limits(struct machine *m, int id, uint64_t min, uint64_t target);
 int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n);
 int64_t vm_unballoon(struct machine *m, int id, const uint64_t *ppns, size_t n);
 
+/* Sharing domains: a page merges only with pages of VMs of the same domain (0..2^31-1; 0 is
+ * the default, every VM in one domain). Set before the scanner first looks at the VM:
+ * returns 0, -EBUSY once any of its pages was scanned, -EINVAL, or -ENOENT. */
+#define UVM_MAX_DOMAIN 2147483647
+int vm_set_share_domain(struct machine *m, int id, uint32_t domain);
+
 /* Content-based page sharing: scans pages of VM id (every VM if id < 0), from ppn `first`
  * for n pages in order (a full scan) or, with random != 0, n random resident pages. Returns
  * pages merged, or -errno. */
@@ -165,3 +171,6 @@ int64_t wl_touch(void *base, uint64_t set_pages, int pattern, double write_fract
                  uint64_t ops, uint64_t *rng);
 int64_t wl_touch_pages(void *base, const uint64_t *ppns, uint64_t n, double write_fraction,
                        uint64_t *rng);
+/* Rewrites one word of each listed page with its own value (the content stays) and times
+ * each write in ns: a guest's probe of copy-on-write. Returns n or -EFAULT. */
+int64_t wl_time_writes(void *base, const uint64_t *ppns, uint64_t n, uint64_t *ns);

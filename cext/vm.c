@@ -234,6 +234,23 @@ int vm_set_limits(struct machine *m, int id, uint64_t min, uint64_t target)
     return v ? 0 : -ENOENT;
 }
 
+int vm_set_share_domain(struct machine *m, int id, uint32_t domain)
+{
+    int r = 0;
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = vm_get(m, id);
+    if (!v)
+        r = -ENOENT;
+    else if (domain > UVM_MAX_DOMAIN)
+        r = -EINVAL;
+    else if (v->st.scanned)
+        r = -EBUSY;             /* pages already merged would stay merged across domains */
+    else
+        v->domain = domain;
+    pthread_mutex_unlock(&m->lock);
+    return r;
+}
+
 /* returns the pmap state of (id, ppn), or -ENOENT / -EINVAL. */
 int vm_page_state(struct machine *m, int id, uint64_t ppn)
 {

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import sys
 import threading
 
 import uvm
@@ -63,3 +65,11 @@ class BudgetSampler:
 
 def file_mode(path: str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def uvm_cmd(*args: str) -> list[str]:
+    """The `uvm` script that installing the package put beside this interpreter."""
+    script = shutil.which("uvm", path=os.pathsep.join([os.path.dirname(sys.executable),
+                                                       os.environ.get("PATH", "")]))
+    assert script is not None, "no `uvm` script: install the package (pip install -e .)"
+    return [script, *args]

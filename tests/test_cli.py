@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import random
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
 
+from helpers import uvm_cmd
 from uvm import live, scenario
 from uvm.cli import main
+from uvm.periods import next_tick
 from uvm.policy import STATES
 
 SMALL = """\
@@ -53,14 +56,6 @@ def small(tmp_path: Path) -> Path:
     path = tmp_path / "small.toml"
     path.write_text(SMALL)
     return path
-
-
-def uvm_cmd(*args: str) -> list[str]:
-    """The `uvm` script that installing the package put beside this interpreter."""
-    script = shutil.which("uvm", path=os.pathsep.join([os.path.dirname(sys.executable),
-                                                       os.environ.get("PATH", "")]))
-    assert script is not None, "no `uvm` script: install the package (pip install -e .)"
-    return [script, *args]
 
 
 def read_timeline(path: Path) -> list[dict[str, Any]]:
@@ -115,29 +110,99 @@ def test_run_through_main(small: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["run", str(small), "--duration", "2", "--every", "0.5", "--json", str(out)]) == 0
     samples = read_timeline(out)
     check_timeline(samples, 2.0)
-    assert len(samples) == 5
+    # at most one sample per tick 0, 0.5, ... 2.0, never early (a late tick is skipped)
+    ticks = [math.floor(s["t_s"] / 0.5 + 1e-9) for s in samples]
+    assert ticks == sorted(set(ticks)) and len(samples) <= 5
     stdout = capsys.readouterr().out
     assert "small: summary after 2.0 s" in stdout and "sleepy" in stdout
 
 
-def test_ctrl_c_prints_summary_and_closes(small: Path, tmp_path: Path) -> None:
+def _run_and_signal(path: Path, out: Path, sig: int, when: Callable[[], bool],
+                    *args: str) -> tuple[int, str, str]:
+    """Starts `uvm run` on scenario `path` writing timeline `out`, sends `sig` once
+    `when()` is true, and returns its exit status, stdout and stderr."""
+    proc = subprocess.Popen(uvm_cmd("run", str(path), "--json", str(out), *args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not when() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run ended before the signal could be sent"
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    return proc.returncode, stdout, stderr
+
+
+def _samples(out: Path) -> int:
+    return len(out.read_text().splitlines()) if out.exists() else 0
+
+
+def _check_stopped_cleanly(sig: int, rc: int, stdout: str, stderr: str, swap: Path) -> None:
+    """Exit 128+signal, the summary printed, no traceback, the named swap file removed."""
+    assert rc == 128 + sig, (rc, stderr)
+    assert "Traceback" not in stderr, stderr
+    assert "summary after" in stdout and "busy" in stdout, (stdout, stderr)
+    assert not swap.exists(), "the machine was not closed: its swap file is left"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_mid_run_prints_summary_and_closes(small: Path, tmp_path: Path, sig: int) -> None:
     out = tmp_path / "out.jsonl"
     path = _variant(small, 'swap_dir = "."', 'swap_file = "swap"', "named_swap.toml")
-    proc = subprocess.Popen(uvm_cmd("run", str(path), "--json", str(out), "--every", "0.2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while (not out.exists() or len(out.read_text().splitlines()) < 5) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert (tmp_path / "swap").exists()
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr
-    assert "(interrupted)" in stdout and "busy" in stdout
-    assert read_timeline(out)[-1]["t_s"] < 10
+    rc, stdout, stderr = _run_and_signal(path, out, sig, lambda: _samples(out) >= 5, "--every", "0.2")
+    _check_stopped_cleanly(sig, rc, stdout, stderr, tmp_path / "swap")
+    assert "(interrupted)" in stdout
+    assert read_timeline(out)[-1]["t_s"] < 10         # flushed, and cut short
     end = json.loads(out.read_text().splitlines()[-1])
     assert end["type"] == "end" and end["partial"] is True, "an interrupted run is partial"
-    assert not (tmp_path / "swap").exists(), "the machine was not closed: its swap file is left"
+
+
+@pytest.mark.parametrize("moment", ["setup", "last sample"])
+def test_a_signal_during_setup_or_close_still_prints_summary(small: Path, tmp_path: Path,
+                                                             moment: str) -> None:
+    """The Ctrl-C that used to land outside the part that prints the summary: while the
+    machine is being made, and after the last sample, while it is being closed."""
+    out = tmp_path / "out.jsonl"
+    swap = tmp_path / "swap"
+    path = _variant(small, 'swap_dir = "."', 'swap_file = "swap"', "named_swap.toml")
+
+    def last_sample() -> bool:
+        text = out.read_text() if out.exists() else ""
+        lines = text[:text.rfind("\n") + 1].splitlines()  # whole lines: one may be half written
+        if not lines:
+            return False
+        line = json.loads(lines[-1])
+        return line["type"] == "end" or line.get("t_s", 0.0) >= 1.0
+
+    when = swap.exists if moment == "setup" else last_sample
+    rc, stdout, stderr = _run_and_signal(path, out, signal.SIGINT, when, "--duration", "1",
+                                         "--every", "0.1")
+    _check_stopped_cleanly(signal.SIGINT, rc, stdout, stderr, swap)
+
+
+def test_signals_at_random_moments_always_clean_up(small: Path, tmp_path: Path) -> None:
+    """Repeatedly: a signal some time after the machine exists (setup, first samples,
+    mid-run); every run prints its summary and leaves no file."""
+    rng = random.Random(8)
+    path = _variant(small, 'swap_dir = "."', 'swap_file = "swap"', "named_swap.toml")
+    swap = tmp_path / "swap"
+    for i in range(int(os.environ.get("UVM_SIGNAL_RUNS", "6"))):
+        out = tmp_path / f"out{i}.jsonl"
+        sig = rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+        delay = rng.uniform(0.0, 1.5)
+        seen: list[float] = []
+
+        def after_delay() -> bool:
+            if not swap.exists():
+                return False
+            seen.append(time.monotonic())
+            return time.monotonic() - seen[0] >= delay
+
+        rc, stdout, stderr = _run_and_signal(path, out, sig, after_delay, "--duration", "4",
+                                             "--every", "0.1")
+        _check_stopped_cleanly(sig, rc, stdout, stderr, swap)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -146,6 +211,7 @@ def test_ctrl_c_prints_summary_and_closes(small: Path, tmp_path: Path) -> None:
     (["run", "{tmp}/missing.toml"], "{tmp}/missing.toml: cannot read the scenario"),
     (["run", "{small}", "--json", "{tmp}/no/such/dir/t.jsonl"], "--json: cannot write"),
     (["run", "{too_big}"], "{too_big}: vm[0].workload.size: the working set"),
+    (["run", "{small}", "--json", "/dev/full"], "timeline: cannot write '/dev/full': No space left"),
 ])
 def test_user_mistakes_exit_2_without_traceback(small: Path, tmp_path: Path, args: list[str],
                                                 message: str) -> None:
@@ -215,10 +281,13 @@ def test_live_view_on_a_terminal(small: Path) -> None:
     assert "busy: resident" not in text, "a terminal gets the live table, not plain lines"
 
 
-def test_ticks_end_at_duration() -> None:
-    assert live.ticks(2.0, 1.0) == [0.0, 1.0, 2.0]
-    assert live.ticks(2.5, 1.0) == [0.0, 1.0, 2.0, 2.5]
-    assert live.ticks(0.5, 1.0) == [0.0, 0.5]
+def test_ticks_skip_what_fell_behind_and_end_at_duration() -> None:
+    assert next_tick(0.0, 1.0, 2.5) == 1.0
+    assert next_tick(1.2, 1.0, 2.5) == 2.0
+    assert next_tick(2.1, 1.0, 2.5) == 2.5           # the last sample is at the duration
+    assert next_tick(0.0, 1.0, 0.5) == 0.5
+    assert next_tick(7.3, 0.01, 1000.0) == pytest.approx(7.31)   # 730 late ticks skipped
+    assert next_tick(50.0, 0.01, 3.0) == 3.0
 
 
 # -- with the memory policy ------------------------------------------------------------------
@@ -276,3 +345,21 @@ def test_live_view_with_policy_fits_100_columns(managed: Path, which: str) -> No
                     "balloon", " f ", "reclaim", "ops/s", "status", "running", *kinds):
         assert heading in text, heading
     assert "…" not in text, "a cell or heading was cut to fit 100 columns"
+
+
+def test_a_second_signal_ends_a_setup_that_hangs(small: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The first signal waits for a safe place; a second one during a setup that never ends
+    forces the exit (status 128+signal of the first) instead of leaving kill -9 as the way out."""
+    def hung_launch(spec: scenario.Scenario, seed: int | None = None) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+        raise AssertionError("the second signal did not end the setup")
+
+    monkeypatch.setattr(scenario, "launch", hung_launch)
+    start = time.monotonic()
+    assert main(["run", str(small)]) == 128 + signal.SIGTERM
+    assert time.monotonic() - start < 20
+    assert capsys.readouterr().err == "uvm: interrupted\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL      # handlers restored

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from test_cli import read_timeline, uvm_cmd
+from helpers import uvm_cmd
+from test_cli import read_timeline
 
 from uvm import scenario
 from uvm.sizes import PAGE_SIZE

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 
-from uvm import schema
+from helpers import uvm_cmd
+from uvm import experiments, schema
 from uvm.cli import main
+from uvm.experiments import Experiment
+from uvm.experiments.base import Trial, pyplot
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -133,3 +141,126 @@ def test_reallocation_experiment_quick(tmp_path: Path, capsys) -> None:  # type:
     assert all(v["target"] <= 48 << 8 for r in tl for v in r["vms"].values())
     assert tl[-1]["vms"].keys() == {"C"} and tl[-1]["vms"]["C"]["balloon"] == 0
     assert "time in each state" in capsys.readouterr().out
+
+
+# -- interrupted, without matplotlib, a bad --out --------------------------------------------
+
+def _fake(stop_after: int | None) -> Experiment:
+    """An experiment of three rows, interrupted (KeyboardInterrupt) after `stop_after`."""
+    def run(trial: Trial) -> None:
+        rows: list[dict[str, Any]] = []
+        trial.results["rows"] = rows
+        for i in range(3):
+            if i == stop_after:
+                raise KeyboardInterrupt
+            rows.append({"n": i})
+            trial.log(f"row {i}")
+        trial.results["done"] = True
+
+    def plot(results: dict[str, Any], path: Path) -> None:
+        pyplot()
+        path.write_bytes(b"\x89PNG fake")
+
+    return Experiment("fake", "three rows", lambda quick: {"rows": 3}, run, plot,
+                      lambda results: {"rows": float(len(results["rows"]))})
+
+
+def _own(results: dict[str, Any]) -> dict[str, Any]:
+    """results.json without the parts the runner adds (record, figures, repeats), after
+    checking it against the shipped schema."""
+    jsonschema.validate(results, schema.shipped("results"))
+    return {k: v for k, v in results.items() if k not in ("record", "figures", "repeats")}
+
+
+def test_without_matplotlib_numbers_are_saved_and_printed(tmp_path: Path, capsys: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)       # import matplotlib fails
+    monkeypatch.setitem(experiments.REGISTRY, "fake", _fake(None))
+    assert main(["experiment", "fake", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert _own(results) == {"experiment": "fake", "quick": False, "params": {"rows": 3},
+                             "rows": [{"n": 0}, {"n": 1}, {"n": 2}], "done": True}
+    assert results["record"]["partial"] is False and results["figures"]["rows"]["values"] == [3.0]
+    assert not (tmp_path / "fake.png").exists()
+    out = capsys.readouterr().out
+    assert "row 2" in out and "pip install 'uvm[plot]'" in out
+
+
+def test_an_interrupted_experiment_keeps_what_it_measured(tmp_path: Path, capsys: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(experiments.REGISTRY, "fake", _fake(2))
+    assert main(["experiment", "fake", "--out", str(tmp_path)]) == 130
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert _own(results) == {"experiment": "fake", "quick": False, "params": {"rows": 3},
+                             "rows": [{"n": 0}, {"n": 1}]}
+    # one partial flag, the record's; a trial cut short gives no figures
+    assert results["record"]["partial"] is True and "partial" not in _own(results)
+    assert results["repeats"] == [] and results["figures"] == {}
+    assert not (tmp_path / "fake.png").exists()
+    captured = capsys.readouterr()
+    assert "(partial)" in captured.out and captured.err == "uvm: interrupted\n"
+
+
+@pytest.mark.parametrize("out", ["/dev/null", "{tmp}/file/sub"])
+def test_out_must_name_a_directory(tmp_path: Path, capsys: Any, out: str) -> None:
+    (tmp_path / "file").write_text("x")
+    assert main(["experiment", "sharing", "--quick", "--out", out.format(tmp=tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uvm: error: --out: ") and err.count("\n") == 1, err
+
+
+def test_sigterm_mid_experiment_saves_partial_results_without_matplotlib(tmp_path: Path) -> None:
+    """A real run, matplotlib hidden from the import (a sitecustomize that blocks it),
+    stopped by SIGTERM after its first row: results.json has that row, marked partial."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['matplotlib'] = None\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(hide), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = tmp_path / "out"
+    proc = subprocess.Popen(uvm_cmd("experiment", "sharing", "--quick", "--out", str(out)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:            # the header, the column names, then row 1
+            lines.append(line)
+            if line.split()[:1] == ["1"]:
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    stdout = "".join(lines) + rest
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and "pip install 'uvm[plot]'" in stdout
+    results = json.loads((out / "results.json").read_text())
+    jsonschema.validate(results, schema.shipped("results"))
+    assert results["record"]["partial"] is True and results["rows"][0]["vms"] == 1
+    assert list(out.iterdir()) == [out / "results.json"]
+
+
+def test_side_channel_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The attack reads the victim's pages across VMs and is reduced to chance by salts.
+    Bounds: across VMs only a private write delayed past the threshold (~5 us, against ~1 us
+    private and ~20 us for a COW break) by preemption can be wrong, and 10% of 512 would
+    need 51 of them; salted nothing merges but the attacker's own calibration pairs, every
+    write is private, and leaving [0.4, 0.6] would need 51 delayed writes all on one side."""
+    assert main(["experiment", "side-channel", "--quick", "--out", str(tmp_path), "--seed", "5"]) == 0
+    results = read_results(tmp_path)
+    assert (tmp_path / "side-channel.png").read_bytes().startswith(b"\x89PNG")
+    p = results["params"]
+    across, salted = results["rows"]
+    assert across["config"] == "across VMs" and salted["config"] == "salted"
+    pairs = p["rounds"] * 2 * p["calibration"]
+    assert across["merged"] == pairs + across["candidates"] and salted["merged"] == pairs
+    assert across["accuracy"] >= 0.9 and 0.4 <= salted["accuracy"] <= 0.6
+    assert across["held_median_ns"] > 4 * across["not_held_median_ns"]
+    all_, vm = results["savings"]
+    assert all_["share_domains"] == "all" and vm["share_domains"] == "vm"
+    # salting keeps only zero pages (shared by every domain) and duplicates within a VM
+    assert vm["saved"] < all_["saved"] / 2 and vm["saved"] >= vm["zero_shared"] - 1
+    assert results["saved_mib_lost"] > 0
+    assert set(results["figures"]) == {"accuracy_across_vms", "accuracy_salted", "saved_pct_all",
+                                       "saved_pct_vm"}
+    assert "salting loses" in capsys.readouterr().out

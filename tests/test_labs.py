@@ -30,6 +30,7 @@ REFERENCE = {
     "estimator": "from uvm.policy import PaperEstimator as Estimator\n",
     "allocation": "from uvm.policy import IdleTax as Allocation\n",
     "balloon": "from uvm.balloon import AdaptiveRate as Rate\n",
+    "sidechannel": "from uvm.sidechannel import ThresholdClassifier as Attacker\n",
 }
 
 # A wrong solution per lab, and the checks it must fail.
@@ -89,6 +90,17 @@ WRONG = {
                 return 0.0
         """, {"never faster than the maximum", "backs off under memory pressure",
               "inflates a real guest"}),
+    "sidechannel": ("""
+        import statistics
+        from uvm.sidechannel import Classifier
+
+        class Attacker(Classifier):
+            '''The threshold on the wrong side: fast writes taken for shared pages.'''
+            def guess(self, private, shared, latencies):
+                cut = (statistics.median(private) + statistics.median(shared)) / 2
+                return [t < cut for t in latencies]
+        """, {"reads synthetic latencies", "calibrates on another machine",
+              "reads the victim across VMs", "salted, claims nothing"}),
 }
 
 
@@ -287,16 +299,17 @@ UNPRIVILEGED = textwrap.dedent("""
 
 
 def test_a_lab_is_graded_as_an_unprivileged_user(tmp_path: Path) -> None:
-    """As students run it. As root, the child drops to nobody once Python has started (the
-    interpreter lives under /root here, which nobody may not read), so only user-mode
-    userfaultfd is left; as any other user it runs as that user."""
+    """As students run it (the labs that run real VMs). As root, the child drops to nobody
+    once Python has started (the interpreter lives under /root here, which nobody may not
+    read), so only user-mode userfaultfd is left; as any other user it runs as that user."""
     work = Path(tempfile.mkdtemp(prefix="uvm-lab-"))     # tmp_path's parents are root-only
     try:
         os.chmod(work, 0o777)           # the grader's machines put their swap files here
         write(work, "balloon", REFERENCE["balloon"])
         write(work, "victims", REFERENCE["victims"])
+        write(work, "sidechannel", REFERENCE["sidechannel"])
         env = dict(os.environ, TMPDIR=str(work), PYTHONPATH=str(ROOT))
-        for lab in ("balloon", "victims"):
+        for lab in ("balloon", "victims", "sidechannel"):
             out = subprocess.run([sys.executable, "-c", UNPRIVILEGED, "lab", "check", lab],
                                  cwd=work, env=env, capture_output=True, text=True, timeout=120)
             assert out.returncode == 0, out.stdout + out.stderr
@@ -337,3 +350,29 @@ def test_adaptive_rate_keeps_its_bounds_against_any_guest(answers: list[tuple[in
         if left == 0:
             break
     assert left >= 0
+
+
+@pytest.mark.parametrize("source, fails", [
+    ("return [t > 5000 for t in latencies]", {"calibrates on another machine"}),
+    ("return [True] * len(latencies)", {"reads synthetic latencies", "calibrates on another machine",
+                                        "reads the victim across VMs", "salted, claims nothing"}),
+    ("return sorted(range(len(latencies)), key=lambda i: latencies[i])",
+     {"reads synthetic latencies", "calibrates on another machine", "reads the victim across VMs",
+      "salted, claims nothing"}),
+])
+def test_sidechannel_fails_other_wrong_attackers(source: str, fails: set[str], tmp_path: Path) -> None:
+    """A constant threshold (right on this machine's scale only) fails the other machines
+    alone; "always held" is 50% right everywhere and claims every page when salted; a
+    classifier returning something other than bools gets one line saying what to return."""
+    d = write(tmp_path, "sidechannel", f"""
+        from uvm.sidechannel import Classifier
+
+        class Attacker(Classifier):
+            def guess(self, private, shared, latencies):
+                {source}
+        """)
+    out = uvm_cli("lab", "check", "sidechannel", str(d), cwd=tmp_path)
+    assert {n for n, v in verdicts(out.stdout).items() if v == "FAIL"} == fails, out.stdout
+    assert "Traceback" not in out.stdout + out.stderr and out.returncode == 1
+    if "sorted" in source:
+        assert out.stdout.count("return a list of 256 bools") == 4, out.stdout

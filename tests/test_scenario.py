@@ -3,7 +3,11 @@ message naming the file, the field path and what is wrong."""
 
 from __future__ import annotations
 
+import errno
+import inspect
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,11 +146,25 @@ BAD = [
     (('fault_around = 4', 'reclaim = "yes"'), "machine.reclaim: expected true or false, got 'yes'"),
     (('fault_around = 4', 'pagers = [0, "x"]'), "machine.pagers: expected an integer or an array"),
     (('swap_size = "64MiB"', 'swap_size = "0"'), "machine.swap_size: must be positive"),
-    (('duration = 3', 'duration = -1'), "run.duration: must be a positive number of seconds, got -1"),
+    (('duration = 3', 'duration = -1'), "run.duration: must be a number of seconds > 0, at most 1e+07, got -1"),
     (('every = 0.5', 'every = "often"'), "run.every: expected a number, got 'often'"),
     (('every = 0.5', 'evry = 0.5'), "run.evry: unknown key"),
     (('[machine]', '[machin]'), "machin: unknown table (expected one of: machine, policy, run, vm)"),
     (('[run]', '[runs]'), "runs: unknown table"),
+    # numbers too large for C, NaN, inf: each named, never an OverflowError or a hang
+    (('memory = "16MiB"', "memory = '9999999TiB'"), "machine.memory: '9999999TiB' is too large"),
+    (('memory = "16MiB"', f"memory = {2**63 - 1}"), "machine.memory: 9223372036854775807 is too large"),
+    (('memory = "16MiB"', 'memory = "1' + '0' * 400 + 'KiB"'), "machine.memory: '1000"),
+    (('swap_size = "64MiB"', f"swap_size = {2**62}"), "machine.swap_size: 4611686018427387904 is too large"),
+    (('memory = 8388608', f"memory = {2**64}"), "vm[1].memory: 18446744073709551616 is too large"),
+    (('seed = 7', f"seed = {2**64}"), "vm[0].workload.seed: expected an integer from 0 to 2**63 - 1"),
+    (('seed = 7', "seed = -1"), "vm[0].workload.seed: expected an integer from 0 to 2**63 - 1"),
+    (('every = 0.5', 'every = 1e-300'), "run.every: the sample period must be at least 0.01 s, got 1e-300"),
+    (('every = 0.5', 'every = nan'), "run.every: must be a number of seconds > 0, at most 1e+07, got nan"),
+    (('duration = 3', 'duration = inf'), "run.duration: must be a number of seconds > 0, at most 1e+07, got inf"),
+    (('duration = 3', 'duration = 1e300'), "run.duration: must be a number of seconds > 0"),
+    (('[run]', '[policy]\ntick = 1e300\n[run]'), "policy.tick: must be a number of seconds > 0, at most 1e+07"),
+    (('[run]', '[policy]\nsample_period = inf\n[run]'), "policy.sample_period: must be a number of seconds > 0"),
 ]
 
 
@@ -173,6 +191,102 @@ def test_bad_structure_names_field(text: str, expected: str) -> None:
     with pytest.raises(ScenarioError, match=r"^x\.toml: ") as info:
         scenario.loads(text, source="x.toml")
     assert str(info.value).startswith(f"x.toml: {expected}")
+
+
+GUEST_VM = """
+[[vm]]
+name = "g"
+memory = "8MiB"
+[vm.os]
+[vm.workload]
+kind = "guest-working-set"
+size = "1MiB"
+"""
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("phases = [1, 2]", "vm[3].workload.phases: expected an array (each item an array [a number, "
+                        "an integer or a string]), got [1, 2]"),
+    ("phases = [[{a = 1}, '1MiB']]", "vm[3].workload.phases: expected an array"),
+    ("phases = [[1, '1MiB', 3]]", "vm[3].workload.phases: expected an array"),
+    ("phases = [[nan, '1MiB']]", "vm[3].workload.phases[0][0]: must be a number of seconds > 0"),
+    ("phases = [[1, '1XB']]", "vm[3].workload.phases[0][1]: '1XB' is not a size"),
+])
+def test_workload_parameters_are_type_checked(tmp_path: Path, extra: str, expected: str) -> None:
+    """A parameter whose hint is not a plain type (phases: a list of pairs) is checked too:
+    it used to reach the constructor and fail there with a TypeError traceback."""
+    path = write(tmp_path, GOOD + GUEST_VM + extra + "\n")
+    with pytest.raises(ScenarioError) as info:
+        scenario.load(path)
+    assert str(info.value).startswith(f"{path}: {expected}")
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("value", [None, {"a": 1}, [[1]], "x" * 10_000, float("nan"), True],
+                         ids=["none", "table", "nested", "long-string", "nan", "bool"])
+def test_every_workload_parameter_refuses_wrong_types_by_name(kind: str, value: object) -> None:
+    """Every parameter of every workload kind, given a value of the wrong type: a ValueError
+    naming it, never a TypeError from inside the constructor."""
+    params = scenario._signature_params(KINDS[kind])
+    for name, (_, required) in params.items():
+        if value is None and not required:
+            continue                    # None is the default of an optional parameter
+        given = {k: v for k, v in {"size": "1MiB", "touch": "1MiB"}.items() if k in params}
+        with pytest.raises(ValueError, match=rf"^w\.{name}(\[\d+\])*: "):
+            scenario._workload({"kind": kind, **given, name: value}, "w")
+
+
+@pytest.mark.parametrize(("name", "value"), [("files", 2**64), ("sync_every", 2**64),
+                                             ("ops_per_step", 2**64), ("files", 0)])
+def test_file_cache_counts_are_bounded(name: str, value: int) -> None:
+    with pytest.raises(ValueError, match=rf"^w\.{name}: expected .* from 1 to 65536"):
+        scenario._workload({"kind": "file-cache", name: value}, "w")
+
+
+def test_deep_nesting_is_one_line(tmp_path: Path) -> None:
+    for depth in (40, 900, 2000):
+        nested = "{a = " * depth + "1" + "}" * depth
+        path = write(tmp_path, GOOD + f"\n[vm.os]\nx = {nested}\n")
+        with pytest.raises(ScenarioError, match="nested too deeply"):
+            scenario.load(path)
+    path = write(tmp_path, GOOD.replace("fault_around = 4", "fault_around = " + "[" * 40 + "]" * 40))
+    with pytest.raises(ScenarioError, match=r": machine\.fault_around\[0\]\[0\]: tables or arrays "
+                                            r"nested too deeply \(at most 32 levels\)$"):
+        scenario.load(path)
+
+
+def test_vm_count_is_checked_before_parsing(tmp_path: Path) -> None:
+    """300 [[vm]] headers are refused without parsing them (a million took 337 s and 800 MB
+    before "at most 256"); so is a file far longer than a scenario, and an inline array."""
+    many = GOOD + '[[vm]]\nname = "x"\nmemory = "1MiB"\n' * 300
+    with pytest.raises(ScenarioError, match=r": vm: at most 256 \[\[vm\]\] entries, got 303$"):
+        scenario.load(write(tmp_path, many))
+    with pytest.raises(ScenarioError, match="too long for a scenario"):
+        scenario.load(write(tmp_path, GOOD + "# " + "x" * (2 << 20) + "\n"))
+    with pytest.raises(ScenarioError, match="too long for a scenario"):
+        scenario.load("/dev/zero")                              # used to read forever
+    inline = "vm = [" + ", ".join(f'{{name = "v{i}", memory = "1MiB"}}' for i in range(300)) + "]\n"
+    with pytest.raises(ScenarioError, match=r": vm: at most 256 \[\[vm\]\] entries, got 300$"):
+        scenario.loads(inline + '[machine]\nmemory = "8MiB"\n', source="x.toml")
+
+
+def test_a_machine_the_host_cannot_map_is_one_line(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory beyond uvm's cap is refused when the file is read, naming the field; a
+    machine within it that the host still cannot map (ENOMEM: injected, since the cap keeps
+    a real one from failing on most hosts) is one line too."""
+    text = GOOD.replace('memory = "16MiB"', 'memory = "100TiB"').replace('swap_size = "64MiB"\n', "")
+    with pytest.raises(ScenarioError, match=r": machine\.memory: '100TiB' is too large"):
+        scenario.load(write(tmp_path, text))
+
+    def machine(*args: Any, **kwargs: Any) -> uvm.Machine:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    monkeypatch.setattr(scenario, "Machine", machine)
+    spec = scenario.load(write(tmp_path, GOOD))
+    with pytest.raises(ScenarioError, match=r": machine: Cannot allocate memory \(check memory "
+                                            r"and swap_size\)$"):
+        scenario.launch(spec)
 
 
 def test_toml_syntax_error_gives_the_line(tmp_path: Path) -> None:
@@ -293,10 +407,10 @@ BAD_POLICY = [
     (('estimator = "last-period"', "estimator = 1"), "policy.estimator: expected a string, got 1"),
     (('estimator = "last-period"', 'estimator = "ewma"'),
      "policy.estimator: must be one of ['last-period', 'paper'], got 'ewma'"),
-    (("sample_period = 0.5", "sample_period = 0"), "policy.sample_period: must be a number of seconds > 0, got 0"),
+    (("sample_period = 0.5", "sample_period = 0"), "policy.sample_period: must be a number of seconds > 0, at most 1e+07, got 0"),
     (("sample_size = 50", "sample_size = 0"), "policy.sample_size: must be an integer from 1 to 65536, got 0"),
     (("sample_size = 50", "sample_size = 5.5"), "policy.sample_size: expected an integer, got 5.5"),
-    (("target_period = 1.5", "target_period = -1"), "policy.target_period: must be a number of seconds > 0, got -1"),
+    (("target_period = 1.5", "target_period = -1"), "policy.target_period: must be a number of seconds > 0, at most 1e+07, got -1"),
     (("tick = 0.1", 'tick = "fast"'), "policy.tick: expected a number, got 'fast'"),
     (("tick = 0.1", "tik = 0.1"), "policy.tik: unknown key"),
     (("high = 0.1,", "high = 1.5,"), "policy.thresholds.high: must be a fraction in (0, 1), got 1.5"),
@@ -366,3 +480,23 @@ def test_default_scenario_runs_the_policy_with_unequal_claims() -> None:
     shares = {v.shares or 1000 for v in s.vms}
     idle = [v for v in s.vms if v.workload is not None and v.workload.kind == "guest-idle"]
     assert len(shares) > 1 and idle, "shares or the idle tax must matter"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("value", [None, {"a": 1}, [[1]], "x" * 100, float("nan"), True, 2**64,
+                                   -1, 1e300, b"x", object()],
+                         ids=["none", "dict", "nested", "string", "nan", "bool", "2**64", "-1",
+                              "1e300", "bytes", "object"])
+def test_workload_constructors_check_every_parameter(kind: str, value: object) -> None:
+    """The API side: a workload constructed with a wrong value raises ValueError naming the
+    parameter (pattern=[...] used to be a TypeError), or accepts it."""
+    sig = inspect.signature(KINDS[kind].__init__)
+    for name, p in sig.parameters.items():
+        if name == "self" or (value is None and p.default is not inspect.Parameter.empty):
+            continue
+        kwargs: dict[str, Any] = {k: v for k, v in {"size": "1MiB", "touch": "1MiB"}.items()
+                                  if k in sig.parameters}
+        try:
+            KINDS[kind](**{**kwargs, name: value})
+        except ValueError as e:
+            assert str(e).startswith(name), (name, str(e))

@@ -177,12 +177,11 @@ def test_bad_seed_or_repeat_is_a_usage_error(args: list[str], message: str,
 
 def fake(stop_at: int | None = None) -> Experiment:
     """An experiment whose figure is a function of its trial's seed."""
-    def run(trial: Trial) -> dict[str, Any]:
+    def run(trial: Trial) -> None:
         if trial.seed == stop_at:
             raise KeyboardInterrupt
         trial.progress(0.5, "half")
-        return {"experiment": "fake", "quick": trial.quick, "params": {"n": 1},
-                "value": trial.seed % 10, "workload_seed": trial.seed_for("vm", 0)}
+        trial.results.update({"value": trial.seed % 10, "workload_seed": trial.seed_for("vm", 0)})
 
     def plot(results: dict[str, Any], path: Path) -> None:
         path.write_bytes(b"png")

@@ -7,6 +7,8 @@
         --summary-json FILE
     uvm experiment NAME          one of the paper's experiments (uvm/experiments/)
         --quick --out DIR --seed N --repeat N
+    uvm sweep GRID.toml          a grid of trials of a scenario or experiment (uvm/sweep/)
+        --jobs N --out DIR --resume --ray ADDRESS
     uvm schema NAME              the JSON Schema of an output (uvm/schema.py)
     uvm lab list | start NAME DIR | check NAME [DIR] --seed N --timeout SECONDS
                                  kernel-course labs with an autograder (uvm/labs/)
@@ -19,19 +21,20 @@ with status 2, without a traceback. Other commands are added as subparsers in `_
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
 
-from uvm import experiments, labs, live, record, resolved, scenario, schema
+from uvm import experiments, labs, live, record, resolved, scenario, schema, sweep
 from uvm.errors import UserfaultfdUnavailable
 from uvm.experiments.runner import check_repeat
+from uvm.interrupts import Interrupted, Interrupts
 from uvm.machine import Machine
+from uvm.periods import check_period, check_seconds
 from uvm.seeds import check_seed
 from uvm.sizes import format_size
 
@@ -47,12 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
-    except (ValueError, UserfaultfdUnavailable, experiments.MissingExtra) as e:
+    except (ValueError, UserfaultfdUnavailable) as e:
         print(f"uvm: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:     # an experiment stopped, or a second Ctrl-C
         print("uvm: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + e.signum if isinstance(e, Interrupted) else EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,9 +65,35 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_run(commands)
     _add_experiment(commands)
+    _add_sweep(commands)
     _add_lab(commands)
     _add_schema(commands)
     return parser
+
+
+def _add_sweep(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "sweep", help="run a grid of trials of a scenario or experiment",
+        description="Runs every point of GRID.toml's grid for each seed and repeat, each trial in "
+                    "a process of its own, on this host or a Ray cluster; writes DIR/results.csv, "
+                    "DIR/results.jsonl (one row per trial) and DIR/sweep.png. Format: uvm/sweep/grid.py.")
+    p.add_argument("grid", metavar="GRID.toml", help="the grid file")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="trials at once on this host (default: the CPUs; never more than fit in memory)")
+    p.add_argument("--out", metavar="DIR", help="where the table goes (default: sweeps/GRID)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep in DIR: skip trials already in its table")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run on the Ray cluster at ADDRESS (host:port; needs uvm[ray])")
+    p.set_defaults(command=_sweep)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """`uvm sweep`: run the grid, a line per finished trial."""
+    out = Path(args.out or Path("sweeps") / Path(args.grid).stem)
+    table = sweep.sweep(args.grid, out, jobs=args.jobs, resume=args.resume, ray=args.ray,
+                        log=lambda line: print(line, flush=True))
+    return EXIT_FAILED if any(r["status"] != "ok" for r in table.rows) else 0
 
 
 def _add_lab(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,14 +113,15 @@ def _add_lab(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     check.add_argument("dir", nargs="?", default=".", metavar="DIR",
                        help="the directory holding the module (default: the current one)")
     check.add_argument("--seed", type=int, default=1, help="the scenarios' seed (default 1)")
-    check.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+    check.add_argument("--timeout", type=_seconds(check_seconds), metavar="SECONDS",
                        help="stop a check that runs longer (default: each check's own limit)")
     check.set_defaults(command=_lab_check)
 
 
 def _lab_list(args: argparse.Namespace) -> int:
+    width = max(len(name) for name in labs.REGISTRY)
     for lab in labs.REGISTRY.values():
-        print(f"{lab.name:<10} {lab.title}; paper {lab.section}; you write {lab.module}")
+        print(f"{lab.name:<{width}} {lab.title}; paper {lab.section}; you write {lab.module}")
     return 0
 
 
@@ -147,8 +177,9 @@ def _add_experiment(commands: argparse._SubParsersAction[argparse.ArgumentParser
 def _experiment(args: argparse.Namespace) -> int:
     """`uvm experiment NAME`: run it, print as it goes, write results.json and the plot."""
     out = Path(args.out or Path("results") / args.name)
-    experiments.run(args.name, args.quick, out, lambda line: print(line, flush=True),
-                    seed=args.seed, repeat=args.repeat)
+    with Interrupts("raise") as interrupts:
+        experiments.run(args.name, args.quick, out, lambda line: print(line, flush=True),
+                        seed=args.seed, repeat=args.repeat, shield=interrupts.deferred)
     return 0
 
 
@@ -161,9 +192,9 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "memory policy, showing ballooning, page sharing, the idle memory tax and the "
                     "reclamation states within its 20 s.")
     p.add_argument("file", nargs="?", metavar="FILE.toml", help="scenario file (default: built in)")
-    p.add_argument("--duration", type=_seconds, metavar="SECONDS",
+    p.add_argument("--duration", type=_seconds(check_seconds), metavar="SECONDS",
                    help="how long to run (overrides the file's run.duration; default 20)")
-    p.add_argument("--every", type=_seconds, metavar="SECONDS",
+    p.add_argument("--every", type=_seconds(check_period), metavar="SECONDS",
                    help="sample period (overrides the file's run.every; default 1.0)")
     p.add_argument("--seed", type=_seed, metavar="N",
                    help="the run's seed (overrides the file's run.seed; default: drawn, and "
@@ -193,40 +224,51 @@ def _repeat(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer from 1 to 1000, got {text!r}") from None
 
 
-def _seconds(text: str) -> float:
-    """argparse type: a positive, finite number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
+def _seconds(check: Callable[[object, str], float]) -> Callable[[str], float]:
+    """argparse type: a number of seconds that `check` (from uvm.periods) accepts."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        try:
+            return check(value, "value")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("value: ")) from None
+    return parse
 
 
 def _run(args: argparse.Namespace) -> int:
-    """`uvm run`: launch the scenario, watch it, close the machine, print the summary."""
-    spec = scenario.load(args.file) if args.file else scenario.default()
-    duration: float = args.duration or spec.run.duration
-    every: float = args.every or spec.run.every
-    seed: int = scenario.run_seed(spec) if args.seed is None else args.seed
-    console = _console()
-    with _timeline(args.json) as timeline, _timeline(args.summary_json, "--summary-json") as summary:
-        machine = scenario.launch(spec, seed)
-        try:
-            header = resolved.scenario_header(spec, machine, seed, duration, every)
-            _print_header(spec, machine, duration, every, seed)
-            result = live.run(machine, spec.name, duration, every, console, timeline, header)
-            failed = live.workload_errors(machine)
-        finally:
-            machine.close()
-        if summary is not None:
-            header.finish(partial=result.interrupted)
-            summary.write(live.summary_record(result, header, failed).model_dump_json(indent=2) + "\n")
-    console.print(live.summary(result, spec.name))
-    if result.interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_FAILED if failed else 0
+    """`uvm run`: launch the scenario, watch it, close the machine, print the summary. A
+    signal (Ctrl-C, SIGTERM, SIGHUP) ends the watching at the next poll; the rest, closing,
+    the summary record and the summary included, always runs (uvm/interrupts.py)."""
+    with Interrupts("flag") as interrupts:
+        spec = scenario.load(args.file) if args.file else scenario.default()
+        duration: float = args.duration or spec.run.duration
+        every: float = args.every or spec.run.every
+        seed: int = scenario.run_seed(spec) if args.seed is None else args.seed
+        console = _console()
+        with _timeline(args.json) as timeline, \
+                _timeline(args.summary_json, "--summary-json") as summary:
+            machine = scenario.launch(spec, seed)
+            try:
+                header = resolved.scenario_header(spec, machine, seed, duration, every)
+                _print_header(spec, machine, duration, every, seed)
+                result = live.run(machine, spec.name, duration, every, console, timeline,
+                                  header, stop=lambda: interrupts.requested)
+                failed = live.workload_errors(machine)
+            finally:
+                with interrupts.deferred():
+                    machine.close()
+            if summary is not None:
+                with interrupts.deferred():
+                    header.finish(partial=result.interrupted)
+                    summary.write(live.summary_record(result, header, failed)
+                                  .model_dump_json(indent=2) + "\n")
+        with interrupts.deferred():
+            console.print(live.summary(result, spec.name))
+        status = EXIT_FAILED if failed else 0
+        return interrupts.exit_status(EXIT_INTERRUPTED if result.interrupted else status)
 
 
 def _console() -> Console:
@@ -245,8 +287,16 @@ def _timeline(path: str | None, option: str = "--json") -> Iterator[TextIO | Non
         f = open(path, "w", encoding="utf-8")
     except OSError as e:
         raise ValueError(f"{option}: cannot write {path!r}: {e.strerror}") from e
-    with f:
+    try:
         yield f
+    except BaseException:
+        with suppress(OSError):         # the error that stopped the run says it already
+            f.close()
+        raise
+    try:
+        f.close()
+    except OSError as e:
+        raise ValueError(f"{option}: cannot write {path!r}: {e.strerror}") from e
 
 
 def _print_header(spec: scenario.Scenario, machine: Machine, duration: float, every: float,

@@ -4,7 +4,6 @@ summary table at the end."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from rich.text import Text
 
 from uvm.errors import VMStopped
 from uvm.machine import Machine
+from uvm.periods import check_period, check_seconds, next_tick
 from uvm.policy.states import STATES
 from uvm.record import Header
 from uvm.sizes import PAGE_SIZE, format_size
@@ -29,6 +29,11 @@ from uvm.timeline import EndLine, HeaderLine, SampleLine, Summary, sample_line
 from uvm.vm import VM
 
 MIB = 1 << 20
+STOP_POLL = 0.05     # seconds between checks of run(stop=...) while waiting for a tick
+
+
+class TimelineError(ValueError):
+    """The timeline could not be written (e.g. its disk is full)."""
 
 
 @dataclass
@@ -87,7 +92,7 @@ def vm_status(vm: VM) -> str:
     if reason is not None:
         return f"stopped: {reason}"
     runs = vm.runs
-    errors = [r.error for r in runs if r.error is not None]
+    errors = [r.error for r in runs if r.error is not None] + _driver_errors(vm)
     if errors:
         e = errors[0]
         return f"stopped: {e.reason}" if isinstance(e, VMStopped) else f"error: {e}"
@@ -97,9 +102,17 @@ def vm_status(vm: VM) -> str:
 
 
 def workload_errors(machine: Machine) -> list[BaseException]:
-    """Errors workloads raised other than their VM being stopped (e.g. Verify lost data)."""
-    return [r.error for vm in machine.vms for r in vm.runs
-            if r.error is not None and not isinstance(r.error, VMStopped)]
+    """Errors of what runs in the VMs (workloads, balloon schedules, balloon drivers) other
+    than their VM being stopped (e.g. Verify lost data)."""
+    return [e for vm in machine.vms
+            for e in [r.error for r in vm.runs if r.error is not None] + _driver_errors(vm)
+            if not isinstance(e, VMStopped)]
+
+
+def _driver_errors(vm: VM) -> list[BaseException]:
+    """The error that ended the VM's balloon driver thread, if one did."""
+    driver = vm.balloon.driver
+    return [] if driver is None or driver.error is None else [driver.error]
 
 
 def take_sample(machine: Machine, elapsed: float, duration: float) -> Sample:
@@ -110,18 +123,16 @@ def take_sample(machine: Machine, elapsed: float, duration: float) -> Sample:
                   status={vm.name: vm_status(vm) for vm in vms})
 
 
-def ticks(duration: float, every: float) -> list[float]:
-    """Sample times: 0, every, 2 every, ... and `duration` itself."""
-    n = math.ceil(duration / every - 1e-9)
-    return [min(i * every, duration) for i in range(n + 1)]
-
-
 def run(machine: Machine, title: str, duration: float, every: float, console: Console,
-        timeline: TextIO | None = None, header: Header | None = None) -> Result:
-    """Samples the machine every `every` seconds for `duration` seconds (or until no
-    workload is left running), showing each sample and appending it to `timeline`: after
-    the run record `header` (if given) as the first line, and before an end line. Ctrl-C
-    ends the run early with a last sample: Result.interrupted says so."""
+        timeline: TextIO | None = None, header: Header | None = None,
+        stop: Callable[[], bool] = lambda: False) -> Result:
+    """Samples the machine every `every` seconds (ticks that fall behind are skipped) for
+    `duration` seconds, or until no workload is left running, showing each sample and
+    appending it to `timeline`: after the run record `header` (if given) as the first line,
+    and before an end line. The run ends early, with a last sample, when `stop()` turns
+    true (checked every STOP_POLL seconds) or on Ctrl-C: Result.interrupted says so."""
+    check_seconds(duration, "duration")
+    check_period(every, "every")
     start = time.monotonic()
     states: Counter[str] = Counter()
     count = 0
@@ -141,27 +152,46 @@ def run(machine: Machine, title: str, duration: float, every: float, console: Co
             return sample
 
         try:
-            for t in ticks(duration, every):
-                time.sleep(max(0.0, start + t - time.monotonic()))
-                last = record()
-                if last.settled:
+            tick = 0.0
+            while True:
+                if not _sleep_until(start + tick, stop):
+                    last, interrupted = record(), True
                     break
+                last = record()
+                if last.settled or tick >= duration:
+                    interrupted = False
+                    break
+                tick = next_tick(time.monotonic() - start, every, duration)
         except KeyboardInterrupt:
             last, interrupted = record(), True
-        else:
-            interrupted = False
     write(EndLine(duration_s=round(time.monotonic() - start, 3), partial=interrupted,
                   samples=count))
     return Result(last, interrupted=interrupted, states=states, samples=count)
 
 
 def _writer(timeline: TextIO | None) -> Callable[[BaseModel], None]:
-    """Appends a line to the timeline (flushed: a reader may follow it live)."""
+    """Appends a line to the timeline (flushed: a reader may follow it live); TimelineError
+    if it cannot be written."""
     def write(line: BaseModel) -> None:
         if timeline is not None:
-            timeline.write(line.model_dump_json() + "\n")
-            timeline.flush()
+            try:
+                timeline.write(line.model_dump_json() + "\n")
+                timeline.flush()
+            except OSError as e:
+                raise TimelineError(f"timeline: cannot write {getattr(timeline, 'name', '')!r}: "
+                                    f"{e.strerror or e}") from e
     return write
+
+
+def _sleep_until(deadline: float, stop: Callable[[], bool]) -> bool:
+    """Sleeps until time.monotonic() reaches `deadline`; returns False at once if stop()
+    turns true first."""
+    while not stop():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(left, STOP_POLL))
+    return False
 
 
 @contextmanager

@@ -4,6 +4,7 @@ with it, and the swap file behind it."""
 from __future__ import annotations
 
 import errno
+import math
 import os
 import threading
 import time
@@ -13,7 +14,9 @@ from typing import Any, Literal, cast
 
 from uvm._binding import ffi, lib
 from uvm.errors import USERFAULTFD_HELP, UserfaultfdUnavailable, UvmError
-from uvm.sharing import DEFAULT_RATE, DEFAULT_VM_RATE, ShareScanner, check_rate, scan
+from uvm.periods import check_period, check_seconds, next_tick
+from uvm.sharing import (DEFAULT_DOMAINS, DEFAULT_RATE, DEFAULT_VM_RATE, DomainPolicy, Salt,
+                         ShareDomains, ShareScanner, check_rate, check_salt, scan, set_domain)
 from uvm.sizes import MAX_SIZE, PAGE_SIZE, format_size, parse_pages, parse_size
 from uvm.scheduler import MemoryPolicy, MemoryScheduler
 from uvm.seeds import check_seed, derive, new_seed
@@ -109,7 +112,13 @@ class Machine:
     shows from outside) backing any number of guests, overcommitted onto a compressed swap
     file of `swap_size` bytes (default 4x memory), reserved on disk at creation. With
     sharing=True a background scanner merges identical pages copy-on-write, scanning at most
-    `share_rate` pages per second in all and `share_rate_vm` per VM. The swap file is created private (0600)
+    `share_rate` pages per second in all and `share_rate_vm` per VM. `share_domains` says
+    which VMs' pages may merge: "all" (the default, the paper's: any two VMs), "vm" (pages
+    merge within a VM only), or a callable mapping a VM's name to its salt (VMs with equal
+    salts share; None: a domain of its own); a VM's own `share_salt` (create_vm) overrides
+    it. Sharing across VMs lets a VM learn which pages other VMs hold by timing its writes
+    (`uvm experiment side-channel`, docs/sharing.md): use "vm" or salts between VMs that
+    must not learn about each other. The swap file is created private (0600)
     at `swap_file` and removed at close, or by default is an unlinked file in `swap_dir`
     ($TMPDIR or /var/tmp). `swap_latency` (seconds, default 0) is charged per swap read or
     write request, so the swap device costs what a disk costs, not what the host's page cache
@@ -132,6 +141,7 @@ class Machine:
                  reclaim: bool = True, debug: bool = False, sharing: bool = False,
                  swap_latency: float = 0.0,
                  share_rate: float = DEFAULT_RATE, share_rate_vm: float = DEFAULT_VM_RATE,
+                 share_domains: DomainPolicy = DEFAULT_DOMAINS,
                  policy: MemoryPolicy | bool = False, seed: int | None = None,
                  fault_path: str | None = None) -> None:
         self._m: Any = None
@@ -152,6 +162,7 @@ class Machine:
             raise ValueError(f"swap_latency: must be a number of seconds in [0, 1], got {swap_latency!r}")
         check_rate(share_rate, "share_rate")
         check_rate(share_rate_vm, "share_rate_vm")
+        self._domains = ShareDomains(share_domains)
         self.seed = new_seed() if seed is None else check_seed(seed)
         self.fault_path = resolve_fault_path(fault_path)
         cpus = _pager_cpus(pagers)      # checked on both paths
@@ -293,12 +304,14 @@ class Machine:
     # -- guests -----------------------------------------------------------------------
 
     def create_vm(self, name: str, memory: int | str = "256MiB", *, shares: int = DEFAULT_SHARES,
-                  min: int | str = 0) -> VM:
+                  min: int | str = 0, share_salt: Salt | None = None) -> VM:
         """Creates a guest of `memory` bytes of guest-physical memory (its max; may exceed
         machine memory: the pager overcommits onto swap), with `shares` (its claim on memory
-        relative to other VMs) and `min` bytes guaranteed. Admission control, as in the
-        paper: min plus the VM's overhead must fit in machine memory no other VM has
-        reserved, and max - min must fit in swap no other VM has reserved."""
+        relative to other VMs) and `min` bytes guaranteed. `share_salt` (a str or an int)
+        puts the VM in the sharing domain of that salt: its pages merge only with those of
+        VMs with the same salt (default: as the machine's share_domains says). Admission
+        control, as in the paper: min plus the VM's overhead must fit in machine memory no
+        other VM has reserved, and max - min must fit in swap no other VM has reserved."""
         if not isinstance(name, str) or not name or not name.isprintable():
             raise ValueError(f"name: expected a non-empty printable string, got {name!r}")
         pages = parse_pages(memory, "memory")
@@ -307,14 +320,18 @@ class Machine:
             raise ValueError(f"min: {format_size(min_pages * PAGE_SIZE)} is more than the VM's "
                              f"memory ({format_size(pages * PAGE_SIZE)})")
         check_shares(shares)
+        salt = self._domains.salt(name, check_salt(share_salt))
         with self._lock:
             if name in self._vms:
                 raise ValueError(f"name: a VM called {name!r} already exists")
             self._admit(name, pages, min_pages)
+            domain = self._domains.domain(salt)
             slot = ffi.new("int *")
             base = ffi.new("void **")
-            with self._core() as m:
+            with self._core() as m:         # share_now holds it too: no scan before the domain
                 r = lib.vm_create(m, pages, slot, base)
+                if r >= 0:
+                    set_domain(m, slot[0], domain)
             if r == -errno.EMFILE:
                 raise ValueError(f"name: too many VMs (at most {len(self._vms)} at once)")
             if r in (-errno.EFBIG, -errno.ENOMEM):
@@ -322,7 +339,8 @@ class Machine:
                                  f"{format_size(pages * PAGE_SIZE)} VM")
             if r < 0:
                 raise OSError(-r, f"VM {name!r} could not be created: {os.strerror(-r)}")
-            vm = VM(self, name, slot[0], ffi.cast("char *", base[0]), pages, shares, min_pages)
+            vm = VM(self, name, slot[0], ffi.cast("char *", base[0]), pages, shares, min_pages,
+                    share_salt, domain)
             self._vms[name] = vm
         vm._set_target(None)
         if self.scheduler is not None:
@@ -447,6 +465,11 @@ class Machine:
             raise UvmError("sharing is off: create the machine with sharing=True")
         self._scanner.vm_rate = check_rate(rate, "share_rate_vm")
 
+    @property
+    def share_domains(self) -> DomainPolicy:
+        """Which VMs' pages may merge: "all", "vm" or the callable given (see the class)."""
+        return self._domains.policy
+
     def share_now(self) -> int:
         """Scans every resident page of every VM once, synchronously (whether or not the
         background scanner runs); returns how many pages it merged."""
@@ -500,17 +523,16 @@ class Machine:
             return int(lib.machine_memfd_pages(m))
 
     def watch(self, seconds: float, every: float = 1.0) -> Iterator[Snapshot]:
-        """Yields a stats snapshot every `every` seconds for `seconds` seconds."""
-        if every <= 0:
-            raise ValueError(f"every: must be > 0, got {every}")
+        """Yields a stats snapshot at 0, every, 2 every, ... seconds up to `seconds` (`every`
+        at least periods.MIN_PERIOD); ticks that fall behind are skipped, never made up."""
+        seconds = check_seconds(seconds, "seconds", zero=True)
+        every = check_period(every, "every")
         start = time.monotonic()
-        nxt = start
-        while True:
+        tick = 0.0
+        while tick <= seconds + 1e-9:
+            time.sleep(max(0.0, start + tick - time.monotonic()))
             yield snapshot(self)
-            nxt += every
-            if nxt - start > seconds + 1e-9:
-                return
-            time.sleep(max(0.0, nxt - time.monotonic()))
+            tick = next_tick(time.monotonic() - start, every, math.inf)
 
     @property
     def uptime(self) -> float:

@@ -81,6 +81,7 @@ def _vm(spec: VMSpec, machine: Machine, seed: int) -> dict[str, Any]:
     vm = machine.vm(spec.name)
     out: dict[str, Any] = {"name": spec.name, "memory": vm.size, "shares": vm.shares,
                            "min": vm.min * PAGE_SIZE, "share_rate": spec.share_rate,
+                           "share_salt": vm.share_salt,
                            "workload": None, "os": None, "balloon": []}
     if spec.workload is not None:
         kind = KINDS[spec.workload.kind]

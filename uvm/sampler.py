@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from uvm.periods import check_seconds
 from uvm.policy.estimate import ActivityEstimator, PaperEstimator
 
 if TYPE_CHECKING:
@@ -22,13 +23,6 @@ if TYPE_CHECKING:
 
 DEFAULT_PERIOD = 30.0
 DEFAULT_SIZE = 100
-
-
-def check_period(value: object, name: str) -> float:
-    """Returns a period in seconds; ValueError naming `name` unless it is > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}: must be a number of seconds > 0, got {value!r}")
-    return float(value)
 
 
 def check_size(value: object) -> int:
@@ -44,7 +38,7 @@ class IdleSampler:
                  period: float = DEFAULT_PERIOD, size: int = DEFAULT_SIZE) -> None:
         self.vm = vm
         self.estimator = estimator or PaperEstimator()
-        self.period = check_period(period, "sample_period")
+        self.period = check_seconds(period, "sample_period")
         self.size = check_size(size)
         self.watching: list[int] = []       # this period's sample
         self.touched = 0                    # of it, touched so far

@@ -2,6 +2,7 @@
 
     [machine]
     memory = "96MiB"            # any keyword of uvm.Machine: swap_size, fault_around, ...
+    share_domains = "vm"        # pages merge within a VM only (default "all": across VMs)
 
     [run]
     duration = 20               # seconds
@@ -18,6 +19,7 @@
     memory = "64MiB"
     shares = 2000               # its claim on memory (default 1000; needs [policy] to matter)
     min = "16MiB"               # guaranteed memory (admission control; default 0)
+    share_salt = "tenant-a"     # optional: pages merge only with VMs of the same salt
     [vm.workload]               # optional; `kind` is one of workloads.KINDS,
     kind = "working-set"        # the rest are that workload's constructor parameters
     size = "48MiB"
@@ -47,11 +49,12 @@ the field path, e.g. `s.toml: vm[1].workload.pattern: must be one of [...], got 
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import math
 import re
-import threading
+import time
 import tomllib
 import types
 import typing
@@ -65,22 +68,42 @@ from typing import Any
 import uvm.guest
 from uvm.balloon import DEFAULT_MAX_FRACTION
 from uvm.machine import Machine
+from uvm.periods import check_period, check_seconds
 from uvm.policy import (ActivityEstimator, AllocationPolicy, ColdVictims, IdleTax, LastPeriod,
                         PaperEstimator, RandomVictims, ShareProportional, Thresholds,
                         VictimPolicy)
 from uvm.policy.states import STATES
 from uvm.scheduler import MemoryPolicy
 from uvm.seeds import check_seed, derive, new_seed
-from uvm.sharing import check_rate
-from uvm.sizes import PAGE_SIZE, format_size, parse_pages, parse_size
+from uvm.sharing import DOMAIN_POLICIES, check_rate, check_salt
+from uvm.sizes import PAGE_SIZE, format_size, parse_pages
 from uvm.vm import VM, check_shares
 from workloads import KINDS, Workload
 
 DEFAULT_RESOURCE = "default_scenario.toml"
 
 
+MAX_BYTES = 1 << 47         # 128 TiB, a process's address space: no machine, VM or disk is larger
+MAX_VMS = 256               # the C core's limit (cext/core.h)
+MAX_TEXT = 1 << 20          # bytes of TOML: a scenario is a page or two, not a data set
+MAX_DEPTH = 32              # nesting of tables and arrays
+SHOWN_DEPTH = 4             # levels of a field path an error shows: vm[0].workload.phases
+
+
 class ScenarioError(ValueError):
     """A scenario that cannot run; the message names the file and the field."""
+
+
+def check_pages(value: object, name: str, zero: bool = False) -> int:
+    """A size in pages (uvm.sizes.parse_pages), at most MAX_BYTES; ValueError naming `name`."""
+    try:
+        pages = parse_pages(value, name, zero)
+    except OverflowError:           # a size string too large for a float
+        pages = MAX_BYTES + 1
+    if pages * PAGE_SIZE > MAX_BYTES:
+        raise ValueError(f"{name}: {_show(value)} is too large (at most {format_size(MAX_BYTES)}, "
+                         f"the address space of a process)")
+    return pages
 
 
 @dataclass
@@ -112,11 +135,14 @@ class OSSpec:
 
     def __post_init__(self) -> None:
         if self.disk is not None:
-            parse_pages(self.disk, "disk")
-        for name in ("disk_latency", "disk_bandwidth", "balloon_period"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
+            check_pages(self.disk, "disk")
+        if self.disk_latency is not None:
+            check_seconds(self.disk_latency, "disk_latency", zero=True)
+        if self.balloon_period is not None:
+            check_seconds(self.balloon_period, "balloon_period")
+        if self.disk_bandwidth is not None and not (math.isfinite(self.disk_bandwidth)
+                                                    and self.disk_bandwidth >= 0):
+            raise ValueError(f"disk_bandwidth: must be a number >= 0, got {self.disk_bandwidth!r}")
         if self.balloon_max is not None and not 0 <= self.balloon_max <= 1:
             raise ValueError(f"balloon_max: must be a number in [0, 1], got {self.balloon_max!r}")
 
@@ -132,14 +158,13 @@ class BalloonStep:
     target: int | str
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.at) and self.at >= 0):
-            raise ValueError(f"at: must be a number of seconds >= 0, got {self.at!r}")
+        check_seconds(self.at, "at", zero=True)
         if isinstance(self.target, int) and self.target < 0:
             raise ValueError(f"target: must be >= 0 pages, got {self.target}")
 
     @property
     def pages(self) -> int:
-        return self.target if isinstance(self.target, int) else parse_pages(self.target, "target")
+        return self.target if isinstance(self.target, int) else check_pages(self.target, "target")
 
 
 @dataclass
@@ -151,26 +176,30 @@ class VMSpec:
     share_rate: float | None = None         # this VM's sharing scan rate (pages/s)
     shares: int | None = None               # its claim on memory (None: the default, 1000)
     min: int | str | None = None            # guaranteed memory (None: 0)
+    share_salt: str | int | None = None     # its sharing domain's salt (None: [machine]'s)
     os: OSSpec | None = None
     balloon: list[BalloonStep] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isprintable():
             raise ValueError(f"name: expected a non-empty printable string, got {self.name!r}")
-        pages = parse_pages(self.memory, "memory")
+        pages = check_pages(self.memory, "memory")
         if self.share_rate is not None:
             check_rate(self.share_rate, "share_rate")
         if self.shares is not None:
             check_shares(self.shares)
+        check_salt(self.share_salt)
         if self.min is not None:
-            min_pages = parse_pages(self.min, "min", zero=True)
+            min_pages = check_pages(self.min, "min", zero=True)
             if min_pages > pages:
                 raise ValueError(f"min: {format_size(min_pages * PAGE_SIZE)} is more than the VM's "
                                  f"memory ({format_size(pages * PAGE_SIZE)})")
 
     def create_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of Machine.create_vm for shares and min, the ones that are set."""
-        return {k: v for k, v in (("shares", self.shares), ("min", self.min)) if v is not None}
+        """Keyword arguments of Machine.create_vm for shares, min and share_salt, the ones
+        that are set."""
+        return {k: v for k, v in (("shares", self.shares), ("min", self.min),
+                                  ("share_salt", self.share_salt)) if v is not None}
 
     def check_balloon(self, path: str) -> None:
         """Balloon targets need an OS with a balloon driver and must fit its maximum."""
@@ -180,7 +209,7 @@ class VMSpec:
             raise ValueError(f"{path}.balloon: balloon targets need a guest OS with its balloon "
                              f"driver ([vm.os] with balloon = true)")
         fraction = DEFAULT_MAX_FRACTION if self.os.balloon_max is None else self.os.balloon_max
-        most = int(fraction * parse_pages(self.memory, "memory"))
+        most = int(fraction * check_pages(self.memory, "memory"))
         for i, step in enumerate(self.balloon):
             if step.pages > most:
                 raise ValueError(f"{path}.balloon[{i}].target: {step.pages} pages is beyond the "
@@ -251,12 +280,16 @@ class MachineSpec:
     sharing: bool | None = None
     share_rate: float | None = None
     share_rate_vm: float | None = None
+    share_domains: str | None = None        # "all" or "vm" (a file cannot give a callable)
     swap_latency: float | None = None
 
     def __post_init__(self) -> None:
-        parse_pages(self.memory, "memory")
+        check_pages(self.memory, "memory")
+        if self.share_domains is not None and self.share_domains not in DOMAIN_POLICIES:
+            raise ValueError(f"share_domains: must be one of {list(DOMAIN_POLICIES)}, "
+                             f"got {self.share_domains!r}")
         if self.swap_size is not None:
-            parse_size(self.swap_size, "swap_size")
+            check_pages(self.swap_size, "swap_size")
         for name in ("share_rate", "share_rate_vm"):
             if getattr(self, name) is not None:
                 check_rate(getattr(self, name), name)
@@ -276,11 +309,8 @@ class RunSpec:
     def __post_init__(self) -> None:
         if self.seed is not None:
             check_seed(self.seed)
-        for name in ("duration", "every"):
-            value = float(getattr(self, name))
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}: must be a positive number of seconds, got {value:g}")
-            setattr(self, name, value)
+        self.duration = check_seconds(self.duration, "duration")
+        self.every = check_period(self.every, "every")
 
 
 @dataclass
@@ -303,7 +333,12 @@ def load(path: str | Path) -> Scenario:
     """Reads and checks a scenario file; raises ScenarioError naming the file and field."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXT + 1)         # never all of a huge file (or of /dev/zero)
+        if len(data) > MAX_TEXT:
+            raise ScenarioError(f"{path}: the file is too long for a scenario (at most "
+                                f"{MAX_TEXT} bytes)")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else "not a UTF-8 text file"
         raise ScenarioError(f"{path}: cannot read the scenario: {reason}") from e
@@ -319,13 +354,51 @@ def default() -> Scenario:
 def loads(text: str, source: str = "<scenario>", base: Path | None = None) -> Scenario:
     """Parses scenario TOML; relative swap paths are taken from `base` (the file's folder)."""
     try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{source}: invalid TOML: {e}") from e
+        _check_extent(text)
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"invalid TOML: {e}") from e
+        except RecursionError as e:
+            raise ValueError("invalid TOML: tables or arrays nested too deeply") from e
+    except ValueError as e:
+        raise ScenarioError(f"{source}: {e}") from e
+    return parse(doc, source, base)
+
+
+def parse(doc: dict[str, Any], source: str = "<scenario>", base: Path | None = None) -> Scenario:
+    """Checks a scenario already read from TOML (a sweep edits the tables before this)."""
     try:
+        _check_depth(doc, "", 0)
         return _scenario(doc, source, base)
     except ValueError as e:
         raise ScenarioError(f"{source}: {e}") from e
+
+
+_VM_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*vm[ \t]*\]\]", re.MULTILINE)
+
+
+def _check_extent(text: str) -> None:
+    """Refuses, before parsing, text that is too long or has too many [[vm]] entries to be
+    a scenario (a million took minutes and gigabytes to parse, only to be refused)."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT:
+        raise ValueError(f"the file is too long for a scenario (at most {MAX_TEXT} bytes)")
+    vms = len(_VM_HEADER.findall(text))
+    if vms > MAX_VMS:
+        raise ValueError(f"vm: at most {MAX_VMS} [[vm]] entries, got {vms}")
+
+
+def _check_depth(value: object, path: str, depth: int) -> None:
+    """Refuses tables and arrays nested deeper than any scenario field goes; the message
+    names the field (its first SHOWN_DEPTH levels), not the whole way down."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{path}: tables or arrays nested too deeply (at most {MAX_DEPTH} levels)")
+    items = (value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        where = (path if depth >= SHOWN_DEPTH else f"{path}[{key}]" if isinstance(key, int)
+                 else f"{path}.{key}" if path else key)
+        _check_depth(item, where, depth + 1)
 
 
 def _scenario(doc: dict[str, Any], source: str, base: Path | None) -> Scenario:
@@ -341,6 +414,8 @@ def _scenario(doc: dict[str, Any], source: str, base: Path | None) -> Scenario:
         raise ValueError(f"vm: expected [[vm]] entries (an array of tables), got {_show(raw_vms)}")
     if not raw_vms:
         raise ValueError("vm: at least one [[vm]] entry is required")
+    if len(raw_vms) > MAX_VMS:
+        raise ValueError(f"vm: at most {MAX_VMS} [[vm]] entries, got {len(raw_vms)}")
     vms = [_vm(raw, f"vm[{i}]") for i, raw in enumerate(raw_vms)]
     _check_unique_names(vms)
     policy = _policy(doc["policy"], "policy") if "policy" in doc else None
@@ -433,9 +508,9 @@ def _at(path: str) -> Iterator[None]:
     "thresholds.high: ..." under "policy", "policy.thresholds.high: ...")."""
     try:
         yield
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:    # OverflowError: a number too large for C
         msg = str(e)
-        joined = f"{path}.{msg}" if re.match(r"\w[\w.]*: ", msg) else f"{path}: {msg}"
+        joined = f"{path}.{msg}" if re.match(r"\w[\w.\[\]]*: ", msg) else f"{path}: {msg}"
         raise ValueError(joined) from e
 
 
@@ -489,9 +564,13 @@ def _type_ok(value: object, hint: object) -> bool:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if origin is list:
+    if origin in (list, collections.abc.Sequence):
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is tuple:
+        items = typing.get_args(hint)
+        return (isinstance(value, list) and len(value) == len(items)
+                and all(_type_ok(v, h) for v, h in zip(value, items)))
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
@@ -510,8 +589,10 @@ def _describe(hint: object) -> str:
     """Says what a type hint accepts, in TOML terms."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_describe(h) for h in typing.get_args(hint) if h is not type(None))
-    if typing.get_origin(hint) is list:
+    if typing.get_origin(hint) in (list, collections.abc.Sequence):
         return f"an array (each item {_describe(typing.get_args(hint)[0])})"
+    if typing.get_origin(hint) is tuple:
+        return f"an array [{', '.join(_describe(h) for h in typing.get_args(hint))}]"
     return _NAMES.get(hint, str(hint))
 
 
@@ -521,7 +602,8 @@ def _show(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, dict):
         return "a table"
-    return repr(value)
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 # -- running -----------------------------------------------------------------------------
@@ -539,6 +621,9 @@ def launch(scenario: Scenario, seed: int | None = None) -> Machine:
                               seed=derive(seed, "machine"))
     except ValueError as e:
         raise ScenarioError(f"{scenario.source}: {e}") from e
+    except OSError as e:        # e.g. ENOMEM: more memory or swap than the host can map
+        raise ScenarioError(f"{scenario.source}: machine: {e.strerror or e} (check memory "
+                            f"and swap_size)") from e
     try:
         _populate(machine, scenario, seed)
     except BaseException:
@@ -552,16 +637,43 @@ def run_seed(scenario: Scenario) -> int:
     return new_seed() if scenario.run.seed is None else scenario.run.seed
 
 
-def _schedule(vm: VM, steps: list[BalloonStep]) -> None:
-    """Sets the balloon's target at each step's time (timers from now, the run's start)."""
-    for step in steps:
-        timer = threading.Timer(step.at, _set_target, (vm, step.pages))
-        timer.daemon = True
-        timer.start()
+class BalloonSchedule(Workload):
+    """A VM's [[vm.balloon]] steps, played as a workload of the VM: at each step's time
+    (seconds from its start) it sets the balloon's target. Running as a workload gives it a
+    named thread that the machine stops on close, and makes its errors the VM's errors:
+    shown in the VM's status, and failing `uvm run` (exit status 1)."""
+
+    kind = "balloon-schedule"
+    NAP = 0.05          # seconds between looks at the clock (and at stop)
+
+    def __init__(self, steps: list[BalloonStep]) -> None:
+        in_order = sorted(((step.at, step.pages) for step in steps), key=lambda s: s[0])
+        self.steps = in_order[::-1]             # the next step last: pop() takes it
+        self._start = 0.0
+
+    def start(self, vm: VM) -> None:
+        self._start = time.monotonic()
+
+    def step(self, vm: VM) -> int | None:
+        if not self.steps:
+            return None
+        at, pages = self.steps[-1]
+        wait = self._start + at - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, self.NAP))
+            return 0
+        vm.balloon.target = pages
+        self.steps.pop()
+        return 1
 
 
-def _set_target(vm: VM, pages: int) -> None:
-    vm.balloon.target = pages
+def _boot(vm: VM, spec: OSSpec) -> None:
+    """Boots the VM's guest OS; an OSError (e.g. EFBIG: a disk larger than the filesystem
+    allows) becomes a ValueError saying so."""
+    try:
+        uvm.guest.boot(vm, **spec.boot_kwargs())
+    except OSError as e:
+        raise ValueError(f"cannot boot the guest OS: {e.strerror or e} (check disk)") from e
 
 
 def _populate(machine: Machine, scenario: Scenario, seed: int) -> None:
@@ -574,8 +686,9 @@ def _populate(machine: Machine, scenario: Scenario, seed: int) -> None:
                 with _at(f"vm[{i}].os"):
                     if spec.os.balloon_max is not None:
                         vm.balloon.max_fraction = spec.os.balloon_max
-                    uvm.guest.boot(vm, **spec.os.boot_kwargs())
-                _schedule(vm, spec.balloon)
+                    _boot(vm, spec.os)
+                if spec.balloon:
+                    vm.run(BalloonSchedule(spec.balloon))
             if spec.workload is not None:
                 with _at(f"vm[{i}].workload"):
                     vm.run(spec.workload.create(derive(seed, "vm", spec.name)))

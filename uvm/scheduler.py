@@ -34,7 +34,8 @@ from uvm.policy.allocation import AllocationPolicy, IdleTax, VMInfo, check_tax_r
 from uvm.policy.estimate import ActivityEstimator, PaperEstimator
 from uvm.policy.states import STATES, ReclaimStates, Thresholds
 from uvm.policy.victims import RandomVictims, VictimPolicy
-from uvm.sampler import DEFAULT_PERIOD, DEFAULT_SIZE, IdleSampler, check_period, check_size
+from uvm.periods import check_seconds
+from uvm.sampler import DEFAULT_PERIOD, DEFAULT_SIZE, IdleSampler, check_size
 
 PAGING_SHARE = 16      # the scheduler pages at most 1/16 of machine memory per tick
 
@@ -59,10 +60,10 @@ class MemoryPolicy:
 
     def __post_init__(self) -> None:
         check_tax_rate(self.tax_rate)
-        check_period(self.sample_period, "sample_period")
+        check_seconds(self.sample_period, "sample_period")
         check_size(self.sample_size)
-        check_period(self.target_period, "target_period")
-        check_period(self.tick, "tick")
+        check_seconds(self.target_period, "target_period")
+        check_seconds(self.tick, "tick")
         for name, cls in (("allocation", AllocationPolicy), ("victims", VictimPolicy)):
             value = getattr(self, name)
             if value is not None and not isinstance(value, cls):

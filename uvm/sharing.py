@@ -20,14 +20,21 @@ none (their pages are not touched any more)."""
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Union, cast
 
 from uvm._binding import lib
 
 if TYPE_CHECKING:
     from uvm.machine import Machine
+
+Salt = Union[str, int]
+DomainPolicy = Union[str, Callable[[str], "Salt | None"]]
+DOMAIN_POLICIES = ("all", "vm")
+DEFAULT_DOMAINS = "all"     # the paper's behaviour: identical pages merge across VMs
 
 DEFAULT_RATE = 200.0        # pages per second, machine-wide (ESX 2.x)
 DEFAULT_VM_RATE = 50.0      # pages per second, per VM
@@ -99,3 +106,77 @@ def scan(machine_handle: object, slot: int, first: int, count: int, random: bool
     if r < 0:
         raise OSError(-r, "page sharing scan failed")
     return r
+
+
+# -- sharing domains -------------------------------------------------------------------------
+#
+# Sharing across VMs is a side channel: a write to a shared page costs a copy-on-write break
+# (tens of microseconds) where a write to a private page costs nothing, so a VM that fills a
+# page with a guess, waits for the scanner and times a write learns whether another VM holds
+# that page (docs/sharing.md, `uvm experiment side-channel`). That is why VMware turned
+# sharing between VMs off by default in 2014 and added salting: pages merge only between VMs
+# with the same salt. Here every VM belongs to one sharing domain and the C core merges a
+# page only with pages of its own domain. The default stays the paper's, one domain for all
+# VMs ("all"), because uvm reproduces the paper and its savings; "vm" gives every VM a domain
+# of its own (sharing within a VM only, VMware's default since 2014); a callable maps a VM's
+# name to its salt (None: a domain of its own), and a VM's own `share_salt` (VMware's
+# sched.mem.pshare.salt) puts it in the domain of that salt whatever the policy says: VMs
+# with equal salts share. The core sees only domain numbers; this class hands them out,
+# never reusing one (a number outlives its VMs in hints and shared frames).
+
+
+def check_domains(policy: object) -> DomainPolicy:
+    """Returns a sharing-domain policy; ValueError naming share_domains if it is not one."""
+    if isinstance(policy, str) and policy in DOMAIN_POLICIES:
+        return policy
+    if callable(policy):
+        return cast(DomainPolicy, policy)
+    raise ValueError(f"share_domains: must be one of {list(DOMAIN_POLICIES)} or a callable "
+                     f"taking a VM's name and returning its salt, got {policy!r}")
+
+
+def check_salt(salt: object, name: str = "share_salt") -> Salt | None:
+    """Returns a salt (a str or an int, or None for none); ValueError naming `name` otherwise."""
+    if salt is None or (isinstance(salt, (str, int)) and not isinstance(salt, bool)):
+        return salt
+    raise ValueError(f"{name}: must be a string or an integer (VMs with equal salts share "
+                     f"pages), got {salt!r}")
+
+
+class ShareDomains:
+    """Numbers the sharing domains of one machine: 0 is the common domain of "all"; each salt
+    gets a number of its own the first time a VM uses it; under "vm" every VM without a salt
+    gets a fresh one."""
+
+    def __init__(self, policy: object) -> None:
+        self.policy = check_domains(policy)
+        self._salts: dict[Salt, int] = {}
+        self._next = 1
+
+    def _fresh(self) -> int:
+        if self._next > lib.UVM_MAX_DOMAIN:
+            raise ValueError("share_domains: this machine has used every sharing domain number")
+        self._next += 1
+        return self._next - 1
+
+    def salt(self, name: str, salt: Salt | None) -> Salt | None:
+        """The salt of a new VM called `name` given `salt`: its own, else the callable's
+        (called here, so callers need hold no lock the callable might want)."""
+        if salt is None and callable(self.policy):
+            return check_salt(self.policy(name), "share_domains")
+        return salt
+
+    def domain(self, salt: Salt | None) -> int:
+        """The domain number of a new VM with `salt` (from salt(); None: as the policy says)."""
+        if salt is not None:
+            if salt not in self._salts:
+                self._salts[salt] = self._fresh()
+            return self._salts[salt]
+        return 0 if self.policy == "all" else self._fresh()
+
+
+def set_domain(machine_handle: object, slot: int, domain: int) -> None:
+    """Tells the C core a new VM's sharing domain."""
+    r = int(lib.vm_set_share_domain(machine_handle, slot, domain))
+    if r < 0:
+        raise OSError(-r, f"sharing domain not set: {errno.errorcode.get(-r, r)}")

@@ -111,9 +111,11 @@ class MachineLine(_Strict):
     scan_rate_pages_per_s: float = described("the sharing scanner's measured rate")
     state: str = described("reclamation state: high, soft, hard, low, or unmanaged (no policy)")
     tax_rate: float | None = described("the idle memory tax rate (null: no policy)", True)
-    mpn_free_pages: int = described("pages of MPN space free for VMs' slices (home frames)")
-    mpn_largest_free_pages: int = described("the largest free run of MPN space: the largest VM that can still be created")
-    mpn_holes: int = described("free runs of MPN space below the top slice (coalesced: never adjacent)")
+    mpn_free_pages: int = described("MPN space free for VMs' slices")
+    mpn_largest_free_pages: int = described("of that, the largest contiguous run: the biggest "
+                                            "VM that fits")
+    mpn_holes: int = described("free runs of MPN space below the top slice (coalesced: never "
+                               "adjacent)")
 
 
 class PolicyLine(_Strict):

@@ -61,7 +61,8 @@ class VM:
     says only "operation forbidden on released memoryview"."""
 
     def __init__(self, machine: Machine, name: str, slot: int, base: Any, pages: int,
-                 shares: int = DEFAULT_SHARES, min_pages: int = 0) -> None:
+                 shares: int = DEFAULT_SHARES, min_pages: int = 0, share_salt: str | int | None = None,
+                 share_domain: int = 0) -> None:
         self.machine = machine
         self.name = name
         self.pages = pages
@@ -69,6 +70,8 @@ class VM:
         self.max = pages                    # the paper's max: the configured size, in pages
         self.min = min_pages                # guaranteed pages (reserved at admission)
         self._shares = check_shares(shares)
+        self.share_salt = share_salt        # as given to create_vm (None: none)
+        self.share_domain = share_domain    # its pages merge only with VMs' of the same domain
         self.sampler: IdleSampler | None = None     # set while a memory policy runs
         self._runnable = threading.Event()          # cleared while the VM is blocked
         self._runnable.set()

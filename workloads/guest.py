@@ -13,13 +13,15 @@ from uvm._binding import ffi
 from uvm.errors import UvmError
 from uvm.guest.pagecache import File
 from uvm.guest.process import Process
+from uvm.periods import check_seconds
 from uvm.seeds import new_seed
 from uvm.sizes import PAGE_SIZE, parse_pages
 from uvm.vm import VM
 from workloads.base import Workload, check_fraction, check_seed
-from workloads.patterns import PATTERNS
+from workloads.patterns import check_pattern
 
 PAGES_PER_STEP = 256
+MAX_COUNT = 1 << 16     # files, operations per step, writes between syncs: more is a mistake
 
 
 def guest_process(vm: VM, name: str) -> Process:
@@ -39,6 +41,21 @@ def pick(rng: random.Random, pattern: str, set_pages: int, cursor: int, n: int) 
     return [((int(set_pages ** rng.random()) - 1) * 2654435761) % set_pages for _ in range(n)]
 
 
+def _phases(phases: object) -> list[tuple[float, int]]:
+    """GuestWorkingSet's phases as (seconds, pages); ValueError naming the phase unless each
+    is a pair [seconds > 0, size]."""
+    if phases is None:
+        return []
+    if isinstance(phases, (str, bytes)) or not isinstance(phases, Sequence):
+        raise ValueError(f"phases: expected a list of [seconds, size] pairs, got {phases!r}")
+    out = []
+    for i, phase in enumerate(phases):
+        if isinstance(phase, (str, bytes)) or not isinstance(phase, Sequence) or len(phase) != 2:
+            raise ValueError(f"phases[{i}]: expected a pair [seconds, size], got {phase!r}")
+        out.append((check_seconds(phase[0], f"phases[{i}][0]"), parse_pages(phase[1], f"phases[{i}][1]")))
+    return out
+
+
 def _seed(seed: int | None) -> int:
     """The seed given, or one drawn from the OS."""
     return new_seed() if seed is None else check_seed(seed)
@@ -54,13 +71,9 @@ class GuestWorkingSet(Workload):
     def __init__(self, size: int | str, pattern: str = "random", write_fraction: float = 0.5,
                  phases: Sequence[tuple[float, int | str]] | None = None, seed: int | None = None) -> None:
         self.set_pages = parse_pages(size, "size")
-        if pattern not in PATTERNS:
-            raise ValueError(f"pattern: must be one of {sorted(PATTERNS)}, got {pattern!r}")
-        self.pattern = pattern
+        self.pattern = check_pattern(pattern)
         self.write_fraction = check_fraction(write_fraction, "write_fraction")
-        self.phases = [(float(s), parse_pages(z, "phases")) for s, z in phases or []]
-        if any(s <= 0 for s, _ in self.phases):
-            raise ValueError("phases: every phase must last > 0 seconds")
+        self.phases = _phases(phases)
         self.seed = _seed(seed)
         self._rng = random.Random(self.seed)
         self._crng = ffi.new("uint64_t[1]", [self.seed | 1])
@@ -111,18 +124,16 @@ class FileCache(Workload):
     def __init__(self, files: int = 8, file_size: int | str = "4MiB", pattern: str = "zipf",
                  write_fraction: float = 0.2, write_size: int = 512, sync_every: int = 2000,
                  ops_per_step: int = 64, seed: int | None = None) -> None:
-        if isinstance(files, bool) or not isinstance(files, int) or files < 1:
-            raise ValueError(f"files: expected a number of files >= 1, got {files!r}")
-        if pattern not in PATTERNS:
-            raise ValueError(f"pattern: must be one of {sorted(PATTERNS)}, got {pattern!r}")
+        if isinstance(files, bool) or not isinstance(files, int) or not 1 <= files <= MAX_COUNT:
+            raise ValueError(f"files: expected a number of files from 1 to {MAX_COUNT}, got {files!r}")
+        self.pattern = check_pattern(pattern)
         if isinstance(write_size, bool) or not isinstance(write_size, int) or not 1 <= write_size <= PAGE_SIZE:
             raise ValueError(f"write_size: must be 1..{PAGE_SIZE} bytes, got {write_size!r}")
         for name, value in (("sync_every", sync_every), ("ops_per_step", ops_per_step)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+                raise ValueError(f"{name}: expected an integer from 1 to {MAX_COUNT}, got {value!r}")
         self.nfiles = files
         self.file_pages = parse_pages(file_size, "file_size")
-        self.pattern = pattern
         self.write_fraction = check_fraction(write_fraction, "write_fraction")
         self.write_size = write_size
         self.sync_every = sync_every

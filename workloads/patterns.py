@@ -16,6 +16,13 @@ PATTERNS = {"sequential": 0, "random": 1, "zipf": 2}
 OPS_PER_STEP = 4096
 
 
+def check_pattern(value: object) -> str:
+    """Returns an access pattern's name; ValueError unless it is one of PATTERNS."""
+    if not isinstance(value, str) or value not in PATTERNS:
+        raise ValueError(f"pattern: must be one of {sorted(PATTERNS)}, got {value!r}")
+    return value
+
+
 class WorkingSet(Workload):
     """Touches pages of a working set of `size` bytes forever (until stopped): one op is
     one page touched, a write with probability `write_fraction`. Patterns: sequential,
@@ -28,9 +35,7 @@ class WorkingSet(Workload):
     def __init__(self, size: int | str, pattern: str = "random", write_fraction: float = 0.5,
                  seed: int | None = None) -> None:
         self.set_pages = parse_pages(size, "size")
-        if pattern not in PATTERNS:
-            raise ValueError(f"pattern: must be one of {sorted(PATTERNS)}, got {pattern!r}")
-        self.pattern = pattern
+        self.pattern = check_pattern(pattern)
         self.write_fraction = check_fraction(write_fraction, "write_fraction")
         self.seed = new_seed() if seed is None else check_seed(seed)
         self._rng = ffi.new("uint64_t[2]", [self.seed or 1, 0])

@@ -2,8 +2,9 @@
 `uvm experiment NAME [--quick] [--out DIR]`. Each prints its numbers as it goes, writes them
 to DIR/results.json, and draws DIR/NAME.png. `--quick` is a smaller run (about a minute).
 
-An experiment is a module here with `params(quick)`, a `run(trial) -> dict` that returns
-JSON-able results (uvm.experiments.base.Trial: quick, seed, log, progress), a
+An experiment is a module here with `params(quick)`, a `run(trial)` that fills the
+JSON-able dict `trial.results` as it measures, so that an interrupted run still has what it
+measured (uvm.experiments.base.Trial: quick, seed, log, progress, results), a
 `plot(results, path)` that draws them and `figures(results)`, its key numbers; REGISTRY
 names them. `--seed N` seeds every machine and workload of the run, `--repeat N` runs it N
 times and reports the median and spread of the key figures (runner.py)."""
@@ -11,27 +12,33 @@ times and reports the median and spread of the key figures (runner.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from uvm.experiments import (balloon, balloon_vs_paging, idle_tax, reallocation, sharing,
-                             runner, working_set)
+                             runner, side_channel, working_set)
 from uvm.experiments.base import Experiment, MissingExtra, Trial
 
 REGISTRY: dict[str, Experiment] = {e.name: e for e in (sharing.EXPERIMENT, balloon.EXPERIMENT,
                                                          balloon_vs_paging.EXPERIMENT,
                                                          idle_tax.EXPERIMENT,
                                                          working_set.EXPERIMENT,
-                                                         reallocation.EXPERIMENT)}
+                                                         reallocation.EXPERIMENT,
+                                                         side_channel.EXPERIMENT)}
 
 __all__ = ["REGISTRY", "Experiment", "MissingExtra", "Trial", "run"]
 
 
 def run(name: str, quick: bool, out: Path, log: Callable[[str], None], seed: int | None = None,
-        repeat: int = 1) -> dict[str, Any]:
+        repeat: int = 1,
+        shield: Callable[[], AbstractContextManager[None]] = nullcontext) -> dict[str, Any]:
     """Runs experiment `name` `repeat` times (seeded with seed, seed+1, ...; default: a seed
-    drawn and recorded), writes out/results.json and out/NAME.png; returns the results
+    drawn and recorded), writes out/results.json and (with matplotlib) out/NAME.png; returns
+    the results. Interrupted (KeyboardInterrupt), it first writes what was measured, its
+    record marked partial, inside `shield()` (which keeps further signals out), then
+    re-raises. Errors in `out` are ValueErrors naming --out, raised before the run
     (uvm/experiments/runner.py)."""
     if name not in REGISTRY:
         raise ValueError(f"experiment: must be one of {sorted(REGISTRY)}, got {name!r}")
-    return runner.run(REGISTRY[name], quick, out, log, seed, repeat)
+    return runner.run(REGISTRY[name], quick, out, log, seed, repeat, shield)

@@ -78,8 +78,8 @@ def measure(machine_mib: int, mode: str, p: dict[str, Any], trial: Trial) -> dic
             "resident_pages": st["resident"], "measure_s": t1 - t0}
 
 
-def run(trial: Trial) -> dict[str, Any]:
-    quick, log = trial.quick, trial.log
+def run(trial: Trial) -> None:
+    quick, log, results = trial.quick, trial.log, trial.results
     p = params(quick)
     log(f"ballooning vs host paging: a {p['vm_mib']} MiB guest ({p['cold_mib']} MiB cold data, "
         f"{p['hot_mib']} MiB hot zipf working set, {p['files']} x {p['file_mib']} MiB files) on a "
@@ -87,7 +87,8 @@ def run(trial: Trial) -> dict[str, Any]:
         f"paging counts over the whole run")
     log(f"{'X MiB':>6} {'mode':>8} {'hot op/s':>9} {'file op/s':>10} {'host in':>8} {'host out':>9} "
         f"{'guest in':>9} {'guest out':>10} {'double':>7} {'balloon MiB':>12}")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    results["rows"] = rows
     runs = [(x, mode) for x in p["machine_mib"] for mode in ("balloon", "paging")]
     for i, (x, mode) in enumerate(runs):
         trial.progress(i / len(runs), f"{x} MiB, {mode}")
@@ -97,7 +98,6 @@ def run(trial: Trial) -> dict[str, Any]:
             f"{r['host_swapins']:>8} {r['host_swapouts']:>9} {r['guest_swapins']:>9} "
             f"{r['guest_swapouts']:>10} {r['double_paging']:>7} "
             f"{r['balloon_pages'] * PAGE_SIZE / MIB:>12.1f}")
-    return {"experiment": "balloon-vs-paging", "quick": quick, "params": p, "rows": rows}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

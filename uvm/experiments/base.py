@@ -23,12 +23,15 @@ def _no_progress(done: float, what: str) -> None:
 @dataclass(frozen=True)
 class Trial:
     """One run of an experiment: quick or full, its seed (every machine and workload seed
-    of the run derives from it: `seed_for`), where its printed lines go, and `progress`,
-    which it calls with the fraction of the run done and what it is doing."""
+    of the run derives from it: `seed_for`), where its printed lines go, `progress`, which
+    it calls with the fraction of the run done and what it is doing, and `results`, the
+    JSON-able dict it fills as it measures (so that an interrupted trial still has what it
+    measured)."""
     quick: bool
     seed: int
     log: Callable[[str], None]
     progress: Callable[[float, str], None] = field(default=_no_progress)
+    results: dict[str, Any] = field(default_factory=dict)
 
     def seed_for(self, *path: object) -> int:
         """The seed of the part named by `path` (e.g. "vm", 3), derived from the trial's."""
@@ -37,15 +40,28 @@ class Trial:
 
 @dataclass(frozen=True)
 class Experiment:
-    """An experiment: `params(quick)` its parameters, `run(trial)` its results (JSON-able,
-    with "experiment", "quick" and "params"), `plot(results, path)` its figure, and
-    `figures(results)` its key numbers, of which --repeat reports the median and spread."""
+    """An experiment: `params(quick)` its parameters, `run(trial)` which fills
+    `trial.results` as it measures (the runner starts it with "experiment", "quick" and
+    "params"), `plot(results, path)` its figure, and `figures(results)` its key numbers
+    (of a finished trial), of which --repeat reports the median and spread."""
     name: str
     help: str
     params: Callable[[bool], dict[str, Any]]
-    run: Callable[[Trial], dict[str, Any]]
+    run: Callable[[Trial], None]
     plot: Callable[[dict[str, Any], Path], None]
     figures: Callable[[dict[str, Any]], dict[str, float | None]]
+
+
+PLOT_HELP = "plots need matplotlib: pip install 'uvm[plot]'"
+
+
+def plotting() -> str | None:
+    """None if matplotlib can be imported; otherwise how to get it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return PLOT_HELP
+    return None
 
 
 def pyplot() -> Any:
@@ -53,7 +69,7 @@ def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as e:
-        raise MissingExtra("plots need matplotlib: pip install 'uvm[plot]'") from e
+        raise MissingExtra(PLOT_HELP) from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -31,8 +31,8 @@ def params(quick: bool) -> dict[str, Any]:
             "target_period_s": 1.0, "tick_s": 0.25}
 
 
-def run(trial: Trial) -> dict[str, Any]:
-    quick, log = trial.quick, trial.log
+def run(trial: Trial) -> None:
+    quick, log, results = trial.quick, trial.log, trial.results
     p = params(quick)
     log(f"idle memory tax: two {p['vm_mib']} MiB VMs with {p['shares']} shares each on a "
         f"{p['machine_mib']} MiB machine; 'busy' touches {p['busy_set_mib']} MiB at random, 'idle' "
@@ -42,6 +42,7 @@ def run(trial: Trial) -> dict[str, Any]:
                           target_period=p["target_period_s"], tick=p["tick_s"])
     timeline: list[dict[str, Any]] = []
     phases: list[dict[str, Any]] = []
+    results.update({"phases": phases, "timeline": timeline})
     with Machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
         assert m.scheduler is not None
         busy = m.create_vm("busy", memory=f"{p['vm_mib']}MiB", shares=p["shares"])
@@ -92,8 +93,7 @@ def run(trial: Trial) -> dict[str, Any]:
     speedup = phases[1]["busy_ops_per_s"] / phases[0]["busy_ops_per_s"]
     log(f"busy VM's throughput at tau = {phases[1]['tau']} is {speedup:.1f}x that at tau = "
         f"{phases[0]['tau']}")
-    return {"experiment": "idle-tax", "quick": quick, "params": p, "phases": phases,
-            "speedup": speedup, "timeline": timeline}
+    results["speedup"] = speedup
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -45,8 +45,8 @@ def start_vm(m: Machine, name: str, p: dict[str, Any], trial: Trial) -> VM:
     return vm
 
 
-def run(trial: Trial) -> dict[str, Any]:
-    quick, log = trial.quick, trial.log
+def run(trial: Trial) -> None:
+    quick, log, results = trial.quick, trial.log, trial.results
     p = params(quick)
     log(f"dynamic reallocation: {p['vm_mib']} MiB guests (toy OS, balloon driver, a "
         f"{p['set_mib']} MiB working set each) started and stopped on a {p['machine_mib']} MiB "
@@ -54,6 +54,7 @@ def run(trial: Trial) -> dict[str, Any]:
     policy = MemoryPolicy(sample_period=p["sample_period_s"], target_period=p["target_period_s"],
                           tick=p["tick_s"])
     timeline: list[dict[str, Any]] = []
+    results["timeline"] = timeline
     names = sorted({name for _, _, name in p["events"]})
     log(f"{'t s':>6} {'state':>5} {'free %':>6}  " +
         "  ".join(f"{n + ' alloc/target/balloon/swapped MiB':>34}" for n in names))
@@ -88,8 +89,7 @@ def run(trial: Trial) -> dict[str, Any]:
     states = [r["state"] for r in timeline]
     seen = {s: sum(x == s for x in states) * p["every_s"] for s in STATES}
     log("time in each state: " + ", ".join(f"{s} {seen[s]:.1f} s" for s in STATES))
-    return {"experiment": "reallocation", "quick": quick, "params": p, "time_in_state_s": seen,
-            "timeline": timeline}
+    results["time_in_state_s"] = seen
 
 
 def fmt(v: dict[str, Any] | None) -> str:

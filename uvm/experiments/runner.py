@@ -4,21 +4,30 @@ and spread of its key figures, and results.json.
 Trial i of a run seeded with S has seed S + i, so that any one trial can be run again alone
 with `--seed S+i`. results.json holds the record (uvm/record.py), the first trial's full
 results (what the plot draws), every trial's seed and key figures, and for each key figure
-the median, min, max and standard deviation over the trials. Ctrl-C between or during
-trials writes what the finished trials gave, marked partial, then stops."""
+the median, min, max and standard deviation over the trials.
+
+A trial fills its results as it measures (Trial.results), so a signal between or during
+trials (KeyboardInterrupt: uvm/interrupts.py) loses nothing measured: the runner writes
+results.json at once, its record marked partial, with the finished trials' figures and, if
+the first trial was the one cut short, what it had measured so far; inside `shield()`, which
+keeps further signals out, then re-raises. results.json is written whole or not at all.
+Without matplotlib the numbers are still printed and saved, and the log says how to get the
+plot."""
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from uvm import progress, record
-from uvm.experiments.base import Experiment, Trial, pyplot
+from uvm.experiments.base import Experiment, Trial, plotting
 from uvm.seeds import check_seed, new_seed
 
 
@@ -49,7 +58,8 @@ class Results(BaseModel):
     params: dict[str, Any]
     figures: dict[str, Figure] = Field(description="median and spread of each key figure over "
                                                    "the trials")
-    repeats: list[Repeat] = Field(description="every trial, in order")
+    repeats: list[Repeat] = Field(description="every finished trial, in order (one cut short "
+                                              "is left out: record.partial)")
 
 
 def check_repeat(value: object) -> int:
@@ -59,22 +69,27 @@ def check_repeat(value: object) -> int:
 
 
 def run(exp: Experiment, quick: bool, out: Path, log: Callable[[str], None],
-        seed: int | None = None, repeat: int = 1) -> dict[str, Any]:
+        seed: int | None = None, repeat: int = 1,
+        shield: Callable[[], AbstractContextManager[None]] = nullcontext) -> dict[str, Any]:
     """Runs `exp` `repeat` times (seeds seed, seed+1, ...; seed default: drawn), writes
-    out/results.json and the plot of the first trial; returns the results."""
+    out/results.json and (with matplotlib) the plot of the first trial; returns the results.
+    Interrupted, writes what was measured inside `shield()` and re-raises (see the module)."""
     seed = new_seed() if seed is None else check_seed(seed)
     check_repeat(repeat)
     check_seed(seed + repeat - 1, "seed")
-    pyplot()                    # fail before a long run, not after it
-    out.mkdir(parents=True, exist_ok=True)
+    _make_dir(out)
+    missing = plotting()        # said before a long run, not after it
+    if missing is not None:
+        log(f"no plot this time: {missing}; the numbers are printed and saved")
+    params = exp.params(quick)
     seeds = [seed + i for i in range(repeat)]
     head = record.header(kind="experiment", name=exp.name, seed=seed,
-                         config={"quick": quick, "repeat": repeat, "params": exp.params(quick)},
+                         config={"quick": quick, "repeat": repeat, "params": params},
                          seeds={f"repeat/{i}": s for i, s in enumerate(seeds)})
-    trials: list[dict[str, Any]] = []
-    interrupted = False
-    with progress.bar(exp.name, total=repeat) as bar:
-        try:
+    first = {"experiment": exp.name, "quick": quick, "params": params}   # until trial 1 starts
+    finished: list[dict[str, Any]] = []     # the results of the trials that ran to the end
+    try:
+        with progress.bar(exp.name, total=repeat) as bar:
             for i, s in enumerate(seeds):
                 if repeat > 1:
                     log(f"trial {i + 1} of {repeat} (seed {s})")
@@ -83,33 +98,83 @@ def run(exp: Experiment, quick: bool, out: Path, log: Callable[[str], None],
                     bar.update(i + min(max(done, 0.0), 1.0),
                                f"trial {i + 1}/{repeat}: {what}" if repeat > 1 else what)
 
-                trials.append(exp.run(Trial(quick, s, log, step)))
+                trial = new_trial(exp, quick, s, log, step)
+                if i == 0:
+                    first = trial.results
+                exp.run(trial)
+                finished.append(trial.results)
                 bar.update(i + 1)
-        except KeyboardInterrupt:
-            if not trials:
-                raise
-            interrupted = True
-    results = _results(exp, head.finish(partial=interrupted), trials, seeds)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    exp.plot(trials[0], out / f"{exp.name}.png")
-    log(f"wrote {out / 'results.json'} and {out / (exp.name + '.png')}")
-    if repeat > 1:
+    except KeyboardInterrupt:
+        with shield():
+            _finish(exp, head.finish(partial=True), first, finished, seeds, out, log, missing)
+        raise
+    return _finish(exp, head.finish(partial=False), first, finished, seeds, out, log, missing)
+
+
+def new_trial(exp: Experiment, quick: bool, seed: int, log: Callable[[str], None],
+              step: Callable[[float, str], None] | None = None) -> Trial:
+    """A trial of `exp` whose results start with "experiment", "quick" and "params"."""
+    results = {"experiment": exp.name, "quick": quick, "params": exp.params(quick)}
+    if step is None:
+        return Trial(quick, seed, log, results=results)
+    return Trial(quick, seed, log, step, results=results)
+
+
+def _finish(exp: Experiment, head: record.Header, first: dict[str, Any],
+            finished: list[dict[str, Any]], seeds: list[int], out: Path,
+            log: Callable[[str], None], missing: str | None) -> dict[str, Any]:
+    """Writes results.json (the first trial's results, finished or not; the figures of the
+    `finished` trials) and, if the first trial finished and matplotlib is there, its plot;
+    says so; returns the results."""
+    results = _results(exp, head, first, finished, seeds)
+    path = _save(results, out)
+    png = out / f"{exp.name}.png"
+    if head.partial:
+        if finished and missing is None:
+            exp.plot(first, png)
+        log(f"interrupted: wrote what was measured to {path} (partial)")
+    elif missing is None:
+        exp.plot(first, png)
+        log(f"wrote {path} and {png}")
+    else:
+        log(f"wrote {path}; for the plot: {missing}")
+    if len(finished) > 1:
         for name, f in results["figures"].items():
             log(f"{name}: median {f['median']:.4g} (min {f['min']:.4g}, max {f['max']:.4g}) "
                 f"over {len(f['values'])} trials")
-    if interrupted:
-        raise KeyboardInterrupt
     return results
 
 
-def _results(exp: Experiment, head: record.Header, trials: list[dict[str, Any]],
-             seeds: list[int]) -> dict[str, Any]:
-    """results.json: the record, the first trial's results, each trial's figures and their
-    median and spread; checked against the Results model."""
-    repeats = [Repeat(seed=s, figures=exp.figures(t)) for s, t in zip(seeds, trials)]
+def _make_dir(out: Path) -> None:
+    """Creates the results directory; ValueError naming --out if it cannot be one."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {str(out)!r} is not a directory (--out names the directory "
+                         f"for results.json and the plot)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out: cannot create the directory {str(out)!r}: {e.strerror}") from e
+
+
+def _save(results: dict[str, Any], out: Path) -> Path:
+    """Writes out/results.json whole or not at all (a new file renamed over the old)."""
+    path, new = out / "results.json", out / "results.json.new"
+    try:
+        new.write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(new, path)
+    except OSError as e:
+        raise ValueError(f"--out: cannot write {str(path)!r}: {e.strerror}") from e
+    return path
+
+
+def _results(exp: Experiment, head: record.Header, first: dict[str, Any],
+             finished: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """results.json: the record, the first trial's results, each finished trial's figures
+    and their median and spread; checked against the Results model."""
+    repeats = [Repeat(seed=s, figures=exp.figures(t)) for s, t in zip(seeds, finished)]
     results = Results(record=head, figures=spread(repeats), repeats=repeats,
-                      **{k: v for k, v in trials[0].items() if k not in ("record", "figures",
-                                                                         "repeats")})
+                      **{k: v for k, v in first.items() if k not in ("record", "figures",
+                                                                     "repeats")})
     return results.model_dump(mode="json")
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from uvm.experiments.base import Experiment, Trial, pyplot
 from uvm.machine import Machine
+from uvm.sharing import DomainPolicy
 from uvm.sizes import PAGE_SIZE, parse_size
 from workloads import OSImage
 
@@ -33,10 +34,11 @@ def params(quick: bool) -> dict[str, Any]:
             "run_seconds": 0.5 if quick else 1.0}
 
 
-def measure(n: int, p: dict[str, Any], trial: Trial) -> dict[str, Any]:
+def measure(n: int, p: dict[str, Any], trial: Trial, share_domains: DomainPolicy = "all") -> dict[str, Any]:
     """Boots n VMs, shares until converged, returns the counts."""
     per_vm = sum(parse_size(p[k], k) for k in ("image", "private", "zeroed"))
-    with Machine(memory=n * per_vm + 32 * MIB, reclaim=False, seed=trial.seed_for("machine", n)) as m:
+    with Machine(memory=n * per_vm + 32 * MIB, reclaim=False, seed=trial.seed_for("machine", n),
+                 share_domains=share_domains) as m:
         vms = [m.create_vm(f"vm{i}", memory=per_vm + 2 * MIB) for i in range(n)]
         runs = [vm.run(OSImage(image=p["image"], private=p["private"], zeroed=p["zeroed"],
                                     seed=trial.seed_for("vm", i)))
@@ -65,14 +67,15 @@ def measure(n: int, p: dict[str, Any], trial: Trial) -> dict[str, Any]:
             "scan_passes": passes, "scan_wall_s": scan_wall, "scan_cpu_s": scan_cpu}
 
 
-def run(trial: Trial) -> dict[str, Any]:
-    quick, log = trial.quick, trial.log
+def run(trial: Trial) -> None:
+    quick, log, results = trial.quick, trial.log, trial.results
     p = params(quick)
     log(f"page sharing: 1..{p['max_vms']} identical VMs, each booting a {p['image']} OS image "
         f"with {p['private']} private data and {p['zeroed']} zeroed")
     log(f"{'VMs':>4} {'in use MiB':>11} {'shared MiB':>11} {'saved MiB':>10} {'shared %':>9} "
         f"{'saved %':>8} {'zero pg':>8} {'COW':>6} {'scan s':>7}")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    results.update({"rows": rows, "paper": {"vms": 10, "shared_pct": 67, "saved_pct": 60}})
     for n in range(1, p["max_vms"] + 1):
         trial.progress((n - 1) / p["max_vms"], f"{n} VMs")
         r = measure(n, p, trial)
@@ -80,8 +83,6 @@ def run(trial: Trial) -> dict[str, Any]:
         log(f"{n:>4} {r['pages_in_use'] * PAGE_SIZE / MIB:>11.1f} {r['shared_mib']:>11.1f} "
             f"{r['saved_mib']:>10.1f} {r['shared_pct']:>9.1f} {r['saved_pct']:>8.1f} "
             f"{r['zero_shared']:>8} {r['cow_breaks']:>6} {r['scan_wall_s']:>7.2f}")
-    return {"experiment": "sharing", "quick": quick, "params": p, "rows": rows,
-            "paper": {"vms": 10, "shared_pct": 67, "saved_pct": 60}}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -34,8 +34,8 @@ def params(quick: bool) -> dict[str, Any]:
                        ((0.1, 6), (0.6, 8), (0.3, 10), (0.8, 6), (0.1, 14))]}
 
 
-def run(trial: Trial) -> dict[str, Any]:
-    quick, log = trial.quick, trial.log
+def run(trial: Trial) -> None:
+    quick, log, results = trial.quick, trial.log, trial.results
     p = params(quick)
     log(f"working-set estimation: a {p['vm_mib']} MiB VM, working set in phases "
         f"{', '.join(f'{f:.0%} for {s:.0f} s' for f, s in p['phases'])}; sampling "
@@ -44,6 +44,7 @@ def run(trial: Trial) -> dict[str, Any]:
                           tick=p["every_s"] / 2, estimator=PaperEstimator)
     timeline: list[dict[str, Any]] = []
     phases: list[dict[str, Any]] = []
+    results.update({"phases": phases, "timeline": timeline})
     with Machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
         vm = m.create_vm("vm", memory=f"{p['vm_mib']}MiB")
         vm.run(Fill(seed=trial.seed_for("fill"))).join(60)
@@ -80,8 +81,6 @@ def run(trial: Trial) -> dict[str, Any]:
         reach = f"{ph['within_after_s']:.1f} s" if ph["within_after_s"] is not None else "never"
         log(f"{i:>5} {ph['true']:>5.2f} {ph['estimate_end']:>8.2f} {ph['settled_abs_error']:>21.3f} "
             f"{reach:>20}")
-    return {"experiment": "working-set", "quick": quick, "params": p, "phases": phases,
-            "timeline": timeline}
 
 
 def summarize(fraction: float, t_phase: float, rows: list[dict[str, Any]],

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from uvm.labs import allocation, balloon, estimator, victims
+from uvm.labs import allocation, balloon, estimator, sidechannel, victims
 from uvm.labs.base import Check, Feedback, Lab, Outcome
 from uvm.labs.grader import Report, Result, grade
 
 REGISTRY: dict[str, Lab] = {lab.name: lab for lab in (victims.LAB, estimator.LAB, allocation.LAB,
-                                                       balloon.LAB)}
+                                                       balloon.LAB, sidechannel.LAB)}
 
 HANDOUT = "HANDOUT.md"
 
