@@ -133,7 +133,12 @@ class Machine:
     random choices: victims, idle sampling, the sharing scanner's picks, vm.random_resident;
     the same seed and the same sequence of calls give the same choices (the labs' graders rely
     on it). It does not make paging deterministic: those choices interleave with the guests'
-    threads as the OS schedules them (uvm/seeds.py)."""
+    threads as the OS schedules them (uvm/seeds.py).
+
+    `fault_path` says who serves faults: "pager" (pager threads reading userfaultfd events)
+    or "thread" (the faulting thread itself, in a SIGBUS handler: no round trip between
+    threads; a system call into unmapped guest memory then gets EFAULT). Default:
+    $UVM_FAULT_PATH, else FAULT_PATH_DEFAULT (docs/architecture.md)."""
 
     def __init__(self, memory: int | str = "256MiB", *, swap_file: str | os.PathLike[str] | None = None,
                  swap_size: int | str | None = None, swap_dir: str | os.PathLike[str] | None = None,
