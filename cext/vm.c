@@ -67,6 +67,7 @@ int vm_create(struct machine *m, uint64_t n, int *id, void **base)
     int r = 0, slot = -1;
     struct vm *v = calloc(1, sizeof *v);
     pte_t *pmap = calloc(n, sizeof *pmap);
+    guard_install();    /* again: a handler installed since (faulthandler) would get its faults */
     pthread_mutex_lock(&m->lock);
     if (!v || !pmap) {
         r = -ENOMEM;
