@@ -44,7 +44,9 @@ def _check_fault_around(pages: object) -> int:
 
 FaultPath = Literal["pager", "thread"]
 FAULT_PATHS = {"pager": lib.UVM_FAULT_PAGER, "thread": lib.UVM_FAULT_THREAD}
-FAULT_PATH_DEFAULT: FaultPath = "pager"
+# The faster path on this kernel (bench_core.py section 6, docs/performance.md); the pager
+# path stays for comparison and for programs whose system calls write into guest memory.
+FAULT_PATH_DEFAULT: FaultPath = "thread"
 
 
 def resolve_fault_path(value: str | None) -> FaultPath:
