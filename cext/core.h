@@ -236,7 +236,6 @@ uint64_t now_ns(void);
 
 /* sigfault.c */
 int fault_signal(struct machine *m, uint64_t addr, void *uctx);
-int fault_signal_supported(void);
 
 /* pager.c */
 struct vm *vm_at(struct machine *m, uint64_t addr);

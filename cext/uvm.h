@@ -111,6 +111,9 @@ struct uvm_machine_stats {
 int machine_open(const struct uvm_config *cfg, struct machine **out);
 /* which userfaultfd a machine would get: 0 full (privileged), 1 user-mode only, or -errno. */
 int machine_uffd_mode(void);
+/* 1 if this build can serve faults in-thread (UVM_FAULT_THREAD needs the x86-64 page-fault
+ * error code to tell a fault's kind), else 0. */
+int fault_signal_supported(void);
 void machine_close(struct machine *m);
 void machine_stats(struct machine *m, struct uvm_machine_stats *st);
 void machine_snapshot(struct machine *m, struct uvm_machine_stats *st, const int *slots,

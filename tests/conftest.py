@@ -24,7 +24,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # thread's own SIGBUS handler) in every default run; the rest run on the default path, or
 # on the one $UVM_FAULT_PATH names (UVM_FAULT_PATH=thread pytest runs everything on it).
 BOTH_FAULT_PATHS = {"test_hardening_core", "test_faults", "test_model", "test_guest_model",
-                    "test_paging", "test_sharing", "test_soak"}
+                    "test_paging", "test_sharing", "test_soak", "test_pagers"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
