@@ -157,6 +157,7 @@ int vm_destroy(struct machine *m, int id)
         else if (PTE_STATE(e) == PM_SHARED)
             share_drop(m, v, p);
     }
+    share_forget(m, v);
     m->vms[id] = NULL;
     slice_free(m, v->base, v->npages);
     pthread_mutex_unlock(&m->lock);
@@ -207,6 +208,7 @@ void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st)
     if (v) {
         *st = v->st;
         st->zero = v->npages - v->st.resident - v->st.swapped - v->st.sharing - v->st.ballooned;
+        st->shared_saved = share_saved(m, v);
     } else {
         memset(st, 0, sizeof *st);
     }
@@ -258,6 +260,33 @@ int vm_page_state(struct machine *m, int id, uint64_t ppn)
     pthread_mutex_lock(&m->lock);
     struct vm *v = vm_get(m, id);
     int r = !v ? -ENOENT : ppn >= v->npages ? -EINVAL : PTE_STATE(v->pmap[ppn]);
+    pthread_mutex_unlock(&m->lock);
+    return r;
+}
+
+/* returns the page map byte of pmap entry e of v: its state and MAP_* flags. */
+static uint8_t map_byte(struct machine *m, struct vm *v, pte_t e)
+{
+    int state = PTE_STATE(e);
+    uint8_t b = (uint8_t)state;
+    if (state == PM_SHARED && m->share.sf[PTE_VAL(e)].zero)
+        b |= MAP_ZERO_SHARED;
+    if (state == PM_RESIDENT && (PTE_LEN(e) & PTE_WATCH))
+        b |= MAP_WATCHED;
+    if (v->stopped)
+        b |= MAP_STOPPED;
+    return b;
+}
+
+/* writes the page map bytes of VM id's first n pages into out; returns its page count,
+ * or -ENOENT. */
+int64_t vm_page_map(struct machine *m, int id, uint8_t *out, uint64_t n)
+{
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = vm_get(m, id);
+    int64_t r = v ? (int64_t)v->npages : -ENOENT;
+    for (uint64_t p = 0; v && p < n && p < v->npages; p++)
+        out[p] = map_byte(m, v, v->pmap[p]);
     pthread_mutex_unlock(&m->lock);
     return r;
 }
@@ -343,18 +372,25 @@ static int balloon_one(struct machine *m, struct vm *v, uint64_t ppn)
 
 /* balloons the listed pages of VM id: their frames, swap slots and shared references are
  * freed with nothing written anywhere (the guest gave them up); returns pages newly
- * ballooned, or -errno if one failed before any was. */
+ * ballooned, or -errno if a page could not be (-EMFILE: a shared page, no mapping to spare
+ * to unshare it): every other listed page is ballooned all the same, and a page that failed
+ * keeps its state and content, so the caller learns of the failure and loses nothing. */
 int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n)
 {
     int64_t done = 0;
-    int err;
+    int err, failed = 0;
     pthread_mutex_lock(&m->lock);
     struct vm *v = vm_get_ppns(m, id, ppns, n, &err);
     for (size_t i = 0; v && !err && i < n; ) {
         uint64_t p = ppns[i];
         if (PTE_STATE(v->pmap[p]) != PM_RESIDENT) {
-            if (PTE_STATE(v->pmap[p]) != PM_BALLOONED && (err = balloon_one(m, v, p)) == 0)
-                done++;
+            if (PTE_STATE(v->pmap[p]) != PM_BALLOONED) {
+                int r = balloon_one(m, v, p);
+                if (r == 0)
+                    done++;
+                else if (!failed)
+                    failed = r;
+            }
             i++;
             continue;
         }
@@ -369,7 +405,7 @@ int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n)
         }
     }
     pthread_mutex_unlock(&m->lock);
-    return done ? done : err;
+    return err ? err : failed ? failed : done;
 }
 
 /* returns the listed ballooned pages of VM id to the guest (PM_NONE: a zero page on next

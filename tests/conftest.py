@@ -3,6 +3,7 @@ stops at once with the reason (it never skips itself into green)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,30 @@ import pytest
 
 import uvm
 from uvm.errors import UserfaultfdUnavailable
+
+
+# Child Python processes the tests start (`python -c ...`, the uvm command, Ray's workers)
+# must import the installed uvm, as pytest itself does, never the source tree in the current
+# directory (a checkout's uvm/ has no built C core): -c and a script would put that directory
+# first on sys.path. PYTHONSAFEPATH (Python 3.11+) tells every child not to.
+os.environ["PYTHONSAFEPATH"] = "1"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (whole experiments, a full default "
+                          "run, a Ray cluster): the whole suite, as CI runs it")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Plain `pytest` is the quick suite: tests marked slow are deselected (reported as
+    such, never skipped into green) unless --slow is given or UVM_STRESS is set."""
+    if config.getoption("--slow") or os.environ.get("UVM_STRESS"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -15,6 +15,10 @@ class UserfaultfdUnavailable(UvmError):
     """This process may not use userfaultfd, or the kernel lacks a feature uvm needs."""
 
 
+class MissingExtra(UvmError):
+    """An optional dependency (an extra of the package) is not installed."""
+
+
 class VMStopped(UvmError):
     """A guest touched memory of a VM that was stopped (a fault that could not be served,
     the VM destroyed or the machine closed)."""
@@ -27,6 +31,16 @@ class VMStopped(UvmError):
 
 class SwapFull(UvmError):
     """An explicit eviction found no room in the swap file; nothing was lost."""
+
+
+NO_MAPPING = ("this process has no memory mapping to spare (it is at vm.max_map_count, "
+              "{count} mappings): unmap memory or raise the sysctl")
+
+
+def map_count() -> int:
+    """The process's memory mappings now (each is a line of /proc/self/maps)."""
+    with open("/proc/self/maps", "rb") as f:
+        return sum(1 for _ in f)
 
 
 def stop_reason(err: int) -> str:

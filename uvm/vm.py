@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from uvm._binding import ffi, lib
 from uvm.balloon import BalloonChannel
-from uvm.errors import SwapFull, UvmError, VMStopped, stop_reason
+from uvm.errors import NO_MAPPING, SwapFull, UvmError, VMStopped, map_count, stop_reason
 from uvm.sizes import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -209,6 +209,18 @@ class VM:
             raise OSError(-r, f"VM {self.name!r}: {os.strerror(-r)}")
         return PAGE_STATES[r]
 
+    def page_map(self) -> bytes:
+        """The page map: one byte per PPN, read at one instant in one call: the pmap state
+        (PAGE_STATES' codes) in bits 0..2, and flags MAP_ZERO_SHARED (shared onto the zero
+        page), MAP_WATCHED (watched by idle sampling) and MAP_STOPPED (the VM was stopped).
+        uvm.pagemap draws it."""
+        out = ffi.new("uint8_t[]", max(1, self.pages))
+        with self._core() as m:
+            r = int(lib.vm_page_map(m, self._slot, out, self.pages))
+        if r < 0:
+            raise VMStopped(self.name, "the VM was destroyed")
+        return bytes(ffi.buffer(out, self.pages))
+
     @property
     def shares(self) -> int:
         """The VM's claim on memory beyond its min, relative to other VMs' (settable)."""
@@ -320,6 +332,10 @@ class VM:
         self._check_ppns(pages)
         with self._core() as m:
             r = int(fn(m, self._slot, ffi.new("uint64_t[]", pages), len(pages)))
+        if r == -errno.EMFILE:
+            raise OSError(-r, f"VM {self.name!r}: ballooning failed for a shared page: "
+                              + NO_MAPPING.format(count=map_count())
+                              + " (the other pages listed were ballooned)")
         if r < 0:
             raise OSError(-r, f"VM {self.name!r}: ballooning failed: {os.strerror(-r)}")
         return r
@@ -327,8 +343,11 @@ class VM:
     def _evicted(self, r: int) -> int:
         if r == -errno.ENOSPC:
             raise SwapFull(f"VM {self.name!r}: the swap file is full; the pages stay resident")
+        if r == -errno.EMFILE:
+            raise OSError(-r, f"VM {self.name!r}: eviction of a shared page failed: "
+                              + NO_MAPPING.format(count=map_count()))
         if r < 0:
-            raise OSError(-r, f"eviction failed: {errno.errorcode.get(-r, r)}")
+            raise OSError(-r, f"VM {self.name!r}: eviction failed: {os.strerror(-r)}")
         return int(r)
 
     def run(self, workload: Workload) -> Run:

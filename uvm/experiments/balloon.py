@@ -19,7 +19,6 @@ from typing import Any
 
 import uvm.guest
 from uvm.experiments.base import Experiment, Trial, pyplot
-from uvm.machine import Machine
 from uvm.sizes import PAGE_SIZE
 from workloads import FileCache
 
@@ -41,7 +40,7 @@ def measure(size_mib: int, p: dict[str, Any], ballooned_first: bool,
     sizes = {"configured": size_mib, "ballooned": p["large_mib"]}
     if ballooned_first:
         sizes = dict(reversed(sizes.items()))
-    with Machine(memory=f"{size_mib + p['large_mib'] + 16}MiB",
+    with trial.machine(memory=f"{size_mib + p['large_mib'] + 16}MiB",
                  seed=trial.seed_for("machine", size_mib)) as m:
         vms = {k: m.create_vm(k, memory=f"{mib}MiB") for k, mib in sizes.items()}
         for k, vm in vms.items():

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from uvm.experiments.base import Experiment, Trial, pyplot
-from uvm.machine import Machine
 from uvm.sharing import DomainPolicy
 from uvm.sizes import PAGE_SIZE, parse_size
 from workloads import OSImage
@@ -37,8 +36,8 @@ def params(quick: bool) -> dict[str, Any]:
 def measure(n: int, p: dict[str, Any], trial: Trial, share_domains: DomainPolicy = "all") -> dict[str, Any]:
     """Boots n VMs, shares until converged, returns the counts."""
     per_vm = sum(parse_size(p[k], k) for k in ("image", "private", "zeroed"))
-    with Machine(memory=n * per_vm + 32 * MIB, reclaim=False, seed=trial.seed_for("machine", n),
-                 share_domains=share_domains) as m:
+    with trial.machine(memory=n * per_vm + 32 * MIB, reclaim=False, seed=trial.seed_for("machine", n),
+                       share_domains=share_domains) as m:
         vms = [m.create_vm(f"vm{i}", memory=per_vm + 2 * MIB) for i in range(n)]
         runs = [vm.run(OSImage(image=p["image"], private=p["private"], zeroed=p["zeroed"],
                                     seed=trial.seed_for("vm", i)))
