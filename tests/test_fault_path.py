@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 import uvm
+from helpers import import_path
 
 PG = 4096
 PATHS = ["pager", "thread"]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def page_bytes(tag: int, ppn: int) -> bytes:
@@ -35,8 +35,8 @@ def pager_threads() -> int:
 
 
 def run_child(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Runs code in a fresh interpreter with this tree first on the path."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    """Runs code in a fresh interpreter that imports the uvm this process imported."""
+    env = dict(os.environ, PYTHONPATH=import_path())
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, text=True,
                           capture_output=True, timeout=timeout)
 
