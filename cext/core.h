@@ -1,7 +1,9 @@
 /* core.h: the machine's internal structures, shared by the C files of the core.
  *
  * Locking: one mutex (m->lock) guards everything below: pmaps, the frame table, the swap
- * map and the counters. The pagers, the reclaim thread and Python callers all take it.
+ * map and the counters. The pagers, the reclaim thread and Python callers all take it, and
+ * so does the SIGBUS handler of the in-thread fault path (sigfault.c), on whatever thread
+ * touched guest memory: so no code may touch a guest address while holding it.
  * Nothing here ever touches a registered guest address: data moves through the machine
  * view (an unregistered mapping of the whole memfd) or through heap buffers. */
 #ifndef UVM_CORE_H
@@ -121,6 +123,8 @@ struct machine {
     pthread_mutex_t lock;
     int memfd, uffd, stopfd;
     int user_mode;
+    int fault_path;         /* UVM_FAULT_PAGER or UVM_FAULT_THREAD */
+    void *lz4;              /* LZ4 compression state (nothing on the stack of a handler) */
     char *view;             /* machine view: the whole memfd, unregistered */
     uint64_t view_pages;
     uint64_t mpn_next;      /* MPN slices are handed out by bump allocation ... */
@@ -198,7 +202,7 @@ void swap_unalloc(struct swap *s, uint64_t unit, uint32_t n);
 void swap_free(struct swap *s, uint64_t unit, uint32_t len);
 int swap_write(struct machine *m, uint64_t unit, const char *buf, size_t len);
 int swap_read(struct machine *m, uint64_t unit, uint32_t len, char *page);
-int page_compress(const char *page, char *out);
+int page_compress(struct machine *m, const char *page, char *out);
 uint32_t swap_units(uint32_t len);
 
 /* evict.c */
@@ -233,15 +237,21 @@ int trans_slot_get(void);
 void trans_slot_put(int slot);
 void trans_begin(int slot, char *addr, uint64_t len);
 void trans_end(int slot);
-int live_add(char *start, uint64_t len);
+int live_add(char *start, uint64_t len, struct machine *owner);
 void live_remove(int slot);
+void live_quiesce(int slot);
 void guard_install(void);
 
 /* machine.c */
 int machine_held(struct machine *m);
 uint64_t now_ns(void);
 
+/* sigfault.c */
+int fault_signal(struct machine *m, uint64_t addr, void *uctx);
+
 /* pager.c */
+struct vm *vm_at(struct machine *m, uint64_t addr);
+int fault_serve(struct machine *m, struct vm *v, uint64_t addr, uint64_t flags);
 int pager_start(struct machine *m, const int *cpus);
 void pager_stop(struct machine *m);
 int uffd_poison(struct machine *m, char *addr, uint64_t len);

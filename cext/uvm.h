@@ -31,6 +31,9 @@
 
 struct machine;
 
+#define UVM_FAULT_PAGER 0
+#define UVM_FAULT_THREAD 1
+
 struct uvm_config {
     uint64_t frames;        /* machine memory M, in pages */
     uint64_t swap_bytes;    /* capacity of the swap file */
@@ -44,6 +47,9 @@ struct uvm_config {
     uint64_t swap_latency_ns; /* charged per swap read or write request (a disk); 0: none */
     uint64_t seed;          /* seeds the core's random choices (victims, sampling, sharing
                              * scan); 0: from the clock and pid */
+    int fault_path;         /* UVM_FAULT_PAGER: pager threads read userfaultfd events;
+                             * UVM_FAULT_THREAD: the faulting thread serves its own fault in
+                             * a SIGBUS handler (UFFD_FEATURE_SIGBUS; see sigfault.c) */
     int *swap_failed;       /* out, if not NULL: 1 when machine_open failed on the swap file
                                (its errno, e.g. EOPNOTSUPP, means something else there) */
 };
@@ -115,6 +121,9 @@ struct uvm_machine_stats {
 int machine_open(const struct uvm_config *cfg, struct machine **out);
 /* which userfaultfd a machine would get: 0 full (privileged), 1 user-mode only, or -errno. */
 int machine_uffd_mode(void);
+/* 1 if this build can serve faults in-thread (UVM_FAULT_THREAD needs the x86-64 page-fault
+ * error code to tell a fault's kind), else 0. */
+int fault_signal_supported(void);
 void machine_close(struct machine *m);
 void machine_stats(struct machine *m, struct uvm_machine_stats *st);
 void machine_snapshot(struct machine *m, struct uvm_machine_stats *st, const int *slots,

@@ -67,6 +67,7 @@ int vm_create(struct machine *m, uint64_t n, int *id, void **base)
     int r = 0, slot = -1;
     struct vm *v = calloc(1, sizeof *v);
     pte_t *pmap = calloc(n, sizeof *pmap);
+    guard_install();    /* again: a handler installed since (faulthandler) would get its faults */
     pthread_mutex_lock(&m->lock);
     if (!v || !pmap) {
         r = -ENOMEM;
@@ -112,7 +113,7 @@ int vm_create(struct machine *m, uint64_t n, int *id, void **base)
         slice_free(m, v->base, n);
         goto out;
     }
-    v->live = live_add(v->guest, n * PG);
+    v->live = live_add(v->guest, n * PG, m->fault_path == UVM_FAULT_THREAD ? m : NULL);
     if (v->live < 0) {
         r = v->live;
         munmap(v->guest, n * PG);
@@ -162,6 +163,7 @@ int vm_destroy(struct machine *m, int id)
     m->vms[id] = NULL;
     slice_free(m, v->base, v->npages);
     pthread_mutex_unlock(&m->lock);
+    live_quiesce(v->live);      /* no in-thread fault handler still looks at v */
     free(v->pmap);
     free(v);
     return 0;
