@@ -32,13 +32,14 @@ __all__ = ["REGISTRY", "Experiment", "MissingExtra", "Trial", "run"]
 
 def run(name: str, quick: bool, out: Path, log: Callable[[str], None], seed: int | None = None,
         repeat: int = 1,
-        shield: Callable[[], AbstractContextManager[None]] = nullcontext) -> dict[str, Any]:
+        shield: Callable[[], AbstractContextManager[None]] = nullcontext,
+        step: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """Runs experiment `name` `repeat` times (seeded with seed, seed+1, ...; default: a seed
     drawn and recorded), writes out/results.json and (with matplotlib) out/NAME.png; returns
     the results. Interrupted (KeyboardInterrupt), it first writes what was measured, its
     record marked partial, inside `shield()` (which keeps further signals out), then
     re-raises. Errors in `out` are ValueErrors naming --out, raised before the run
-    (uvm/experiments/runner.py)."""
+    (uvm/experiments/runner.py). `step`: where progress goes instead of a bar of its own."""
     if name not in REGISTRY:
         raise ValueError(f"experiment: must be one of {sorted(REGISTRY)}, got {name!r}")
-    return runner.run(REGISTRY[name], quick, out, log, seed, repeat, shield)
+    return runner.run(REGISTRY[name], quick, out, log, seed, repeat, shield, step)

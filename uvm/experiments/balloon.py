@@ -1,8 +1,9 @@
-"""The paper's ballooning experiment in shape (its dbench figure): a guest configured with X
+"""The paper's ballooning experiment (its Figure 2, dbench): a guest configured with X
 MiB of memory against a guest configured larger and ballooned down to X, at several X, both
 running the same file-cache workload (dbench-like: reads and small writes of files through
 the guest's page cache, over a virtual disk with a latency). The paper found the ballooned
-VM within 1.4% to 4.4% of the one configured with X; the target here is within 5%.
+VM 1.4% to 4.4% slower than the one configured with X (?); the target here is within 5%.
+The full run uses the paper's sizes: 256 MiB ballooned to 128..224 MiB.
 
 The machine is large enough that the host never pages, so the guest's memory (its page
 cache) alone sets the throughput. As in the paper, the large guest is ballooned down to X
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import uvm.guest
+from uvm.experiments import paper
 from uvm.experiments.base import Experiment, Trial, pyplot
 from uvm.machine import Machine
 from uvm.sizes import PAGE_SIZE
@@ -26,10 +28,51 @@ from workloads import FileCache
 MIB = 1 << 20
 
 
+PAPER = paper.Paper(
+    "Figure 2",
+    "dbench with 40 clients in a 256 MB Linux VM ballooned down to 128..224 MB, against a VM "
+    "configured with that size from the start (?)",
+    (paper.Number("ballooned VM slower, smallest", 1.4, "%", "slowdown_pct_min", uncertain=True),
+     paper.Number("ballooned VM slower, largest", 4.4, "%", "slowdown_pct_max", uncertain=True)))
+
+
 def params(quick: bool) -> dict[str, Any]:
-    return {"large_mib": 64, "sizes_mib": [24, 36, 48] if quick else [24, 32, 40, 48, 56],
-            "files": 12, "file_mib": 4, "warmup_s": 4.0 if quick else 6.0,
-            "measure_s": 6.0 if quick else 12.0, "disk_latency_s": 200e-6}
+    if quick:
+        return {"large_mib": 64, "sizes_mib": [24, 36, 48], "files": 12, "file_mib": 4,
+                "warmup_s": 4.0, "measure_s": 6.0, "disk_latency_s": 200e-6}
+    return {"large_mib": 256, "sizes_mib": [128, 160, 192, 224], "files": 48, "file_mib": 4,
+            "warmup_s": 10.0, "measure_s": 15.0, "disk_latency_s": 200e-6}
+
+
+def setup(p: dict[str, Any]) -> str:
+    scale = "the paper's sizes" if p["large_mib"] == 256 else \
+        f"scaled down to {p['large_mib'] / 256:.0%} of the paper's 256 MB"
+    return (f"a {p['large_mib']} MiB guest ballooned down to X = "
+            f"{', '.join(map(str, p['sizes_mib']))} MiB beside one configured with X ({scale}), "
+            f"both on one machine that never pages, running a dbench-like file-cache workload "
+            f"({p['files']} files of {p['file_mib']} MiB, zipf, disk latency "
+            f"{p['disk_latency_s'] * 1e6:.0f} us per request), measured over the same "
+            f"{p['measure_s']:g} s")
+
+
+def differs(results: dict[str, Any], medians: dict[str, float]) -> str:
+    """The ballooned guest's cost beside the paper's, with the direction as measured."""
+    lo, hi = medians.get("slowdown_pct_min"), medians.get("slowdown_pct_max")
+    if lo is None or hi is None:
+        return "No throughput was measured."
+    spread = f"{lo:+.1f}% to {hi:+.1f}%"
+    if hi < 1.0:
+        return (f"uvm's ballooned guest runs as fast as the configured one ({spread} slower, "
+                f"within the noise of two guests sharing two CPUs), where the paper measured "
+                f"1.4-4.4% (?): the cost the paper names, guest structures sized by the "
+                f"configured memory, is too small here to show in this workload's throughput.")
+    if hi <= 6.0:
+        return (f"uvm's ballooned guest is {spread} slower, in the paper's range of 1.4-4.4% "
+                f"(?): its kernel keeps structures sized by the configured memory, as the "
+                f"paper explains its cost.")
+    return (f"uvm's ballooned guest is {spread} slower, more than the paper's 1.4-4.4% (?): "
+            f"beyond the structures sized by configured memory, the balloon's pages take from "
+            f"the guest's page cache here, and this workload's throughput follows its cache.")
 
 
 def measure(size_mib: int, p: dict[str, Any], ballooned_first: bool,
@@ -103,7 +146,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     tp.plot(x, [r["ballooned"]["ops_per_s"] for r in rows], "s--",
             label=f"{results['params']['large_mib']} MiB ballooned to X")
     tp.set(xlabel="guest memory X (MiB)", ylabel="file-cache ops/s", title="Throughput", ylim=(0, None))
-    rel.bar(x, [r["diff_pct"] for r in rows], width=3)
+    rel.bar(x, [r["diff_pct"] for r in rows], width=(max(x) - min(x) + 8) / (3 * len(x)))
+    lo, hi = (n["value"] for n in results["paper"]["numbers"])
+    rel.axhspan(-hi, -lo, color="C3", alpha=0.2,
+                label=f"{paper.label(results, 'slowdown_pct_max')}: {lo:g}-{hi:g}% slower")
     rel.axhspan(-5, 5, color="C2", alpha=0.1, label="target: within 5%")
     rel.set(xlabel="guest memory X (MiB)", ylabel="ballooned vs configured (%)",
             title="Difference")
@@ -117,11 +163,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def figures(results: dict[str, Any]) -> dict[str, float | None]:
-    """The largest throughput difference, and the ballooned/configured ratio at each X."""
-    out: dict[str, float | None] = {"max_abs_diff_pct": results["max_abs_diff_pct"]}
+    """The largest throughput difference, the smallest and largest slowdown of the
+    ballooned guest (%, negative: faster), and the ballooned/configured ratio at each X."""
+    slow = [-r["diff_pct"] for r in results["rows"]]
+    out: dict[str, float | None] = {"max_abs_diff_pct": results["max_abs_diff_pct"],
+                                    "slowdown_pct_min": min(slow), "slowdown_pct_max": max(slow)}
     out.update({f"ratio_{r['size_mib']}mib": r["ratio"] for r in results["rows"]})
     return out
 
 
 EXPERIMENT = Experiment("balloon", "a guest ballooned down to X against one configured with X",
-                        params, run, plot, figures)
+                        params, run, plot, figures, PAPER, setup, differs)
