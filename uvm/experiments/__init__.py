@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from uvm.experiments import (balloon, balloon_vs_paging, idle_tax, reallocation, sharing,
-                             runner, side_channel, working_set)
+                             runner, sharing_real, side_channel, working_set)
 from uvm.experiments.base import Experiment, MissingExtra, Trial
 
-REGISTRY: dict[str, Experiment] = {e.name: e for e in (sharing.EXPERIMENT, balloon.EXPERIMENT,
+REGISTRY: dict[str, Experiment] = {e.name: e for e in (sharing.EXPERIMENT,
+                                                         sharing_real.EXPERIMENT,
+                                                         balloon.EXPERIMENT,
                                                          balloon_vs_paging.EXPERIMENT,
                                                          idle_tax.EXPERIMENT,
                                                          working_set.EXPERIMENT,

@@ -30,7 +30,7 @@ class Number:
     figure: str | None = None
     uncertain: bool = False
     source: str = "paper"
-    claim: str = ""             # the paper's words, for a number with none or a rough one
+    claim: str = ""             # the paper's words: a number's qualifier ("about"), or the claim
 
     def text(self) -> str:
         """The number as the report prints it, e.g. '1.4 to 4.4 % (?)' or '67 % (ESX 2.x
@@ -42,7 +42,7 @@ class Number:
         else:
             s = f"{self.value:g}{_unit(self.unit)}"
             if self.claim:
-                s = f"{self.claim} ({s})"
+                s = f"{self.claim} {s}"
         if self.source != "paper":
             s += f" ({self.source}, not the paper)"
         return f"{s} {UNCERTAIN}" if self.uncertain else s
