@@ -126,7 +126,8 @@ int64_t vm_evict_random(struct machine *m, int id, uint64_t n);
 int vm_set_limits(struct machine *m, int id, uint64_t min, uint64_t target);
 /* Ballooning: vm_balloon frees whatever backs the listed pages (frame, swap slot or shared
  * reference; nothing is written to swap) and marks them PM_BALLOONED; vm_unballoon returns
- * ballooned pages to PM_NONE (zero on next touch). Both return pages changed, or -errno. */
+ * ballooned pages to PM_NONE (zero on next touch). Both return pages changed, or -errno
+ * (vm_balloon: -errno if any page failed; the others are ballooned all the same). */
 int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n);
 int64_t vm_unballoon(struct machine *m, int id, const uint64_t *ppns, size_t n);
 

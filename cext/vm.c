@@ -341,18 +341,25 @@ static int balloon_one(struct machine *m, struct vm *v, uint64_t ppn)
 
 /* balloons the listed pages of VM id: their frames, swap slots and shared references are
  * freed with nothing written anywhere (the guest gave them up); returns pages newly
- * ballooned, or -errno if one failed before any was. */
+ * ballooned, or -errno if a page could not be (-EMFILE: a shared page, no mapping to spare
+ * to unshare it): every other listed page is ballooned all the same, and a page that failed
+ * keeps its state and content, so the caller learns of the failure and loses nothing. */
 int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n)
 {
     int64_t done = 0;
-    int err;
+    int err, failed = 0;
     pthread_mutex_lock(&m->lock);
     struct vm *v = vm_get_ppns(m, id, ppns, n, &err);
     for (size_t i = 0; v && !err && i < n; ) {
         uint64_t p = ppns[i];
         if (PTE_STATE(v->pmap[p]) != PM_RESIDENT) {
-            if (PTE_STATE(v->pmap[p]) != PM_BALLOONED && (err = balloon_one(m, v, p)) == 0)
-                done++;
+            if (PTE_STATE(v->pmap[p]) != PM_BALLOONED) {
+                int r = balloon_one(m, v, p);
+                if (r == 0)
+                    done++;
+                else if (!failed)
+                    failed = r;
+            }
             i++;
             continue;
         }
@@ -367,7 +374,7 @@ int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n)
         }
     }
     pthread_mutex_unlock(&m->lock);
-    return done ? done : err;
+    return err ? err : failed ? failed : done;
 }
 
 /* returns the listed ballooned pages of VM id to the guest (PM_NONE: a zero page on next

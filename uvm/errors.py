@@ -29,6 +29,16 @@ class SwapFull(UvmError):
     """An explicit eviction found no room in the swap file; nothing was lost."""
 
 
+NO_MAPPING = ("this process has no memory mapping to spare (it is at vm.max_map_count, "
+              "{count} mappings): unmap memory or raise the sysctl")
+
+
+def map_count() -> int:
+    """The process's memory mappings now (each is a line of /proc/self/maps)."""
+    with open("/proc/self/maps", "rb") as f:
+        return sum(1 for _ in f)
+
+
 def stop_reason(err: int) -> str:
     """Explains the errno with which the pager stopped a VM."""
     if err == errno.ENOSPC:

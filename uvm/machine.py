@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from uvm._binding import ffi, lib
-from uvm.errors import USERFAULTFD_HELP, UserfaultfdUnavailable, UvmError
+from uvm.errors import NO_MAPPING, USERFAULTFD_HELP, UserfaultfdUnavailable, UvmError, map_count
 from uvm.periods import check_period, check_seconds, next_tick
 from uvm.sharing import (DEFAULT_DOMAINS, DEFAULT_RATE, DEFAULT_VM_RATE, DomainPolicy, Salt,
                          ShareDomains, ShareScanner, check_rate, check_salt, scan, set_domain)
@@ -82,6 +82,17 @@ def _machine_dict(st: Any, scanner: ShareScanner | None,
     d["state"] = sched.state if sched else "unmanaged"
     d["tax_rate"] = sched.tax_rate if sched else None
     return d
+
+
+def _near_map_limit(margin: int = 64) -> bool:
+    """Whether the process is within `margin` mappings of vm.max_map_count (an mmap's ENOMEM
+    then means no mapping was left, not no address space)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+    except (OSError, ValueError):
+        return False
+    return map_count() >= limit - margin
 
 
 def overhead_bytes(pages: int) -> int:
@@ -310,6 +321,9 @@ class Machine:
                     set_domain(m, slot[0], domain)
             if r == -errno.EMFILE:
                 raise ValueError(f"name: too many VMs (at most {len(self._vms)} at once)")
+            if r == -errno.ENOMEM and _near_map_limit():
+                raise ValueError("memory: no mapping left for another VM: "
+                                 + NO_MAPPING.format(count=map_count()))
             if r in (-errno.EFBIG, -errno.ENOMEM):
                 raise ValueError(f"memory: no address space left for another "
                                  f"{format_size(pages * PAGE_SIZE)} VM")

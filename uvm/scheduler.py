@@ -21,6 +21,7 @@ only decides who gives memory back before it comes to that, and it may be late."
 
 from __future__ import annotations
 
+import errno
 import math
 import threading
 import time
@@ -80,7 +81,8 @@ class VMPolicyState:
     """What the scheduler last decided for one VM (shown in stats and the live view)."""
     target: int
     allocated: int = 0
-    reclaim: str = "none"       # none, balloon, paging or both: how it gave memory last tick
+    reclaim: str = "none"       # none, balloon, paging or both (swap-full, swap-error or
+                                # map-limit: its paging failed, the pages stayed): last tick
     paged: int = 0              # pages the scheduler paged out of it, in all
 
 
@@ -234,6 +236,13 @@ class MemoryScheduler:
                 continue
             except VMStopped:
                 continue                        # destroyed meanwhile
+            except OSError as e:
+                # the victims stay resident; try again next tick. EIO: the swap device failed
+                # the write (swap_errors counts it); EMFILE: no mapping left to unshare one
+                if e.errno not in (errno.EIO, errno.EMFILE):
+                    raise
+                ps.reclaim = "swap-error" if e.errno == errno.EIO else "map-limit"
+                continue
             budget -= paged
             ps.paged += paged
             ps.reclaim = "both" if ps.reclaim == "balloon" else "paging" if paged else ps.reclaim

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from uvm._binding import ffi, lib
 from uvm.balloon import BalloonChannel
-from uvm.errors import SwapFull, UvmError, VMStopped, stop_reason
+from uvm.errors import NO_MAPPING, SwapFull, UvmError, VMStopped, map_count, stop_reason
 from uvm.sizes import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class VM:
     def stats(self) -> dict[str, Any]:
         """Counters: pages, resident, swapped, zero, ballooned, faults by kind, swap-ins,
         swap-outs...; balloon_target, balloon_size, balloon_paged (paged instead),
-        balloon_errors and balloon_error; shares, min, max and blocked; with a
+        balloon_pops, balloon_errors and balloon_error; shares, min, max and blocked; with a
         memory policy, target, allocated, active (f), reclaim and host_paged; and with a
         guest OS its own counters (guest_free, guest_cache, guest_swapins, ...)."""
         return self._with_guest(vm_dict(self._core_stats()))
@@ -134,8 +134,8 @@ class VM:
         return st
 
     def _with_guest(self, d: dict[str, Any]) -> dict[str, Any]:
-        """Adds the balloon's (balloon_target, balloon_size, balloon_paged, balloon_errors,
-        balloon_error), the memory policy's (shares, min, max, target, allocated,
+        """Adds the balloon's (balloon_target, balloon_size, balloon_paged, balloon_pops,
+        balloon_errors, balloon_error), the memory policy's (shares, min, max, target, allocated,
         active, reclaim, blocked) and the guest OS's counters (guest_free, guest_cache,
         guest_swapins, ...) to the host's."""
         d.update(self.balloon.stats())
@@ -320,6 +320,10 @@ class VM:
         self._check_ppns(pages)
         with self._core() as m:
             r = int(fn(m, self._slot, ffi.new("uint64_t[]", pages), len(pages)))
+        if r == -errno.EMFILE:
+            raise OSError(-r, f"VM {self.name!r}: ballooning failed for a shared page: "
+                              + NO_MAPPING.format(count=map_count())
+                              + " (the other pages listed were ballooned)")
         if r < 0:
             raise OSError(-r, f"VM {self.name!r}: ballooning failed: {os.strerror(-r)}")
         return r
@@ -327,8 +331,11 @@ class VM:
     def _evicted(self, r: int) -> int:
         if r == -errno.ENOSPC:
             raise SwapFull(f"VM {self.name!r}: the swap file is full; the pages stay resident")
+        if r == -errno.EMFILE:
+            raise OSError(-r, f"VM {self.name!r}: eviction of a shared page failed: "
+                              + NO_MAPPING.format(count=map_count()))
         if r < 0:
-            raise OSError(-r, f"eviction failed: {errno.errorcode.get(-r, r)}")
+            raise OSError(-r, f"VM {self.name!r}: eviction failed: {os.strerror(-r)}")
         return int(r)
 
     def run(self, workload: Workload) -> Run:
