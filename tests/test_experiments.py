@@ -38,11 +38,16 @@ def test_sharing_experiment_quick(tmp_path: Path, capsys) -> None:  # type: igno
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     rows = results["rows"]
     assert [r["vms"] for r in rows] == [1, 2, 3, 4]
-    # one VM shares only zero pages; from two on, the image is shared and savings grow
-    assert rows[0]["sharing"] == rows[0]["zero_shared"] or rows[0]["shared_pct"] < 25
+    # one VM shares zero pages and its own duplicates (the program's code, in the page cache
+    # and in the process); from two on, the image is shared and savings grow
+    assert 0 < rows[0]["zero_shared"] < rows[0]["sharing"]
     saved = [r["saved"] for r in rows]
     assert saved == sorted(saved) and saved[-1] > 2 * saved[0]
     assert all(r["shared_pct"] > 50 for r in rows[1:])
+    # the background scanner finds sharing over time, before any full pass
+    found = results["found"]["4"]
+    assert found[-1]["shared_pct"] > found[0]["shared_pct"] + 10
+    assert results["paper"]["figure"] == "Figure 4"
     printed = capsys.readouterr().out
     assert "saved %" in printed and str(rows[-1]["zero_shared"]) in printed
 

@@ -99,8 +99,9 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, only: str | Iterable[str] 
                 except KeyboardInterrupt:
                     raise
                 except Exception as e:     # noqa: BLE001 - recorded; the others still run
-                    outcome.status[name] = f"failed: {type(e).__name__}: {e}"
-                    log(f"{name} failed: {type(e).__name__}: {e}")
+                    first = str(e).splitlines()[0] if str(e) else ""
+                    outcome.status[name] = f"failed: {type(e).__name__}: {first}"
+                    log(f"{name} failed: {type(e).__name__}: {first}")
                     log("".join(traceback.format_exception(e)).rstrip())
                     continue
                 outcome.status[name] = "done"
