@@ -71,10 +71,12 @@ def test_balloon_experiment_quick(tmp_path: Path, capsys) -> None:  # type: igno
         # the ballooned guest really gave up L - X, and the host never paged either guest
         assert ball["balloon_pages"] * 4096 == (ball["vm_mib"] - r["size_mib"]) << 20
         assert conf["host_swapouts"] == ball["host_swapouts"] == 0
-        # same accesses, same usable memory: the same cache behaviour (throughput is timing,
-        # reported by the experiment, not asserted here)
-        assert abs(conf["misses"] - ball["misses"]) <= 0.1 * conf["misses"]
-        assert conf["ops_per_s"] > 0 and ball["ops_per_s"] > 0
+        # the page-frame array is sized by configured memory: the ballooned guest's is larger
+        assert ball["memmap_pages"] > conf["memmap_pages"] > 0
+        # same accesses, nearly the same usable memory: nearly the same cache behaviour
+        # (throughput is timing, reported by the experiment, not asserted here)
+        assert abs(conf["miss_rate"] - ball["miss_rate"]) <= 0.15 * conf["miss_rate"]
+        assert conf["ops"] > 100 and ball["ops"] > 100
     assert "largest difference" in capsys.readouterr().out
 
 
