@@ -166,7 +166,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                    label=f"{name}: allocated")
         alloc.plot(t, [r[name]["target"] * PAGE_SIZE / MIB for r in tl], color=f"C{i}", ls="--",
                    label=f"{name}: target")
-    tput.plot(t, [r["busy"]["ops_per_s"] / 1e6 for r in tl], color="C0")
+    tput.plot(t, [r["busy"]["ops_per_s"] for r in tl], color="C0")
     phase, vm_mib = results["params"]["phase_s"], results["params"]["vm_mib"]
     split = paper.value(results, "busy_mib_tau_0")
     if split is not None:         # the paper's even split, scaled to this run's VM size
@@ -175,7 +175,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                            f"each" + ("" if vm_mib == 256 else ", scaled"))
     gain = paper.value(results, "gain_pct")
     if gain is not None and results.get("phases"):
-        base = results["phases"][0]["busy_ops_per_s"] / 1e6
+        base = results["phases"][0]["busy_ops_per_s"]
         tput.hlines(base * (1 + gain / 100), phase, 2 * phase, color="C3", ls="-.",
                     label=f"{paper.label(results, 'gain_pct')}: +{gain:g}% over tau = 0")
         tput.legend(fontsize=8, loc="upper left")
@@ -187,7 +187,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     alloc.set(ylabel="machine memory (MiB)", ylim=(0, None),
               title="Idle memory tax: two VMs, equal shares, one busy and one idle")
     alloc.legend(loc="center right", fontsize=8)
-    tput.set(xlabel="time (s)", ylabel="busy VM Mops/s", ylim=(0, None))
+    tput.set(xlabel="time (s)", ylabel="busy VM file ops/s", ylim=(0, None))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
