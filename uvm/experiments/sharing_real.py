@@ -1,4 +1,4 @@
-"""Real-world sharing (the paper's table of production servers, next to its Figure 4): how
+"""Real-world sharing (the paper's table of production servers, its Figure 5 (?)): how
 much the memory of real programs shares when each is a VM.
 
 Each mix is a set of programs installed on this machine (uvm/experiments/procmem.py), each
