@@ -53,7 +53,7 @@ PAPER = paper.Paper(
 def params(quick: bool) -> dict[str, Any]:
     return {"max_vms": 4 if quick else 10, "vm_mib": 40, "image": "16MiB", "program": "2MiB",
             "input": "1MiB", "arena": "8MiB", "share_rate_vm": 1024.0,
-            "scan_s": 6.0 if quick else 15.0, "every_s": 0.5, "run_seconds": 0.5 if quick else 1.0}
+            "scan_s": 4.0 if quick else 15.0, "every_s": 0.5, "run_seconds": 0.5 if quick else 1.0}
 
 
 def setup(p: dict[str, Any]) -> str:
