@@ -48,6 +48,7 @@ struct vm {
     int stopped;            /* 0, or errno: faults of a stopped VM are poisoned */
     uint64_t min, target;   /* the memory scheduler's: evict from VMs above target first */
     uint32_t domain;        /* sharing domain: pages merge only with pages of the same one */
+    uint64_t low;           /* pages re-mapped into low frames (PM_LOW) */
     struct uvm_vm_stats st;
 };
 
@@ -131,6 +132,7 @@ struct machine {
     uint64_t *frames;       /* frame table: nresident live entries */
     uint64_t nshared;       /* shared frames (content-based page sharing) */
     struct share share;
+    struct { uint64_t base, n, nfree, used; uint32_t *free; } low;     /* lowmem.c */
 
     struct vm *vms[MAX_VMS];
     int nvms;
@@ -172,8 +174,14 @@ struct machine {
 /* returns frames the budget still allows (private and shared frames both count). */
 static inline uint64_t frames_free(const struct machine *m)
 {
-    return m->nframes - m->nresident - m->nshared;
+    return m->nframes - m->nresident - m->nshared - m->low.used;
 }
+
+/* lowmem.c */
+int lowmem_release(struct machine *m, struct vm *v, uint64_t ppn);
+void lowmem_drop(struct machine *m, struct vm *v, uint64_t ppn);
+int lowmem_check(struct machine *m);
+void lowmem_fini(struct machine *m);
 
 /* frame.c */
 int frame_add(struct machine *m, struct vm *v, uint64_t ppn);
@@ -213,6 +221,8 @@ void share_drop(struct machine *m, struct vm *v, uint64_t ppn);
 int share_evict(struct machine *m, struct vm *v, uint64_t ppn);
 int share_release(struct machine *m, struct vm *v, uint64_t ppn);
 int share_at_home(struct vm *v, uint64_t ppn);
+int share_remap(struct machine *m, char *a, uint64_t n, uint64_t mpn, int *replaced);
+void share_premap(struct machine *m, char *a, uint64_t n);
 int share_fault_home(struct machine *m, struct vm *v, uint64_t ppn, uint64_t flags);
 char *sframe_addr(struct machine *m, uint64_t s);
 

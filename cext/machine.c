@@ -198,6 +198,7 @@ void machine_close(struct machine *m)
         close(m->memfd);
     swap_close(&m->swap);
     share_fini(m);
+    lowmem_fini(m);
     free(m->frames);
     free(m->zbuf);
     free(m->cbuf);
@@ -212,7 +213,7 @@ static void stats_locked(struct machine *m, struct uvm_machine_stats *st)
 {
     *st = m->st;
     st->frames_total = m->nframes;
-    st->frames_used = m->nresident + m->nshared;
+    st->frames_used = m->nresident + m->nshared + m->low.used;
     st->frames_free = frames_free(m);
     st->swap_capacity = m->swap.capacity;
     st->swap_pages = m->swap.pages;

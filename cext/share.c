@@ -305,6 +305,14 @@ static int remap(struct machine *m, char *a, uint64_t n, uint64_t mpn, int *repl
     return r;
 }
 
+/* remap for another subsystem (lowmem.c: a page into a low frame and back), with the
+ * guard installed; returns 0 or -errno as remap does. */
+int share_remap(struct machine *m, char *a, uint64_t n, uint64_t mpn, int *replaced)
+{
+    guard_install();
+    return remap(m, a, n, mpn, replaced);
+}
+
 /* The application shares the mapping limit: it may add thousands of mappings of its own
  * after the machine was created, so the estimate is refreshed by a real count before a scan
  * pass. Counting reads /proc/self/maps, whose cost grows with the mappings (milliseconds at
@@ -338,6 +346,12 @@ static void premap(struct machine *m, char *a, uint64_t n, int wp)
     struct uffdio_continue c = { .range = { (uint64_t)a, n * PG },
                                  .mode = wp ? UFFDIO_CONTINUE_MODE_WP : 0 };
     ioctl(m->uffd, UFFDIO_CONTINUE, &c);
+}
+
+/* maps n re-mapped pages at a writable (their memfd pages exist) and wakes their waiters. */
+void share_premap(struct machine *m, char *a, uint64_t n)
+{
+    premap(m, a, n, 0);
 }
 
 static int wp_set(struct machine *m, char *a, uint64_t n, int on)

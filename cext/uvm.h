@@ -13,6 +13,7 @@
 #define PM_ZERO 3       /* known to be all zeros: costs neither a frame nor a slot */
 #define PM_SHARED 4     /* mapped copy-on-write onto a shared frame */
 #define PM_BALLOONED 5  /* given to the host by the guest's balloon: no frame, no slot */
+#define PM_LOW 6        /* re-mapped into a low frame, which devices can reach (lowmem.c) */
 
 /* fault injection points (machine_inject) */
 #define INJECT_SWAP_WRITE 1  /* the next n swap writes fail with EIO */
@@ -130,6 +131,13 @@ int vm_set_limits(struct machine *m, int id, uint64_t min, uint64_t target);
  * (vm_balloon: -errno if any page failed; the others are ballooned all the same). */
 int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n);
 int64_t vm_unballoon(struct machine *m, int id, const uint64_t *ppns, size_t n);
+
+/* I/O page remapping (lowmem.c): machine_lowmem reserves n low frames (before any VM);
+ * vm_lowmem_remap moves a resident page into one (1, or 0 if none is free; -EAGAIN if the
+ * page is not resident); machine_lowmem_stats gives the pool's size and free frames. */
+int machine_lowmem(struct machine *m, uint64_t n);
+int vm_lowmem_remap(struct machine *m, int id, uint64_t ppn);
+int machine_lowmem_stats(struct machine *m, uint64_t *total, uint64_t *nfree);
 
 /* Sharing domains: a page merges only with pages of VMs of the same domain (0..2^31-1; 0 is
  * the default, every VM in one domain). Set before the scanner first looks at the VM:

@@ -155,6 +155,8 @@ int vm_destroy(struct machine *m, int id)
             swap_free(&m->swap, PTE_VAL(e), PTE_LEN(e));
         else if (PTE_STATE(e) == PM_SHARED)
             share_drop(m, v, p);
+        else if (PTE_STATE(e) == PM_LOW)
+            lowmem_drop(m, v, p);
     }
     m->vms[id] = NULL;
     slice_free(m, v->base, v->npages);
@@ -204,7 +206,8 @@ void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st)
     struct vm *v = vm_get(m, id);
     if (v) {
         *st = v->st;
-        st->zero = v->npages - v->st.resident - v->st.swapped - v->st.sharing - v->st.ballooned;
+        st->zero = v->npages - v->st.resident - v->st.swapped - v->st.sharing - v->st.ballooned -
+                   v->low;
     } else {
         memset(st, 0, sizeof *st);
     }
@@ -331,6 +334,10 @@ static int balloon_one(struct machine *m, struct vm *v, uint64_t ppn)
         v->st.swapped--;
     } else if (PTE_STATE(e) == PM_SHARED) {
         int r = share_release(m, v, ppn);
+        if (r)
+            return r;
+    } else if (PTE_STATE(e) == PM_LOW) {
+        int r = lowmem_release(m, v, ppn);
         if (r)
             return r;
     }

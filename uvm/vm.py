@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from uvm._binding import ffi, lib
 from uvm.balloon import BalloonChannel
+from uvm.iomap import IoRemap
 from uvm.errors import NO_MAPPING, SwapFull, UvmError, VMStopped, map_count, stop_reason
 from uvm.sizes import PAGE_SIZE
 
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
     from workloads.base import Run, Workload
 
 PAGE_STATES = {lib.PM_NONE: "none", lib.PM_RESIDENT: "resident", lib.PM_SWAPPED: "swapped",
-               lib.PM_ZERO: "zero", lib.PM_SHARED: "shared", lib.PM_BALLOONED: "ballooned"}
+               lib.PM_ZERO: "zero", lib.PM_SHARED: "shared", lib.PM_BALLOONED: "ballooned",
+               lib.PM_LOW: "low"}
 
 VM_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_vm_stats").fields]
 DEFAULT_SHARES = 1000
@@ -84,6 +86,7 @@ class VM:
         self._memory = memoryview(ffi.buffer(base, self.size))
         self.os: GuestOS | None = None      # the toy guest OS, once booted (uvm.guest.boot)
         self.balloon = BalloonChannel(self)
+        self.io = IoRemap(self)             # bounce copies and I/O page remapping
 
     def __repr__(self) -> str:
         return f"<VM {self.name!r} {self.size >> 20} MiB>"
@@ -200,8 +203,8 @@ class VM:
         self._share_rate = None if rate is None else check_rate(rate, "share_rate")
 
     def page_state(self, ppn: int) -> str:
-        """The pmap state of one page: 'none', 'resident', 'swapped', 'zero', 'shared' or
-        'ballooned'."""
+        """The pmap state of one page: 'none', 'resident', 'swapped', 'zero', 'shared',
+        'ballooned' or 'low' (re-mapped into low memory: uvm/iomap.py)."""
         self._check_ppns([ppn], "ppn")
         with self._core() as m:
             r = lib.vm_page_state(m, self._slot, ppn)

@@ -16,8 +16,8 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from uvm.experiments import (balloon, balloon_vs_paging, idle_tax, reallocation, sharing,
-                             runner, sharing_real, side_channel, working_set)
+from uvm.experiments import (balloon, balloon_vs_paging, idle_tax, io_remap, reallocation,
+                             runner, sharing, sharing_real, side_channel, working_set)
 from uvm.experiments.base import Experiment, MissingExtra, Trial
 
 REGISTRY: dict[str, Experiment] = {e.name: e for e in (sharing.EXPERIMENT,
@@ -27,7 +27,8 @@ REGISTRY: dict[str, Experiment] = {e.name: e for e in (sharing.EXPERIMENT,
                                                          idle_tax.EXPERIMENT,
                                                          working_set.EXPERIMENT,
                                                          reallocation.EXPERIMENT,
-                                                         side_channel.EXPERIMENT)}
+                                                         side_channel.EXPERIMENT,
+                                                         io_remap.EXPERIMENT)}
 
 __all__ = ["REGISTRY", "Experiment", "MissingExtra", "Trial", "run"]
 

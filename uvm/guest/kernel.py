@@ -186,6 +186,7 @@ class GuestOS:
                 # it out again
                 double += self.vm.page_state(ppn) == "swapped"
                 writes.append((block, self.vm.read(ppn * PAGE_SIZE, PAGE_SIZE)))
+            self.vm.io.dma([ppn for _, ppn in victims])
             self.disk.write(writes)
         except BaseException:
             for block in blocks:
@@ -205,6 +206,7 @@ class GuestOS:
         the allocation or the copy fails, the block keeps the page and no page is taken."""
         with self.lock:
             ppn = self.alloc_filled(self.disk.read(block))
+            self.vm.io.dma([ppn])
             self.disk.free(block)
             self.swapins += 1
             self.swap_used -= 1

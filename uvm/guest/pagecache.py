@@ -121,12 +121,15 @@ class PageCache:
                 else:
                     runs.append([index])
             data = [self.os.disk.read_run(f.blocks[run[0]], len(run)) for run in runs]
+            filled: list[int] = []
             for run, blob in zip(runs, data):
                 for k, index in enumerate(run):
                     page = blob[k * PAGE_SIZE:(k + 1) * PAGE_SIZE]
                     self.misses += 1
-                    self.pages[(f, index)] = CachePage(self.os.alloc_filled(page))
+                    filled.append(self.os.alloc_filled(page))
+                    self.pages[(f, index)] = CachePage(filled[-1])
                     out[index - first] = page
+            self.os.vm.io.dma(filled)       # the device's transfer into those pages
             return b"".join(out)
 
     def _page(self, f: File, index: int, whole: bool) -> CachePage:
@@ -142,8 +145,11 @@ class PageCache:
             return cp
         self.misses += 1
         # read before taking a page: a failed read leaves the cache as it was
-        cp = CachePage(self.os.alloc_page() if whole
-                       else self.os.alloc_filled(self.os.disk.read(f.blocks[index])))
+        if whole:
+            cp = CachePage(self.os.alloc_page())
+        else:
+            cp = CachePage(self.os.alloc_filled(self.os.disk.read(f.blocks[index])))
+            self.os.vm.io.dma([cp.ppn])
         self.pages[key] = cp
         return cp
 
@@ -165,6 +171,7 @@ class PageCache:
 
     def _writeback(self, victims: list[tuple[tuple[File, int], CachePage]]) -> None:
         """Writes the pages to their blocks in one request; they stay dirty if it fails."""
+        self.os.vm.io.dma([cp.ppn for _, cp in victims])
         self.os.disk.write([(f.blocks[i], self.os.vm.read(cp.ppn * PAGE_SIZE, PAGE_SIZE))
                             for (f, i), cp in victims])
         for _, cp in victims:
