@@ -225,7 +225,7 @@ def _compare(number: dict[str, Any], median: float) -> str:
     """uvm's median against the paper's number, in a few words."""
     v = number["value"]
     if v is None:
-        return f"the paper gives a shape: {number['claim']}"
+        return "the paper gives no number"
     if isinstance(v, list):
         lo, hi = v
         where = "within" if lo <= median <= hi else "above" if median > hi else "below"
