@@ -3,6 +3,7 @@ stops at once with the reason (it never skips itself into green)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,23 @@ import pytest
 
 import uvm
 from uvm.errors import UserfaultfdUnavailable
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (whole experiments, a full default "
+                          "run, a Ray cluster): the whole suite, as CI runs it")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Plain `pytest` is the quick suite: tests marked slow are deselected (reported as
+    such, never skipped into green) unless --slow is given or UVM_STRESS is set."""
+    if config.getoption("--slow") or os.environ.get("UVM_STRESS"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 def pytest_configure(config: pytest.Config) -> None:

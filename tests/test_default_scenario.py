@@ -6,6 +6,8 @@ timeline holds the same samples) and fails if that mechanism did nothing."""
 
 from __future__ import annotations
 
+import pytest
+
 import hashlib
 import subprocess
 import time
@@ -38,6 +40,7 @@ def line_shared_nonzero(v: dict[str, Any]) -> int:
     return int(v["sharing_pages"]) - int(v["zero_shared_pages"])
 
 
+@pytest.mark.slow
 def test_default_run_shows_every_mechanism(tmp_path: Path) -> None:
     out = tmp_path / "default.jsonl"
     r = subprocess.run(uvm_cmd("run", "--json", str(out)), capture_output=True, text=True,

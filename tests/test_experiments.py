@@ -29,6 +29,7 @@ def read_results(path: Path) -> dict[str, Any]:
     return results
 
 
+@pytest.mark.slow
 def test_sharing_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["experiment", "sharing", "--quick", "--out", str(tmp_path), "--seed", "3"]) == 0
     results = read_results(tmp_path)
@@ -60,6 +61,7 @@ def test_unknown_experiment_is_a_usage_error(capsys) -> None:  # type: ignore[no
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_balloon_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["experiment", "balloon", "--quick", "--out", str(tmp_path)]) == 0
     results = read_results(tmp_path)
@@ -80,6 +82,7 @@ def test_balloon_experiment_quick(tmp_path: Path, capsys) -> None:  # type: igno
     assert "largest difference" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_io_remap_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["experiment", "io-remap", "--quick", "--out", str(tmp_path)]) == 0
     results = read_results(tmp_path)
@@ -96,6 +99,7 @@ def test_io_remap_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ign
     assert "fewer copies per op" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_balloon_vs_paging_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["experiment", "balloon-vs-paging", "--quick", "--out", str(tmp_path)]) == 0
     results = read_results(tmp_path)
@@ -112,6 +116,7 @@ def test_balloon_vs_paging_experiment_quick(tmp_path: Path, capsys) -> None:  # 
     assert "double" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_idle_tax_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["experiment", "idle-tax", "--quick", "--out", str(tmp_path)]) == 0
     results = read_results(tmp_path)
@@ -130,6 +135,7 @@ def test_idle_tax_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ign
     assert "throughput at tau = 0.75" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_working_set_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["experiment", "working-set", "--quick", "--out", str(tmp_path)]) == 0
     results = read_results(tmp_path)
@@ -145,6 +151,7 @@ def test_working_set_experiment_quick(tmp_path: Path, capsys) -> None:  # type: 
     assert "within 10 pts" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_reallocation_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["experiment", "reallocation", "--quick", "--out", str(tmp_path)]) == 0
     results = read_results(tmp_path)
@@ -265,6 +272,7 @@ def test_sigterm_mid_experiment_saves_partial_results_without_matplotlib(tmp_pat
     assert list(out.iterdir()) == [out / "results.json"]
 
 
+@pytest.mark.slow
 def test_side_channel_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     """The attack reads the victim's pages across VMs and is reduced to chance by salts.
     Bounds: across VMs only a private write delayed past the threshold (~5 us, against ~1 us

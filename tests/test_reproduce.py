@@ -110,6 +110,7 @@ def test_bad_arguments_are_one_line(args: list[str], field: str, capsys: Any) ->
     assert err.startswith(f"uvm: error: {field}: ") and err.count("\n") == 1, err
 
 
+@pytest.mark.slow
 def test_reproduce_quick_sharing_real(tmp_path: Path, capsys: Any) -> None:
     """The real thing, quick, with the fastest experiment: a row per paper number, the
     paper's numbers in both formats, the HTML self-contained."""

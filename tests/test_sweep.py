@@ -280,6 +280,7 @@ def session_pids(pgid: int) -> set[int]:
     return out
 
 
+@pytest.mark.slow
 def test_ray_sweep_gives_the_same_rows(ray_head: tuple[str, dict[str, str], int],
                                        local_sweep: Path, tmp_path: Path) -> None:
     address, env, pgid = ray_head
@@ -335,6 +336,7 @@ def test_ray_unreachable_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_an_experiment_sweeps_over_seeds(tmp_path: Path) -> None:
     """An experiment trial runs through the experiment runner's trial (results filled as it
     measures, its key figures under "figures"): each row has the experiment's figures and a
