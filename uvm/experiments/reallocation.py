@@ -72,9 +72,11 @@ def differs(results: dict[str, Any], medians: dict[str, float]) -> str:
     end = results["timeline"][-1]["state"] if results.get("timeline") else "?"
     text = (f"The paper's figure is a trace, not a number: uvm's run went through "
             f"{', '.join(seen)} and ended {end}")
+    spent = ", ".join(f"{s} {medians.get(f'time_in_{s}_s', 0):.0f} s" for s in STATES)
+    text += f" ({spent})"
     if "hard" in seen or "low" in seen:
-        text += ("; it paged (hard) besides ballooning because guests start faster than "
-                 "balloons inflate at uvm's short periods")
+        text += ("; uvm paged (hard) as well as ballooning: free memory fell below 2% before "
+                 "the balloons had taken enough back")
     return text + "."
 
 def start_vm(m: Machine, name: str, p: dict[str, Any], trial: Trial) -> VM:
