@@ -218,6 +218,8 @@ int share_init(struct machine *m);
 void share_fini(struct machine *m);
 int share_cow(struct machine *m, struct vm *v, uint64_t ppn);
 void share_drop(struct machine *m, struct vm *v, uint64_t ppn);
+void share_forget(struct machine *m, struct vm *v);
+uint64_t share_saved(struct machine *m, struct vm *v);
 int share_evict(struct machine *m, struct vm *v, uint64_t ppn);
 int share_release(struct machine *m, struct vm *v, uint64_t ppn);
 int share_at_home(struct vm *v, uint64_t ppn);

@@ -143,6 +143,19 @@ int machine_check(struct machine *m)
     }
     if (!r && live != m->nshared)
         r = -EUCLEAN;
+    uint64_t hints[MAX_VMS] = { 0 }, all = 0;
+    for (uint64_t i = 0; !r && m->share.tab && i <= m->share.mask; i++) {
+        uint64_t val = m->share.tab[i].val;
+        if (SE_KIND(val) == SE_HINT) {
+            hints[FT_SLOT(SE_PAYLOAD(val)) % MAX_VMS]++;
+            all++;
+        }
+    }
+    for (int s = 0; !r && s < MAX_VMS; s++)
+        if (hints[s] != (m->vms[s] ? m->vms[s]->st.hints : 0))
+            r = -EUCLEAN;
+    if (!r && all != m->st.hints)
+        r = -EUCLEAN;
     if (!r)
         r = slices_check(m);
     if (!r)

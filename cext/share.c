@@ -510,7 +510,8 @@ static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t 
     uint64_t h = domain_key(page_hash(page), v->domain);
     struct share_entry *e = tab_find(sh, h);
     if (!e) {
-        tab_insert(sh, h, SE_HINT | (FT_MAKE(v->slot, ppn) << 2), &m->st.hints);
+        if (tab_insert(sh, h, SE_HINT | (FT_MAKE(v->slot, ppn) << 2), &m->st.hints) == 0)
+            v->st.hints++;
         return;
     }
     if (SE_KIND(e->val) == SE_SHARED) {
@@ -529,6 +530,9 @@ static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t 
     struct vm *v2;
     uint64_t p2;
     if (!hint_valid(m, payload, h, v->domain, &v2, &p2)) {
+        if (v2)
+            v2->st.hints--;
+        v->st.hints++;
         e->val = SE_HINT | (FT_MAKE(v->slot, ppn) << 2);    /* stale: the hint is ours now */
         return;
     }
@@ -545,6 +549,7 @@ static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t 
     memcpy(sframe_addr(m, (uint64_t)s), page, PG);
     sh->sf[s].domain = v->domain;
     m->st.hints--;
+    v2->st.hints--;
     e->val = SE_SHARED | ((uint64_t)s << 2);
     m->st.hint_hits++;
     queue_merge(sc, v2, p2, (uint64_t)s);
@@ -733,6 +738,43 @@ int share_fault_home(struct machine *m, struct vm *v, uint64_t ppn, uint64_t fla
     frame_add(m, v, ppn);
     cow_broken(m, v, s);
     return 0;
+}
+
+/* removes every hint naming a page of v (the VM is being destroyed), so that each hint
+ * in the table counts for a live VM (st.hints, esxtop's COW hint). */
+void share_forget(struct machine *m, struct vm *v)
+{
+    struct share *sh = &m->share;
+    for (uint64_t i = 0; sh->tab && i <= sh->mask; i++) {
+        struct share_entry *e = &sh->tab[i];
+        if (SE_KIND(e->val) != SE_HINT ||
+            FT_SLOT(SE_PAYLOAD(e->val)) != v->slot)
+            continue;
+        e->val = SE_TOMB;
+        sh->used--;
+        sh->tombs++;
+        m->st.hints--;
+    }
+    v->st.hints = 0;
+    if (sh->tab && sh->tombs > (sh->mask + 1) / 4)
+        tab_rebuild(sh);
+}
+
+/* returns the frames v's shared pages save: a page on a shared frame with r sharers saves
+ * (r - 1) / r of a frame (summed in 1/65536ths, rounded down). Walks the pmap only as far
+ * as its last shared page; caller holds m->lock. */
+uint64_t share_saved(struct machine *m, struct vm *v)
+{
+    uint64_t left = v->st.sharing, saved = 0;
+    for (uint64_t p = 0; left && p < v->npages; p++) {
+        pte_t e = v->pmap[p];
+        if (PTE_STATE(e) != PM_SHARED)
+            continue;
+        uint64_t r = m->share.sf[PTE_VAL(e)].refs;
+        saved += r ? ((r - 1) << 16) / r : 0;
+        left--;
+    }
+    return saved >> 16;
 }
 
 /* drops (v, ppn)'s reference to its shared frame (the VM is being destroyed). */

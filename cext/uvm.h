@@ -15,6 +15,12 @@
 #define PM_BALLOONED 5  /* given to the host by the guest's balloon: no frame, no slot */
 #define PM_LOW 6        /* re-mapped into a low frame, which devices can reach (lowmem.c) */
 
+/* page map bytes (vm_page_map): the pmap state in bits 0..2, and flags */
+#define MAP_STATE_MASK 7
+#define MAP_ZERO_SHARED 8   /* PM_SHARED onto the zero page */
+#define MAP_WATCHED 16      /* PM_RESIDENT, watched by idle sampling (unmapped, not touched since) */
+#define MAP_STOPPED 128     /* the VM was stopped: its pages can no longer be reached */
+
 /* fault injection points (machine_inject) */
 #define INJECT_SWAP_WRITE 1  /* the next n swap writes fail with EIO */
 #define INJECT_SWAP_READ 2   /* the next n swap reads fail with EIO */
@@ -62,6 +68,9 @@ struct uvm_vm_stats {
     uint64_t ballooned;         /* pages in the balloon (PM_BALLOONED) */
     uint64_t balloon_touched;   /* ballooned pages the guest touched anyway: given a zero page */
     uint64_t watch_touched;     /* watched pages (idle sampling) the guest touched again */
+    uint64_t hints;             /* hint frames in the sharing table naming one of its pages */
+    uint64_t shared_saved;      /* frames its shared pages save: each page on a frame with r
+                                   sharers counts (r - 1) / r, summed and rounded down */
     int64_t stopped;            /* 0, or the errno that stopped the VM */
 };
 
@@ -119,6 +128,9 @@ int vm_create(struct machine *m, uint64_t pages, int *id, void **base);
 int vm_destroy(struct machine *m, int id);
 void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st);
 int vm_page_state(struct machine *m, int id, uint64_t ppn);
+/* The page map: one byte per PPN (pmap state | MAP_* flags) for the first n pages of VM id,
+ * read at one instant; returns the VM's page count, or -ENOENT. */
+int64_t vm_page_map(struct machine *m, int id, uint8_t *out, uint64_t n);
 int64_t vm_evict(struct machine *m, int id, const uint64_t *ppns, size_t n);
 int64_t vm_evict_random(struct machine *m, int id, uint64_t n);
 /* The memory scheduler's min and target of a VM, in pages (target UINT64_MAX: none): when

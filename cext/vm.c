@@ -158,6 +158,7 @@ int vm_destroy(struct machine *m, int id)
         else if (PTE_STATE(e) == PM_LOW)
             lowmem_drop(m, v, p);
     }
+    share_forget(m, v);
     m->vms[id] = NULL;
     slice_free(m, v->base, v->npages);
     pthread_mutex_unlock(&m->lock);
@@ -208,6 +209,7 @@ void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st)
         *st = v->st;
         st->zero = v->npages - v->st.resident - v->st.swapped - v->st.sharing - v->st.ballooned -
                    v->low;
+        st->shared_saved = share_saved(m, v);
     } else {
         memset(st, 0, sizeof *st);
     }
@@ -259,6 +261,33 @@ int vm_page_state(struct machine *m, int id, uint64_t ppn)
     pthread_mutex_lock(&m->lock);
     struct vm *v = vm_get(m, id);
     int r = !v ? -ENOENT : ppn >= v->npages ? -EINVAL : PTE_STATE(v->pmap[ppn]);
+    pthread_mutex_unlock(&m->lock);
+    return r;
+}
+
+/* returns the page map byte of pmap entry e of v: its state and MAP_* flags. */
+static uint8_t map_byte(struct machine *m, struct vm *v, pte_t e)
+{
+    int state = PTE_STATE(e);
+    uint8_t b = (uint8_t)state;
+    if (state == PM_SHARED && m->share.sf[PTE_VAL(e)].zero)
+        b |= MAP_ZERO_SHARED;
+    if (state == PM_RESIDENT && (PTE_LEN(e) & PTE_WATCH))
+        b |= MAP_WATCHED;
+    if (v->stopped)
+        b |= MAP_STOPPED;
+    return b;
+}
+
+/* writes the page map bytes of VM id's first n pages into out; returns its page count,
+ * or -ENOENT. */
+int64_t vm_page_map(struct machine *m, int id, uint8_t *out, uint64_t n)
+{
+    pthread_mutex_lock(&m->lock);
+    struct vm *v = vm_get(m, id);
+    int64_t r = v ? (int64_t)v->npages : -ENOENT;
+    for (uint64_t p = 0; v && p < n && p < v->npages; p++)
+        out[p] = map_byte(m, v, v->pmap[p]);
     pthread_mutex_unlock(&m->lock);
     return r;
 }

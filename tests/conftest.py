@@ -14,6 +14,13 @@ import uvm
 from uvm.errors import UserfaultfdUnavailable
 
 
+# Child Python processes the tests start (`python -c ...`, the uvm command, Ray's workers)
+# must import the installed uvm, as pytest itself does, never the source tree in the current
+# directory (a checkout's uvm/ has no built C core): -c and a script would put that directory
+# first on sys.path. PYTHONSAFEPATH (Python 3.11+) tells every child not to.
+os.environ["PYTHONSAFEPATH"] = "1"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true",
                      help="also run the tests marked slow (whole experiments, a full default "

@@ -7,6 +7,7 @@ import shutil
 import stat
 import sys
 import threading
+from pathlib import Path
 
 import uvm
 
@@ -73,3 +74,14 @@ def uvm_cmd(*args: str) -> list[str]:
                                                        os.environ.get("PATH", "")]))
     assert script is not None, "no `uvm` script: install the package (pip install -e .)"
     return [script, *args]
+
+
+def import_path() -> str:
+    """PYTHONPATH for a child process that must import the uvm and workloads this process
+    imported (a tree built in place while developing, or the installed package, as in CI;
+    never a checkout's unbuilt uvm/), then the caller's own PYTHONPATH."""
+    import uvm
+    import workloads
+
+    where = [str(Path(mod.__file__ or "").resolve().parent.parent) for mod in (uvm, workloads)]
+    return os.pathsep.join(dict.fromkeys(filter(None, [*where, os.environ.get("PYTHONPATH")])))

@@ -88,7 +88,8 @@ def test_a_failed_readahead_leaves_the_cache_as_it_was(make_machine, tmp_path) -
 
 
 def test_bad_parameters_name_the_field() -> None:
-    for kwargs, msg in (({"clients": 0}, "clients: expected an integer >= 1"),
+    for kwargs, msg in (({"clients": 0}, "clients: expected an integer from 1 to 4096"),
+                        ({"files": 2**64}, "files: expected an integer from 1 to"),
                         ({"write_fraction": 1.5}, "write_fraction: must be a number in"),
                         ({"write_fraction": 0.6, "temp_fraction": 0.6}, "temp_fraction: write_fraction +"),
                         ({"file_size": 0}, "file_size: must be positive")):

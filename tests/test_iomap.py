@@ -35,13 +35,20 @@ def test_a_remap_keeps_every_byte_and_frees_the_home_frame(make_machine) -> None
     assert m.stats()["frames_used"] == used and m.stats()["frames_free"] == 8192 - used
     assert [vm.read(p * PG, PG) for p in range(64)] == [content(p) for p in range(64)]
     assert vm.io.dma(range(16)) == 0 and vm.io.stats()["io_direct"] == 16    # direct now
+    for p in range(20, 64):
+        vm.write(p * PG, content(p % 4))                     # duplicates of low pages 0..3
+    m.share_now()                                            # the scanner passes low pages by
+    assert [vm.page_state(p) for p in range(16)] == ["low"] * 16
+    assert all(vm.page_state(p) == "shared" for p in range(20, 64))
+    assert [vm.read(p * PG, PG) for p in range(20)] == [content(p) for p in range(20)]
     vm.write(3 * PG + 5, b"new")                             # the guest writes a low page
     assert vm.read(3 * PG, 8) == content(3)[:5] + b"new"
     m.check()
     vm.balloon_pages([3, 4])                                 # ballooning frees the low frame
     assert vm.page_state(3) == "ballooned" and m.low_stats() == (16, 2)
     assert vm.read(3 * PG, PG) == bytes(PG)
-    assert [vm.read(p * PG, PG) for p in range(5, 64)] == [content(p) for p in range(5, 64)]
+    assert [vm.read(p * PG, PG) for p in range(5, 64)] == [content(p if p < 20 else p % 4)
+                                                            for p in range(5, 64)]
     m.check()
     m.destroy_vm(vm)
     assert m.low_stats() == (16, 16)

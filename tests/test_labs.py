@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import uvm.labs
+from helpers import import_path
 
-ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^  (PASS|FAIL)  (.+?): (.*)$")
 
 REFERENCE = {
@@ -106,7 +106,7 @@ WRONG = {
 
 def uvm_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Runs the `uvm` command line from this tree in a child process."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=import_path())
     return subprocess.run([sys.executable, "-c", "import sys, uvm.cli; sys.exit(uvm.cli.main())", *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -308,7 +308,7 @@ def test_a_lab_is_graded_as_an_unprivileged_user(tmp_path: Path) -> None:
         write(work, "balloon", REFERENCE["balloon"])
         write(work, "victims", REFERENCE["victims"])
         write(work, "sidechannel", REFERENCE["sidechannel"])
-        env = dict(os.environ, TMPDIR=str(work), PYTHONPATH=str(ROOT))
+        env = dict(os.environ, TMPDIR=str(work), PYTHONPATH=import_path())
         for lab in ("balloon", "victims", "sidechannel"):
             out = subprocess.run([sys.executable, "-c", UNPRIVILEGED, "lab", "check", lab],
                                  cwd=work, env=env, capture_output=True, text=True, timeout=120)

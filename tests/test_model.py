@@ -12,7 +12,9 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import uvm
+from uvm.vm import PAGE_STATES
 
+PAGE_STATE_CODES = {name: code for code, name in PAGE_STATES.items()}
 PAGE = 4096
 FRAMES = 48
 STRESS = os.environ.get("UVM_STRESS") == "1"
@@ -141,6 +143,17 @@ class PagerModel(RuleBasedStateMachine):
         for v in vs:
             assert v["resident"] + v["swapped"] + v["sharing"] + v["ballooned"] + v["zero"] == v["pages"]
             assert v["stopped"] == 0
+        assert ms["hints"] == sum(v["hints"] for v in vs)      # each hint names a live VM's page
+        assert sum(v["shared_saved"] for v in vs) <= ms["saved"]
+
+    @invariant()
+    def page_map_agrees(self) -> None:
+        """The page map (one call per VM) says what page_state says, page by page."""
+        if self.reclaim:
+            return                              # pages move between the two reads
+        for vm in self.vms.values():
+            states = [b & 7 for b in vm.page_map()]
+            assert [PAGE_STATE_CODES[vm.page_state(p)] for p in range(vm.pages)] == states
 
     @invariant()
     def everything_reads_back(self) -> None:

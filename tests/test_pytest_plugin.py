@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import import_path
 
 BENCH = '''
 import pytest
@@ -35,7 +35,7 @@ def test_swap_round_trip(uvm_bench):
 
 def pytest_run(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """pytest in a process of its own, with the plugin from this tree."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": import_path()}
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "uvm.pytest_plugin", "-q",
                            "-p", "no:cacheprovider", "--rootdir", str(folder), str(folder), *args],
                           cwd=folder, env=env, capture_output=True, text=True, timeout=120)
@@ -49,7 +49,7 @@ def test_import_is_cheap_and_inert() -> None:
             "       if os.path.exists(f'/proc/self/fd/{f}')]\n"
             "print(sum('userfaultfd' in f or 'uvm-machine' in f for f in fds), threading.active_count(),\n"
             "      [m for m in ('ray', 'pydantic', 'pytest_benchmark') if m in sys.modules])\n")
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": import_path()},
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[0] == "0 1 []"

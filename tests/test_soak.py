@@ -27,6 +27,7 @@ import pytest
 
 import uvm
 from workloads import Fill, Verify
+from helpers import import_path
 
 STRESS = os.environ.get("UVM_STRESS") == "1"
 SOAK = Path(__file__).with_name("soak.py")
@@ -71,7 +72,7 @@ def _child_timeout() -> float:
 def test_soak(seed: int, tmp_path: Path) -> None:
     faulthandler.cancel_dump_traceback_later()  # bounded below, by the child's own timeout
     log = tmp_path / "soak.log"
-    env = dict(os.environ, PYTHONPATH=_import_path())
+    env = dict(os.environ, PYTHONPATH=import_path())
     cmd = [sys.executable, str(SOAK), "--seed", str(seed), "--log", str(log), *DURATION]
     gates = os.environ.get("UVM_SOAK_ENABLE")
     replay = f"replay: {f'UVM_SOAK_ENABLE={gates} ' if gates else ''}PYTHONPATH=$PWD python tests/soak.py --seed {seed} {' '.join(DURATION)} --trace"
@@ -86,14 +87,6 @@ def test_soak(seed: int, tmp_path: Path) -> None:
     assert "no defect found" in done.stdout, done.stdout + report
     print(done.stdout.strip())
 
-
-def _import_path() -> str:
-    """PYTHONPATH for the child: where this process found uvm and workloads (a tree built
-    in place, or the installed package, as in CI), then the caller's."""
-    import workloads
-
-    where = [str(Path(mod.__file__ or "").resolve().parent.parent) for mod in (uvm, workloads)]
-    return os.pathsep.join(dict.fromkeys(filter(None, [*where, os.environ.get("PYTHONPATH")])))
 
 
 def _last_ops(log: Path, n: int = 40) -> str:

@@ -24,8 +24,8 @@ import pytest
 from uvm.cli import main
 from uvm.sweep import sweep
 from uvm.sweep.table import CSV, JSONL, PLOT
+from helpers import import_path
 
-REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 
 SCENARIO = """
@@ -220,7 +220,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, di
     token = tmp / "token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    env = {**os.environ, "PYTHONPATH": import_path(),
            # single-host mode: Ray takes 127.0.0.1 as the node's address and binds every
            # server there (without it, Ray replaces 127.0.0.1 by the host's address)
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -326,7 +326,7 @@ def test_ray_listens_on_localhost_only(ray_head: tuple[str, dict[str, str], int]
 
 def test_ray_unreachable_is_one_line(tmp_path: Path) -> None:
     grid = write_grid(tmp_path, GRID.replace("seeds = [1, 2]", "seeds = [1]"))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**os.environ, "PYTHONPATH": import_path(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     r = subprocess.run([sys.executable, "-c", "import sys; from uvm.cli import main; "
                         "sys.exit(main(sys.argv[1:]))", "sweep", str(grid), "--out",
                         str(tmp_path / "o"), "--ray", f"127.0.0.1:{free_port()}"],

@@ -186,13 +186,16 @@ class BalloonChannel:
             return list(self._ppns)
 
     def stats(self) -> dict[str, Any]:
-        """balloon_target, balloon_size, balloon_paged (pages the host paged instead), and
-        balloon_pops (times it popped), and the driver's balloon_errors (survived) and
-        balloon_error (the last, or the one that ended it; "" if none)."""
+        """balloon_target, balloon_size, balloon_max (max_pages), balloon_active (1 while a
+        driver runs), balloon_paged (pages the host paged instead), balloon_pops (times it
+        popped), and the driver's balloon_errors (survived) and balloon_error (the last, or
+        the one that ended it; "" if none)."""
         d = self.driver
         error = d.error or d.last_error if d is not None else None
         return {"balloon_target": self._target, "balloon_size": self.size,
-                "balloon_paged": self.paged, "balloon_pops": self.pops, "balloon_errors": d.errors if d is not None else 0,
+                "balloon_max": self.max_pages, "balloon_active": int(self.active),
+                "balloon_paged": self.paged, "balloon_pops": self.pops,
+                "balloon_errors": d.errors if d is not None else 0,
                 "balloon_error": "" if error is None else str(error)}
 
     # -- the driver's end of the channel ----------------------------------------------

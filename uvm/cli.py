@@ -4,13 +4,15 @@
     uvm run FILE.toml            a scenario file (format: uvm/scenario.py, or the default's
                                  own file, uvm/default_scenario.toml)
         --duration SECONDS --every SECONDS --seed N --json TIMELINE.jsonl
-        --summary-json FILE
+        --summary-json FILE --wide --map --map-every SECONDS --map-out DIR
     uvm experiment NAME          one of the paper's experiments (uvm/experiments/)
-        --quick --out DIR --seed N --repeat N
+        --quick --out DIR --seed N --repeat N --map-every SECONDS
     uvm reproduce                every experiment, and a report of the paper vs uvm
         --quick --out DIR --only NAMES --repeat N --seed N --page FILE   (uvm/reproduce/)
     uvm sweep GRID.toml          a grid of trials of a scenario or experiment (uvm/sweep/)
         --jobs N --out DIR --resume --ray ADDRESS
+    uvm top [PID|PATH] [--json FILE] [--once] | --list
+                                 esxtop's memory panel of a running run (uvm/top/)
     uvm schema NAME              the JSON Schema of an output (uvm/schema.py)
     uvm lab list | start NAME DIR | check NAME [DIR] --seed N --timeout SECONDS
                                  kernel-course labs with an autograder (uvm/labs/)
@@ -31,7 +33,8 @@ from typing import TextIO
 
 from rich.console import Console
 
-from uvm import experiments, labs, live, record, reproduce, resolved, scenario, schema, sweep
+from uvm import (experiments, labs, live, pagemap, record, reproduce, resolved, scenario,
+                 schema, sweep, top)
 from uvm.errors import UserfaultfdUnavailable
 from uvm.experiments.runner import check_repeat
 from uvm.interrupts import Interrupted, Interrupts
@@ -71,7 +74,29 @@ def _parser() -> argparse.ArgumentParser:
     _add_sweep(commands)
     _add_lab(commands)
     _add_schema(commands)
+    _add_top(commands)
     return parser
+
+
+def _add_top(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "top", help="esxtop's memory panel of a running `uvm run`",
+        description="Attaches to a running `uvm run` (through its socket: the only one running, "
+                    "or the one of PID, or the socket PATH) or follows a --json timeline file, "
+                    "and shows esxtop's memory panel until the run ends. See docs/top.md.")
+    p.add_argument("target", nargs="?", metavar="PID|PATH", help="which run (default: the only one)")
+    p.add_argument("--json", metavar="FILE", help="follow this timeline (uvm run --json FILE)")
+    p.add_argument("--once", action="store_true", help="print one panel and exit")
+    p.add_argument("--list", action="store_true", help="list the running runs (pid, socket)")
+    p.set_defaults(command=_top)
+
+
+def _top(args: argparse.Namespace) -> int:
+    """`uvm top`: the panel of a running run, until it ends (or the list of runs)."""
+    if args.list:
+        print("\n".join(top.listing()) or "uvm: no running `uvm run`")
+        return 0
+    return top.attach(args.target, args.json, _console(), args.once)
 
 
 def _add_sweep(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -174,6 +199,9 @@ def _add_experiment(commands: argparse._SubParsersAction[argparse.ArgumentParser
                    help="seed of every machine and workload (default: drawn, and recorded)")
     p.add_argument("--repeat", type=_repeat, default=1, metavar="N",
                    help="run it N times (seeds N, N+1, ...): median and spread of its figures")
+    p.add_argument("--map-every", type=_seconds(check_period), metavar="SECONDS",
+                   help="draw the page maps of its machines every SECONDS: PNG frames and an "
+                        "animated GIF in DIR/pagemap/")
     p.set_defaults(command=_experiment)
 
 
@@ -182,7 +210,8 @@ def _experiment(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("results") / args.name)
     with Interrupts("raise") as interrupts:
         experiments.run(args.name, args.quick, out, lambda line: print(line, flush=True),
-                        seed=args.seed, repeat=args.repeat, shield=interrupts.deferred)
+                        seed=args.seed, repeat=args.repeat, shield=interrupts.deferred,
+                        map_every=args.map_every)
     return 0
 
 
@@ -242,6 +271,14 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--summary-json", metavar="FILE",
                    help="write the run record and the final counters as JSON "
                         "(`uvm schema summary`)")
+    p.add_argument("--wide", action="store_true",
+                   help="show esxtop's memory panel (as `uvm top` does) instead of the table")
+    p.add_argument("--map", action="store_true",
+                   help="show each VM's page map: its pages as a grid coloured by pmap state")
+    p.add_argument("--map-every", type=_seconds(check_period), metavar="SECONDS",
+                   help="write a PNG frame of the page maps every SECONDS, and an animated GIF")
+    p.add_argument("--map-out", metavar="DIR",
+                   help="where --map-every writes (default: results/NAME-pagemap)")
     p.set_defaults(command=_run)
 
 
@@ -285,14 +322,22 @@ def _run(args: argparse.Namespace) -> int:
         every: float = args.every or spec.run.every
         seed: int = scenario.run_seed(spec) if args.seed is None else args.seed
         console = _console()
+        map_out = Path(args.map_out or Path("results") / f"{spec.name}-pagemap")
         with _timeline(args.json) as timeline, \
                 _timeline(args.summary_json, "--summary-json") as summary:
             machine = scenario.launch(spec, seed)
             try:
                 header = resolved.scenario_header(spec, machine, seed, duration, every)
                 _print_header(spec, machine, duration, every, seed)
-                result = live.run(machine, spec.name, duration, every, console, timeline,
-                                  header, stop=lambda: interrupts.requested)
+                with top.serving(_warn) as server, \
+                        pagemap.recording(machine, map_out, args.map_every) as maps:
+                    result = live.run(machine, spec.name, duration, every, console, timeline,
+                                      header, stop=lambda: interrupts.requested,
+                                      view=top.run_view(machine, console, spec.name, args.wide,
+                                                        args.map),
+                                      tap=server.send if server is not None else None)
+                if maps is not None:
+                    print(f"uvm: {maps.report()}", flush=True)
                 failed = live.workload_errors(machine)
             finally:
                 with interrupts.deferred():
@@ -306,6 +351,10 @@ def _run(args: argparse.Namespace) -> int:
             console.print(live.summary(result, spec.name))
         status = EXIT_FAILED if failed else 0
         return interrupts.exit_status(EXIT_INTERRUPTED if result.interrupted else status)
+
+
+def _warn(message: str) -> None:
+    print(f"uvm: {message}", file=sys.stderr, flush=True)
 
 
 def _console() -> Console:

@@ -15,6 +15,10 @@ class UserfaultfdUnavailable(UvmError):
     """This process may not use userfaultfd, or the kernel lacks a feature uvm needs."""
 
 
+class MissingExtra(UvmError):
+    """An optional dependency (an extra of the package) is not installed."""
+
+
 class VMStopped(UvmError):
     """A guest touched memory of a VM that was stopped (a fault that could not be served,
     the VM destroyed or the machine closed)."""

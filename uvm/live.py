@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from pydantic import BaseModel
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -30,6 +29,7 @@ from uvm.vm import VM
 
 MIB = 1 << 20
 STOP_POLL = 0.05     # seconds between checks of run(stop=...) while waiting for a tick
+TimelineLine = HeaderLine | SampleLine | EndLine
 
 
 class TimelineError(ValueError):
@@ -66,6 +66,10 @@ class Sample:
         """Free machine memory, a fraction."""
         m = self.snapshot.machine
         return m["frames_free"] / m["frames_total"] if m["frames_total"] else 0.0
+
+
+View = Callable[[Sample], RenderableType]     # draws a sample (run's `view` hook)
+Tap = Callable[[TimelineLine], None]          # gets each timeline line (run's `tap` hook)
 
 
 @dataclass
@@ -125,21 +129,24 @@ def take_sample(machine: Machine, elapsed: float, duration: float) -> Sample:
 
 def run(machine: Machine, title: str, duration: float, every: float, console: Console,
         timeline: TextIO | None = None, header: Header | None = None,
-        stop: Callable[[], bool] = lambda: False) -> Result:
+        stop: Callable[[], bool] = lambda: False,
+        view: View | None = None, tap: Tap | None = None) -> Result:
     """Samples the machine every `every` seconds (ticks that fall behind are skipped) for
     `duration` seconds, or until no workload is left running, showing each sample and
     appending it to `timeline`: after the run record `header` (if given) as the first line,
     and before an end line. The run ends early, with a last sample, when `stop()` turns
-    true (checked every STOP_POLL seconds) or on Ctrl-C: Result.interrupted says so."""
+    true (checked every STOP_POLL seconds) or on Ctrl-C: Result.interrupted says so. Hooks:
+    `view` draws a sample instead of the table (uvm run --wide, --map); `tap` gets every
+    timeline line too (the socket uvm top attaches to)."""
     check_seconds(duration, "duration")
     check_period(every, "every")
     start = time.monotonic()
     states: Counter[str] = Counter()
     count = 0
-    write = _writer(timeline)
+    write = _writer(timeline, tap)
     if header is not None:
         write(HeaderLine(**header.model_dump()))
-    with _display(console, title) as show:
+    with _display(console, title, view) as show:
 
         def record() -> Sample:
             nonlocal count
@@ -169,10 +176,10 @@ def run(machine: Machine, title: str, duration: float, every: float, console: Co
     return Result(last, interrupted=interrupted, states=states, samples=count)
 
 
-def _writer(timeline: TextIO | None) -> Callable[[BaseModel], None]:
-    """Appends a line to the timeline (flushed: a reader may follow it live); TimelineError
-    if it cannot be written."""
-    def write(line: BaseModel) -> None:
+def _writer(timeline: TextIO | None, tap: Tap | None = None) -> Callable[[TimelineLine], None]:
+    """Appends a line to the timeline (flushed: a reader may follow it live) and hands it
+    to the tap; TimelineError if it cannot be written."""
+    def write(line: TimelineLine) -> None:
         if timeline is not None:
             try:
                 timeline.write(line.model_dump_json() + "\n")
@@ -180,6 +187,8 @@ def _writer(timeline: TextIO | None) -> Callable[[BaseModel], None]:
             except OSError as e:
                 raise TimelineError(f"timeline: cannot write {getattr(timeline, 'name', '')!r}: "
                                     f"{e.strerror or e}") from e
+        if tap is not None:
+            tap(line)
     return write
 
 
@@ -195,13 +204,17 @@ def _sleep_until(deadline: float, stop: Callable[[], bool]) -> bool:
 
 
 @contextmanager
-def _display(console: Console, title: str) -> Iterator[Callable[[Sample], None]]:
-    """A live table on a terminal; plain periodic lines otherwise (CI logs)."""
+def _display(console: Console, title: str, view: View | None = None) -> Iterator[Callable[[Sample], None]]:
+    """A live table (or `view`) on a terminal; plain periodic lines (or `view`) otherwise
+    (CI logs)."""
     if not console.is_terminal:
-        yield lambda s: console.out("\n".join(plain_lines(s)), highlight=False)
+        if view is not None:
+            yield lambda s: console.print(view(s))
+        else:
+            yield lambda s: console.out("\n".join(plain_lines(s)), highlight=False)
         return
     with Live(console=console, auto_refresh=False) as live:
-        yield lambda s: live.update(live_view(s, title), refresh=True)
+        yield lambda s: live.update(view(s) if view else live_view(s, title), refresh=True)
 
 
 # -- rendering ---------------------------------------------------------------------------

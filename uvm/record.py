@@ -28,7 +28,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -128,7 +127,7 @@ def header(*, kind: str, name: str, config: dict[str, Any], seed: int,
 def build() -> Build:
     """uvm's version and the commit it was built from (see the module's docstring)."""
     try:
-        text = resources.files("uvm").joinpath(BUILD_FILE).read_text(encoding="utf-8")
+        text = (Path(__file__).parent / BUILD_FILE).read_text(encoding="utf-8")
     except OSError:
         return Build(version=__version__, **_source_commit())
     info = json.loads(text)

@@ -51,7 +51,8 @@ VM_FIELDS = {
     "swapins": "swapins", "swapouts": "swapouts", "swapouts_zero": "swapouts_zero",
     "sharing": "sharing_pages", "zero_shared": "zero_shared_pages", "cow_breaks": "cow_breaks",
     "scanned": "scanned", "ballooned": "ballooned_pages", "balloon_touched": "balloon_touched",
-    "watch_touched": "watch_touched", "balloon_target": "balloon_target_pages",
+    "watch_touched": "watch_touched", "hints": "hint_pages", "shared_saved": "shared_saved_pages",
+    "balloon_target": "balloon_target_pages", "balloon_max": "balloon_max_pages",
     "shares": "shares", "min": "min_pages", "balloon_paged": "balloon_paged_pages",
     "balloon_pops": "balloon_pops",
     "balloon_errors": "balloon_errors", "balloon_error": "balloon_error",
@@ -177,7 +178,14 @@ class VMLine(_Strict):
     ballooned_pages: int = described("pages in its balloon")
     balloon_touched: int = described("ballooned pages the guest touched anyway (given a zero page)")
     watch_touched: int = described("watched (sampled) pages the guest touched again")
+    hint_pages: int = described("its pages named by a hint in the sharing table (unshared, "
+                                "hashed, waiting for a match; esxtop's COWH)")
+    shared_saved_pages: int = described("frames its sharing saves: a page on a frame with r "
+                                        "sharers counts (r - 1) / r (esxtop's SHRDSVD)")
     balloon_target_pages: int = described("the balloon's target")
+    balloon_max_pages: int = described("the most its balloon may hold")
+    balloon_active: bool = described("true while a balloon driver runs in the guest (esxtop's "
+                                      "MCTL?): without one the host must page instead")
     balloon_paged_pages: int = described("pages the host paged out because the balloon could "
                                          "not take them (no driver, driver disabled)")
     balloon_pops: int = described("times its balloon popped (the guest touched a ballooned "
@@ -243,5 +251,6 @@ def _vm_line(v: VMSample, workload: str, status: str) -> VMLine:
              if "guest_free" in st else None)
     return VMLine(name=v.name, workload=workload, status=status, stopped=v.stopped, ops=v.ops,
                   ops_per_s=round(v.ops_per_s, 1), blocked=bool(st["blocked"]),
+                  balloon_active=bool(st["balloon_active"]),
                   policy=None if policy is None else PolicyLine(**policy),
                   guest=None if guest is None else GuestLine(**guest), **fields)

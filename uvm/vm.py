@@ -212,6 +212,18 @@ class VM:
             raise OSError(-r, f"VM {self.name!r}: {os.strerror(-r)}")
         return PAGE_STATES[r]
 
+    def page_map(self) -> bytes:
+        """The page map: one byte per PPN, read at one instant in one call: the pmap state
+        (PAGE_STATES' codes) in bits 0..2, and flags MAP_ZERO_SHARED (shared onto the zero
+        page), MAP_WATCHED (watched by idle sampling) and MAP_STOPPED (the VM was stopped).
+        uvm.pagemap draws it."""
+        out = ffi.new("uint8_t[]", max(1, self.pages))
+        with self._core() as m:
+            r = int(lib.vm_page_map(m, self._slot, out, self.pages))
+        if r < 0:
+            raise VMStopped(self.name, "the VM was destroyed")
+        return bytes(ffi.buffer(out, self.pages))
+
     @property
     def shares(self) -> int:
         """The VM's claim on memory beyond its min, relative to other VMs' (settable)."""

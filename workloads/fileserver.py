@@ -29,6 +29,8 @@ from workloads.guest import _seed, pick
 
 TEMP_FILES = 2          # temporary files a client keeps at most before it unlinks one
 WRITE_PAGES = 4         # pages a rewrite covers at most
+MAX_CLIENTS = 4096
+MAX_FILES = 1 << 24
 
 
 def served_page(name: str, index: int, version: int) -> bytes:
@@ -58,9 +60,10 @@ class FileServer(Workload):
     def __init__(self, clients: int = 8, files: int = 512, file_size: int | str = "64KiB",
                  write_fraction: float = 0.2, temp_fraction: float = 0.1,
                  sync_every: int = 1000, seed: int | None = None) -> None:
-        for name, value in (("clients", clients), ("files", files), ("sync_every", sync_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        for name, value, most in (("clients", clients, MAX_CLIENTS), ("files", files, MAX_FILES),
+                                  ("sync_every", sync_every, 2**63)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+                raise ValueError(f"{name}: expected an integer from 1 to {most}, got {value!r}")
         self.write_fraction = check_fraction(write_fraction, "write_fraction")
         self.temp_fraction = check_fraction(temp_fraction, "temp_fraction")
         if self.write_fraction + self.temp_fraction > 1:

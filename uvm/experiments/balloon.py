@@ -26,7 +26,6 @@ from typing import Any
 import uvm.guest
 from uvm.experiments import paper
 from uvm.experiments.base import Experiment, Trial, pyplot
-from uvm.machine import Machine
 from uvm.guest.disk import HDD_BANDWIDTH, HDD_LATENCY
 from uvm.sizes import PAGE_SIZE
 from workloads import FileServer
@@ -105,7 +104,7 @@ def measure(size_mib: int, p: dict[str, Any], ballooned_first: bool,
     if ballooned_first:
         sizes = dict(reversed(sizes.items()))
     file_set = p["files"] * p["file_kib"] * 1024
-    with Machine(memory=f"{size_mib + p['large_mib'] + 16}MiB",
+    with trial.machine(memory=f"{size_mib + p['large_mib'] + 16}MiB",
                  seed=trial.seed_for("machine", size_mib)) as m:
         vms = {k: m.create_vm(k, memory=f"{mib}MiB") for k, mib in sizes.items()}
         for k, vm in vms.items():

@@ -24,7 +24,6 @@ from typing import Any
 import uvm.guest
 from uvm.experiments import paper
 from uvm.experiments.base import Experiment, Trial, pyplot
-from uvm.machine import Machine
 from uvm.sizes import PAGE_SIZE
 from workloads import FileCache, GuestIdle, GuestWorkingSet
 
@@ -69,7 +68,7 @@ def params(quick: bool) -> dict[str, Any]:
 def measure(machine_mib: int, mode: str, p: dict[str, Any], trial: Trial) -> dict[str, Any]:
     """One run of the mix in a guest of vm_mib on a machine of machine_mib, reclaiming by
     `mode` ('balloon' or 'paging')."""
-    with Machine(memory=f"{machine_mib}MiB", swap_latency=p["disk_latency_s"],
+    with trial.machine(memory=f"{machine_mib}MiB", swap_latency=p["disk_latency_s"],
                  seed=trial.seed_for("machine", machine_mib, mode)) as m:
         vm = m.create_vm("guest", memory=f"{p['vm_mib']}MiB")
         uvm.guest.boot(vm, disk=f"{2 * p['vm_mib'] + p['files'] * p['file_mib']}MiB",

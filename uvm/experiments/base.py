@@ -3,18 +3,18 @@ demand."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uvm.errors import UvmError
+from uvm import pagemap
+from uvm.errors import MissingExtra as MissingExtra  # re-exported: it was defined here before
 from uvm.experiments.paper import Paper
+from uvm.machine import Machine
 from uvm.seeds import derive
-
-
-class MissingExtra(UvmError):
-    """An optional dependency (an extra of the package) is not installed."""
 
 
 def _no_progress(done: float, what: str) -> None:
@@ -33,10 +33,32 @@ class Trial:
     log: Callable[[str], None]
     progress: Callable[[float, str], None] = field(default=_no_progress)
     results: dict[str, Any] = field(default_factory=dict)
+    maps: MapSpec | None = None
+    _machines: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
     def seed_for(self, *path: object) -> int:
         """The seed of the part named by `path` (e.g. "vm", 3), derived from the trial's."""
         return derive(self.seed, *path)
+
+    @contextmanager
+    def machine(self, **kwargs: Any) -> Iterator[Machine]:
+        """A uvm.Machine(**kwargs) for the trial, closed when the block ends. With `maps`
+        (--map-every), its page maps are drawn every maps.every seconds while it runs, into
+        maps.out/pagemap/SEED-K/ (the trial's seed, the K-th machine of the trial)."""
+        with Machine(**kwargs) as m:
+            out = self.maps.out / "pagemap" / f"{self.seed}-{next(self._machines)}" if self.maps else None
+            with pagemap.recording(m, out or Path(), self.maps.every if self.maps else None) as rec:
+                yield m
+            if rec is not None:
+                self.log(rec.report())
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """--map-every: draw the page maps of an experiment's machines every `every` seconds
+    into `out`."""
+    every: float
+    out: Path
 
 
 @dataclass(frozen=True)

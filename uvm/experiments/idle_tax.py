@@ -21,7 +21,6 @@ from typing import Any
 import uvm.guest
 from uvm.experiments import paper
 from uvm.experiments.base import Experiment, Trial, pyplot
-from uvm.machine import Machine
 from uvm.scheduler import MemoryPolicy
 from uvm.guest.disk import HDD_BANDWIDTH, HDD_LATENCY
 from uvm.sizes import PAGE_SIZE
@@ -106,7 +105,7 @@ def run(trial: Trial) -> None:
     timeline: list[dict[str, Any]] = []
     phases: list[dict[str, Any]] = []
     results.update({"phases": phases, "timeline": timeline})
-    with Machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
+    with trial.machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
         assert m.scheduler is not None
         busy = m.create_vm("busy", memory=f"{p['vm_mib']}MiB", shares=p["shares"])
         idle = m.create_vm("idle", memory=f"{p['vm_mib']}MiB", shares=p["shares"])

@@ -23,7 +23,6 @@ from typing import Any
 import uvm.guest
 from uvm.experiments import paper
 from uvm.experiments.base import Experiment, Trial, pyplot
-from uvm.machine import Machine
 from workloads import FileServer
 
 MODES = ("no low memory", "remap off", "remap on")
@@ -39,8 +38,8 @@ def params(quick: bool) -> dict[str, Any]:
 def measure(mode: str, p: dict[str, Any], trial: Trial) -> dict[str, Any]:
     """One guest running the file server in `mode`; its throughput and copies."""
     low = 0 if mode == "no low memory" else p["low_mib"] << 20
-    with Machine(memory=(p["guest_mib"] + p["low_mib"] + 16) << 20, low_memory=low,
-                 seed=trial.seed_for("machine", mode)) as m:
+    with trial.machine(memory=(p["guest_mib"] + p["low_mib"] + 16) << 20, low_memory=low,
+                       seed=trial.seed_for("machine", mode)) as m:
         vm = m.create_vm("guest", memory=p["guest_mib"] << 20)
         uvm.guest.boot(vm, disk=(p["files"] * p["file_kib"] << 10) + (p["guest_mib"] << 21),
                        disk_latency=p["disk_latency_s"], balloon=False)

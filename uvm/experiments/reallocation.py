@@ -100,7 +100,7 @@ def run(trial: Trial) -> None:
     names = sorted({name for _, _, name in p["events"]})
     log(f"{'t s':>6} {'state':>5} {'free %':>6}  " +
         "  ".join(f"{n + ' alloc/target/balloon/swapped MiB':>34}" for n in names))
-    with Machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
+    with trial.machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
         events = list(p["events"])
         start = time.monotonic()
         for snap in m.watch(p["end_s"], every=p["every_s"]):

@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from uvm import progress, record
-from uvm.experiments.base import Experiment, Trial, plotting
+from uvm.experiments.base import Experiment, MapSpec, Trial, plotting
 from uvm.seeds import check_seed, new_seed
 
 
@@ -95,12 +95,14 @@ def check_repeat(value: object) -> int:
 def run(exp: Experiment, quick: bool, out: Path, log: Callable[[str], None],
         seed: int | None = None, repeat: int = 1,
         shield: Callable[[], AbstractContextManager[None]] = nullcontext,
+        maps: MapSpec | None = None,
         step: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """Runs `exp` `repeat` times (seeds seed, seed+1, ...; seed default: drawn), writes
-    out/results.json and (with matplotlib) the plot of the first trial; returns the results.
-    Interrupted, writes what was measured inside `shield()` and re-raises (see the module).
-    Progress goes to a bar of its own, or, given `step`, to step(trials done, what) (a caller
-    drawing one bar over several runs: only one bar can show at a time)."""
+    out/results.json and (with matplotlib) the plot of the first trial, and with `maps` its
+    machines' page maps; returns the results. Interrupted, writes what was measured inside
+    `shield()` and re-raises (see the module). Progress goes to a bar of its own, or, given
+    `step`, to step(trials done, what) (a caller drawing one bar over several runs: only one
+    bar can show at a time)."""
     seed = new_seed() if seed is None else check_seed(seed)
     check_repeat(repeat)
     check_seed(seed + repeat - 1, "seed")
@@ -126,7 +128,7 @@ def run(exp: Experiment, quick: bool, out: Path, log: Callable[[str], None],
                     update(i + min(max(done, 0.0), 1.0),
                            f"trial {i + 1}/{repeat}: {what}" if repeat > 1 else what)
 
-                trial = new_trial(exp, quick, s, log, trial_step)
+                trial = new_trial(exp, quick, s, log, trial_step, maps)
                 if i == 0:
                     first = trial.results
                 exp.run(trial)
@@ -140,13 +142,15 @@ def run(exp: Experiment, quick: bool, out: Path, log: Callable[[str], None],
 
 
 def new_trial(exp: Experiment, quick: bool, seed: int, log: Callable[[str], None],
-              step: Callable[[float, str], None] | None = None) -> Trial:
+              step: Callable[[float, str], None] | None = None,
+              maps: MapSpec | None = None) -> Trial:
     """A trial of `exp` whose results start with "experiment", "quick", "params" and (if the
-    experiment reproduces some of the paper) "paper"."""
+    experiment reproduces some of the paper) "paper" (and whose machines' page maps are
+    drawn with `maps`)."""
     results = _start(exp, quick, exp.params(quick))
     if step is None:
-        return Trial(quick, seed, log, results=results)
-    return Trial(quick, seed, log, step, results=results)
+        return Trial(quick, seed, log, results=results, maps=maps)
+    return Trial(quick, seed, log, step, results=results, maps=maps)
 
 
 def _start(exp: Experiment, quick: bool, params: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from typing import Any
 import uvm.guest
 from uvm.experiments import paper
 from uvm.experiments.base import Experiment, Trial, pyplot
-from uvm.machine import Machine
 from uvm.sharing import DomainPolicy
 from uvm.sizes import PAGE_SIZE
 from workloads import GuestImage
@@ -95,7 +94,7 @@ def measure(n: int, p: dict[str, Any], trial: Trial, share_domains: DomainPolicy
     memory merged by the background scanner every every_s for scan_s; then shares until
     converged; returns the counts."""
     per_vm = p["vm_mib"] * MIB
-    with Machine(memory=n * per_vm + 32 * MIB, reclaim=False, seed=trial.seed_for("machine", n),
+    with trial.machine(memory=n * per_vm + 32 * MIB, reclaim=False, seed=trial.seed_for("machine", n),
                  share_domains=share_domains, sharing=found is not None,
                  share_rate_vm=p["share_rate_vm"], share_rate=n * p["share_rate_vm"]) as m:
         vms = [m.create_vm(f"vm{i}", memory=per_vm) for i in range(n)]

@@ -33,7 +33,6 @@ from typing import Any
 from uvm.experiments import paper, procmem
 from uvm.experiments.base import Experiment, Trial, pyplot
 from uvm.experiments.procmem import Program
-from uvm.machine import Machine
 from uvm.sizes import PAGE_SIZE
 
 MIB = 1 << 20
@@ -159,7 +158,7 @@ def measure(name: str, programs: list[Program], p: dict[str, Any], trial: Trial)
     with procmem.running(programs) as procs:
         images = [procmem.pages(proc.pid, p["max_pages"]) for proc in procs]
     total = sum(len(img) for img in images)
-    with Machine(memory=total * PAGE_SIZE + 32 * MIB, reclaim=False,
+    with trial.machine(memory=total * PAGE_SIZE + 32 * MIB, reclaim=False,
                  seed=trial.seed_for("machine", name)) as m:
         vms = [m.create_vm(f"vm{i}", memory=len(img) * PAGE_SIZE + MIB)
                for i, img in enumerate(images)]

@@ -20,7 +20,6 @@ from typing import Any
 
 from uvm.experiments import paper
 from uvm.experiments.base import Experiment, Trial, pyplot
-from uvm.machine import Machine
 from uvm.policy.estimate import PaperEstimator
 from uvm.scheduler import MemoryPolicy
 from uvm.workloads import Fill, WorkingSet
@@ -62,7 +61,7 @@ def run(trial: Trial) -> None:
     timeline: list[dict[str, Any]] = []
     phases: list[dict[str, Any]] = []
     results.update({"phases": phases, "timeline": timeline})
-    with Machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
+    with trial.machine(memory=f"{p['machine_mib']}MiB", policy=policy, seed=trial.seed_for("machine")) as m:
         vm = m.create_vm("vm", memory=f"{p['vm_mib']}MiB")
         vm.run(Fill(seed=trial.seed_for("fill"))).join(60)
         assert vm.sampler is not None

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from uvm.experiments.base import MissingExtra
@@ -37,7 +40,8 @@ def execute(todo: list[trials.Trial], address: str,
         return
     _check_reachable(address)
     try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        with _empty_cwd():
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ValueError(f"--ray: cannot connect to a Ray cluster at {address!r}: {e}") from e
     try:
@@ -54,6 +58,21 @@ def execute(todo: list[trials.Trial], address: str,
                 yield _row(ray, ref, t)
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def _empty_cwd() -> Iterator[None]:
+    """Runs the block in an empty directory of its own. ray.init puts the driver's working
+    directory on every worker's sys.path, ahead of the installed packages: a sweep started
+    from a checkout of uvm would have its workers import that checkout's source tree (no
+    built C core) instead of the installed uvm."""
+    back = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="uvm-ray-") as empty:
+        os.chdir(empty)
+        try:
+            yield
+        finally:
+            os.chdir(back)
 
 
 def _check_reachable(address: str) -> None:
