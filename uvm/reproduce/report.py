@@ -158,7 +158,12 @@ def _paper(run: Loaded, name: str) -> dict[str, Any]:
 
 
 def _figure_name(run: Loaded, name: str) -> str:
-    return _paper(run, name).get("figure") or f"beyond the paper ({name})"
+    """The paper's figure; 'no figure' for what the paper describes without one; 'beyond
+    the paper' for the rest."""
+    paper = _paper(run, name)
+    if not paper:
+        return f"beyond the paper ({name})"
+    return paper.get("figure") or f"no figure ({name})"
 
 
 def _summary_rows(run: Loaded, name: str) -> list[list[str]]:
