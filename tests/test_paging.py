@@ -164,3 +164,40 @@ def test_guest_memory_exceeding_machine_memory_by_far(make_machine) -> None:  # 
         vm.run(Verify(seed=9)).join(60)
     assert budget.max_seen <= 256
     assert isinstance(vm, uvm.VM)
+
+
+def test_ops_per_s_while_the_run_records_its_progress(make_machine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """ops_per_s is read by the live view, sweeps and stats while the run's own thread
+    appends progress marks: reading must never see the marks change under it (a sweep
+    trial failed with "deque mutated during iteration"). Here a thread appends marks as fast
+    as it can, as the run's thread does at each step, and the interpreter switches threads
+    as often as it can: a reader that iterates the live deque fails within the second."""
+    import sys
+    import time
+
+    import workloads.base
+
+    monkeypatch.setattr(workloads.base, "RATE_WINDOW", 10.0)     # read every mark
+    m = make_machine("8MiB")
+    vm = m.create_vm("a", memory="4MiB")
+    run = vm.run(WorkingSet(size="2MiB", pattern="random"))
+    stop = threading.Event()
+
+    def mark() -> None:
+        while not stop.is_set():
+            run._marks.append((time.monotonic(), run.ops))
+
+    writer = threading.Thread(target=mark, name="test-marks")
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    writer.start()
+    try:
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            assert run.ops_per_s >= 0.0
+    finally:
+        stop.set()
+        writer.join()
+        sys.setswitchinterval(old)
+        run.stop()
+        run.join(10)

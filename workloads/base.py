@@ -106,7 +106,8 @@ class Run:
         if self.done or not self._marks:
             return 0.0
         now = time.monotonic()
-        for t, ops in reversed(self._marks):
+        marks = tuple(self._marks)      # one step under the GIL: the run's thread appends
+        for t, ops in reversed(marks):  # meanwhile (iterating the deque itself raised)
             if now - t >= RATE_WINDOW:
                 break
         return (self.ops - ops) / (now - t) if now > t else 0.0
