@@ -33,8 +33,8 @@ def params(quick: bool) -> dict[str, Any]:
             "sample_period_s": 1.0, "target_period_s": 1.0, "tick_s": 0.25, "every_s": 0.5,
             "events": [[t * scale, what, name] for t, what, name in
                        ((0, "start", "A"), (6, "start", "B"), (12, "start", "C"),
-                        (24, "stop", "A"), (32, "stop", "B"))],
-            "end_s": 42 * scale}
+                        (36, "stop", "A"), (44, "stop", "B"))],
+            "end_s": 54 * scale}
 
 
 def start_vm(m: Machine, name: str, p: dict[str, Any], trial: Trial) -> VM:
