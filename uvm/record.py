@@ -137,7 +137,11 @@ def build() -> Build:
 def _source_commit() -> dict[str, Any]:
     """The commit of the source tree uvm runs from, if it runs from a git checkout of its
     own (not from a site-packages that happens to sit inside some other repository)."""
-    if not (SOURCE_TREE / "cext" / "build.py").is_file():
+    try:
+        in_checkout = (SOURCE_TREE / "cext" / "build.py").is_file()
+    except OSError:                 # e.g. a directory this user may not search
+        in_checkout = False
+    if not in_checkout:
         return {"commit": None, "dirty": None}
     commit = _git("rev-parse", "HEAD")
     if commit is None:
