@@ -169,6 +169,7 @@ int64_t vm_watched(struct machine *m, int id, const uint64_t *ppns, size_t n, ui
 /* Guarded access: a SIGBUS/SIGSEGV (a stopped or destroyed VM) returns -EFAULT. */
 int guest_read(const void *src, void *dst, size_t n);
 int guest_write(void *dst, const void *src, size_t n);
+int guest_zero_pages(void *base, const uint64_t *ppns, uint64_t n);
 
 /* Workload loops: run on the calling thread, touching guest memory as a guest would.
  * pattern: 0 sequential, 1 random, 2 zipf. Return ops done, or -EFAULT. */

@@ -203,6 +203,7 @@ class Watchdog:
                       f"{self._limit:.0f} s", file=sys.stderr)
                 print_history(self.history)
                 faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                print_native_threads()
                 sys.stderr.flush()
                 for undo in ON_HANG:
                     undo()
@@ -213,6 +214,29 @@ class Watchdog:
             self._stop = True
             self._cond.notify()
         self._thread.join()
+
+
+def print_native_threads() -> None:
+    """Every thread of this process as the kernel sees it (name, state, wait channel,
+    system call), C pager threads included, and their C stacks when gdb is installed."""
+    print("threads (tid, name, state, wchan, syscall):", file=sys.stderr)
+    for tid in sorted(os.listdir("/proc/self/task"), key=int):
+        info = []
+        for f in ("comm", "stat", "wchan", "syscall"):
+            try:
+                with open(f"/proc/self/task/{tid}/{f}") as fh:
+                    text = fh.read().strip()
+            except OSError as e:
+                text = f"({e.strerror})"
+            info.append(text.split(") ")[1].split()[0] if f == "stat" and ") " in text else text)
+        print("   ", tid, *info, file=sys.stderr)
+    try:
+        out = subprocess.run(["gdb", "-p", str(os.getpid()), "-batch", "-nx",
+                              "-ex", "thread apply all bt 12"],
+                             capture_output=True, text=True, timeout=60)
+        print(out.stdout, file=sys.stderr)
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"(no C stacks: {e})", file=sys.stderr)
 
 
 def print_history(history: collections.deque[str]) -> None:
