@@ -167,6 +167,7 @@ class Watchdog:
         self._op: str | None = None
         self._limit = limit
         self._started = 0.0
+        self._backstop = False
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._main, name="soak-watchdog", daemon=True)
@@ -177,6 +178,7 @@ class Watchdog:
         """Times one operation (`limit` seconds, default the watchdog's). The backstop
         starts a thread each time: not when the process has no mapping to spare for one."""
         self._limit = limit or self.limit
+        self._backstop = backstop
         if backstop:
             faulthandler.dump_traceback_later(2 * self._limit + 5, exit=True)
         with self._cond:
@@ -188,6 +190,19 @@ class Watchdog:
             with self._cond:
                 self._op = None
             faulthandler.cancel_dump_traceback_later()
+
+    def progress(self) -> None:
+        """A bulk operation (verify-all) finished one of its parts: its clock starts again.
+        A hang is an operation that makes no progress for `limit` seconds; one that makes
+        progress slowly is not (each of verify-all's page reads may wait the GIL's 5 ms
+        switch interval while a guest workload thread runs: 1,500 pages took over 5 s)."""
+        now = time.monotonic()
+        with self._cond:
+            if now - self._started < 1.0:
+                return
+            self._started = now
+        if self._backstop:
+            faulthandler.dump_traceback_later(2 * self._limit + 5, exit=True)
 
     def _main(self) -> None:
         with self._cond:
@@ -719,6 +734,7 @@ class Soak:
                 if not self.may_read(g) or (g.proc is not None and not self.may_write(g)):
                     break                   # (guest reads write too: swap-in, zero-fill)
                 self.check_page(g, page)
+                self.watchdog.progress()
 
     @property
     def disk_trouble(self) -> bool:
