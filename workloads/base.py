@@ -23,6 +23,15 @@ if TYPE_CHECKING:
 __all__ = ["Workload", "Run", "check_fraction", "check_seed", "check_guarded"]
 
 RATE_WINDOW = 1.0   # seconds over which ops_per_s is measured
+# A workload's steps are mostly Python (a guest OS in Python), so its thread holds the GIL
+# almost always, releasing it only for short C calls that it re-takes before a waiting
+# thread has woken up. Every other thread (the caller's, the scheduler's, the balloon
+# drivers') then waits the interpreter's switch interval, 5 ms, each time it comes back
+# from a C call: measured, a plain vm.read of one page took 0.8-13.5 ms beside one running
+# guest workload instead of 25 us. Sleeping 0 s hands the GIL over; once a millisecond it
+# costs the workload a few per cent and bounds the others' wait near a millisecond.
+GIL_YIELD_S = 0.001
+
 BLOCKED_POLL = 0.05  # seconds between checks for stop while the VM is blocked
 
 
@@ -79,6 +88,7 @@ class Run:
         self._thread.start()
 
     def _main(self) -> None:
+        yielded = time.monotonic()
         try:
             while not self._stop.is_set():
                 if not self.vm.wait_runnable(BLOCKED_POLL):
@@ -90,6 +100,9 @@ class Run:
                 now = time.monotonic()
                 if now - self._marks[-1][0] >= 0.05:
                     self._marks.append((now, self.ops))
+                if now - yielded >= GIL_YIELD_S:
+                    time.sleep(0)       # see GIL_YIELD_S
+                    yielded = now
         except BaseException as e:  # captured, re-raised by join()
             self.error = e
         finally:
