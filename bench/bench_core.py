@@ -2,7 +2,7 @@
 """Benchmark of uvm's core: the userfaultfd pager and the compressed swap, as ratios against
 baselines measured in the same run (DESIGN.md section 7; issue 2).
 
-    python bench/bench_core.py [--quick] [--out FILE.json]
+    python bench/bench_core.py [--quick] [--only fault-paths|eviction] [--out FILE.json]
 
 It prints, in one run:
 
@@ -18,6 +18,11 @@ It prints, in one run:
    and per machine frame;
 5. (no target) how long machine.stats(), a policy thread's call into the core, waits for
    the machine lock while a guest on another CPU takes first-touch faults;
+6. the two fault paths (issue 10): pager threads against the faulting thread serving its
+   own fault in a SIGBUS handler (fault_path="thread"), random first touch against the
+   kernel's and swap-in against a zero fill on the same path;
+7. eviction (vm.evict of a whole VM) against liblz4 compressing the same pages alone, in
+   CPU time of the calling thread;
 
 each for three placements of the pager threads, with the guest thread pinned to CPU 0:
 the default (one pager pinned per CPU), pagers=[0] (same CPU) and pagers=[1] (another CPU).
@@ -67,7 +72,8 @@ def build_helper(tmpdir: str) -> ctypes.CDLL:
     if not cc:
         sys.exit("bench_core: needs a C compiler (cc or gcc) to build bench/_touch.c")
     so = os.path.join(tmpdir, "_touch.so")
-    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", so, str(HERE / "_touch.c")], check=True)
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", so, str(HERE / "_touch.c"), "-l:liblz4.so.1"],
+                   check=True)
     lib = ctypes.CDLL(so)
     lib.make_order.argtypes = [VOIDP, U64, U64]
     lib.make_order.restype = None
@@ -83,6 +89,8 @@ def build_helper(tmpdir: str) -> ctypes.CDLL:
     lib.baseline_map.restype = VOIDP
     lib.baseline_unmap.argtypes = [VOIDP, U64]
     lib.baseline_unmap.restype = ctypes.c_int
+    lib.compress_pages.argtypes = [VOIDP, U64, U64, VOIDP, ctypes.POINTER(U64)]
+    lib.compress_pages.restype = U64
     return lib
 
 
@@ -664,6 +672,119 @@ class Bench:
             if tgt:
                 self.target(name, v, None, "bytes", tgt, None, absolute=True)
 
+    # 6. the two fault paths (issue 10) -------------------------------------------------
+
+    def fault_paths(self, pool_ptr: int, pool_pages: int) -> None:
+        """Pager threads (default placement) against the faulting thread serving its own
+        fault (fault_path="thread"), interleaved repeat by repeat so that both see the same
+        machine load: random first touch (fault_around 1) against the kernel's shmem first
+        touch, and the swap-in of a VM evicted whole (3/4 swap-ins, 1/4 zero fills of its
+        zero pages) against a zero fill on the same path."""
+        n = self.region_pages
+        pages = Pages(self.lib, n)
+        self.log(f"6. fault paths: {n * PAGE >> 20} MiB regions, {self.repeats} repeats, "
+                 f"guest thread on CPU {GUEST_CPU}, random order")
+        for _ in range(3):          # warm-up, as in section 1
+            kernel_touch(self.lib, pages, False, True, 1)
+        paths = ("pager", "thread")
+        touch: dict[str, list[float]] = {"kernel": [], **{p: [] for p in paths}}
+        swapin: dict[str, list[float]] = {p: [] for p in paths}
+        machines = {p: uvm.Machine("256MiB" if n <= 1 << 14 else f"{4 * self.region_mib}MiB",
+                                   swap_size=2 * n * PAGE, swap_dir=self.swap_dir, fault_path=p)
+                    for p in paths}
+        try:
+            for rep in range(self.repeats):
+                touch["kernel"].append(kernel_touch(self.lib, pages, False, True, 3000 + rep)[0])
+                for p, m in machines.items():
+                    vm = m.create_vm("fresh", n * PAGE)
+                    touch[p].append(time_touch(self.lib, vm.address, pages, True, 3000 + rep)[0])
+                    if vm.stats()["zero_fills"] != n:
+                        raise RuntimeError(f"{p}: {vm.stats()} after a first touch of {n} pages")
+                    pages.set_order(False, 0)
+                    with pinned(GUEST_CPU):
+                        self.lib.copy_pages(vm.address, pool_ptr, pool_pages, pages.order, n, None)
+                    if vm.evict() != n:
+                        raise RuntimeError(f"{p}: not every page evicted")
+                    swapin[p].append(time_touch(self.lib, vm.address, pages, True, 4000 + rep,
+                                                write=False)[0])
+                    wall = U64()
+                    pages.set_order(False, 0)
+                    bad = self.lib.check_pages(vm.address, pool_ptr, pool_pages, pages.order, n,
+                                               None, ctypes.byref(wall))
+                    if bad:
+                        raise RuntimeError(f"{p}: {bad} pages differ after swap-in")
+                    m.destroy_vm(vm)
+        finally:
+            for m in machines.values():
+                m.close()
+        med = {k: median(v) for k, v in touch.items()}
+        sw = {k: median(v) for k, v in swapin.items()}
+        out: dict[str, Any] = {"pages": n, "repeats": self.repeats,
+                               "first_touch_ns_per_page": {k: round(v, 1) for k, v in med.items()},
+                               "swap_in_ns_per_page": {k: round(v, 1) for k, v in sw.items()}}
+        print(f"   random first touch, ns/page: kernel shmem {med['kernel']:.0f}, "
+              f"pager {med['pager']:.0f} ({ratio(med['pager'], med['kernel']):.2f}x), "
+              f"thread {med['thread']:.0f} ({ratio(med['thread'], med['kernel']):.2f}x)")
+        print(f"   swap-in (evicted VM read back), ns/page: pager {sw['pager']:.0f} "
+              f"({ratio(sw['pager'], med['pager']):.2f}x its zero fill), thread {sw['thread']:.0f} "
+              f"({ratio(sw['thread'], med['thread']):.2f}x its zero fill)")
+        self.result["fault_paths"] = out
+        self.target("thread path: random first touch, fault_around 1 (vs kernel shmem)",
+                    med["thread"], med["kernel"], "ns/page", 2.0, "kernel shmem first touch")
+        self.target("thread path: swap-in (vs its zero fill)", sw["thread"], med["thread"],
+                    "ns/page", 1.5, "thread-path zero fill")
+        self.target("thread path: random first touch (vs pager path)", med["thread"],
+                    med["pager"], "ns/page", 1.0, "pager-path first touch")
+
+    # 7. eviction against compression alone (issue 10) ----------------------------------
+
+    def eviction(self, pool_ptr: int, pool_pages: int) -> None:
+        """vm.evict() of a whole VM of mixed pages against liblz4 compressing the same pages
+        alone (with the same all-zero check), repeat by repeat. Both run on this thread; CPU
+        time (time.thread_time) is the figure, as the machine's load disturbs wall time (the
+        core does all of eviction's work, system calls included, on the calling thread)."""
+        n = self.region_pages
+        pages = Pages(self.lib, n)
+        pages.set_order(False, 0)
+        dst = ctypes.create_string_buffer(2 * PAGE)
+        stored = U64()
+        self.log(f"7. eviction: {n * PAGE >> 20} MiB VM of mixed pages evicted whole, "
+                 f"{self.repeats} repeats, against liblz4 alone")
+        evict_cpu, evict_wall, lz4_cpu = [], [], []
+        m = uvm.Machine("256MiB" if n <= 1 << 14 else f"{4 * self.region_mib}MiB",
+                        swap_size=2 * n * PAGE, swap_dir=self.swap_dir, reclaim=False)
+        try:
+            vm = m.create_vm("evict", n * PAGE)
+            for _ in range(self.repeats):
+                with pinned(GUEST_CPU):
+                    self.lib.copy_pages(vm.address, pool_ptr, pool_pages, pages.order, n, None)
+                    c0, w0 = time.thread_time(), time.perf_counter()
+                    if vm.evict() != n:
+                        raise RuntimeError("not every page evicted")
+                    c1, w1 = time.thread_time(), time.perf_counter()
+                    self.lib.compress_pages(pool_ptr, pool_pages, n, dst, ctypes.byref(stored))
+                    c2 = time.thread_time()
+                evict_cpu.append(c1 - c0)
+                evict_wall.append(w1 - w0)
+                lz4_cpu.append(c2 - c1)
+            wall = U64()
+            bad = self.lib.check_pages(vm.address, pool_ptr, pool_pages, pages.order, n, None,
+                                       ctypes.byref(wall))
+            if bad:
+                raise RuntimeError(f"{bad} pages differ after eviction and swap-in")
+        finally:
+            m.close()
+        ev, lz = median(evict_cpu), median(lz4_cpu)
+        out = {"pages": n, "evict_pages_per_cpu_s": round(n / ev), "evict_pages_per_s":
+               round(n / median(evict_wall)), "lz4_alone_pages_per_cpu_s": round(n / lz),
+               "ratio": round(ev / lz, 3)}
+        print(f"   eviction {out['evict_pages_per_cpu_s']:,} pages/CPU-s ({out['evict_pages_per_s']:,} "
+              f"pages/s wall), liblz4 alone {out['lz4_alone_pages_per_cpu_s']:,} pages/CPU-s: "
+              f"{out['ratio']:.2f}x its CPU time")
+        self.result["eviction"] = out
+        self.target("eviction CPU time per page (vs liblz4 compressing the same pages)",
+                    ev / n * 1e9, lz / n * 1e9, "ns/page", 1.3, "liblz4 alone")
+
     # targets ---------------------------------------------------------------------------
 
     def target(self, metric: str, value: float, baseline: float | None, unit: str, limit: float,
@@ -678,7 +799,7 @@ class Bench:
 
     def print_targets(self) -> None:
         print()
-        print("Targets (issue 2)")
+        print("Targets (issues 2 and 10)")
         hdr = f"{'metric':<72} {'median':>10} {'baseline':>9} {'ratio':>7} {'target':>8} {'met':>4}"
         print(hdr)
         print("-" * len(hdr))
@@ -774,6 +895,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", metavar="FILE.json", help="write every figure as JSON to FILE.json")
     ap.add_argument("--repeats", type=int, help="repeats of each first-touch run (default 5, quick 2)")
     ap.add_argument("--region", type=int, metavar="MiB", help="first-touch region size (default 64, quick 16)")
+    ap.add_argument("--only", choices=["fault-paths", "eviction"],
+                    help="run only this section (6 or 7)")
     ap.add_argument("--swap-dir", help="directory of the swap files (default $TMPDIR or /var/tmp)")
     args = ap.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
@@ -803,11 +926,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool_buf = (ctypes.c_char * len(pool)).from_buffer(pool)
         pool_ptr = ctypes.addressof(pool_buf)
 
-        b.first_touch()
-        b.swap_in(pool, pool_ptr, expected)
-        b.overcommit(pool, pool_ptr, expected)
-        b.bookkeeping()
-        b.api_latency()
+        if args.only is None:
+            b.first_touch()
+            b.swap_in(pool, pool_ptr, expected)
+            b.overcommit(pool, pool_ptr, expected)
+            b.bookkeeping()
+            b.api_latency()
+        if args.only in (None, "fault-paths"):
+            b.fault_paths(pool_ptr, pool_pages)
+        if args.only in (None, "eviction"):
+            b.eviction(pool_ptr, pool_pages)
         b.print_targets()
         del pool_buf
         b.result["elapsed_s"] = round(time.monotonic() - t0, 1)

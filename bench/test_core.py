@@ -23,10 +23,14 @@ def kernel_first_touch(touch: ctypes.CDLL, pages: Pages, anon: bool, random_orde
                                    for _ in range(rounds)))
 
 
+FAULT_PATHS = ["pager", "thread"]     # pager threads, or the faulting thread itself (issue 10)
+
+
+@pytest.mark.parametrize("fault_path", FAULT_PATHS)
 @pytest.mark.parametrize("order", ["sequential", "random"])
 @pytest.mark.parametrize("fault_around", [1, 16, 64])
 def test_first_touch(uvm_bench: UvmBench, touch: ctypes.CDLL, region_pages: int, rounds: int,
-                     order: str, fault_around: int) -> None:
+                     order: str, fault_around: int, fault_path: str) -> None:
     """Touch every page of a fresh VM once (one 8-byte store): missing faults served by the
     pager. Target: random order, fault_around 1, within 4x the kernel's shmem first touch;
     sequential with fault-around no slower than the kernel."""
@@ -34,7 +38,7 @@ def test_first_touch(uvm_bench: UvmBench, touch: ctypes.CDLL, region_pages: int,
     pages = Pages(touch, n)
     pages.set_order(order == "random", 1000)
     m = uvm_bench.machine("256MiB" if n <= 1 << 14 else 4 * n * PAGE, swap_size=n * PAGE,
-                          fault_around=fault_around)
+                          fault_around=fault_around, fault_path=fault_path)
     vms: list[Any] = []
 
     def fresh_vm() -> tuple[tuple[int], dict[str, Any]]:
@@ -62,14 +66,16 @@ def test_first_touch(uvm_bench: UvmBench, touch: ctypes.CDLL, region_pages: int,
                                     target_ratio=4.0 if fault_around == 1 else 1.0)
 
 
+@pytest.mark.parametrize("fault_path", FAULT_PATHS)
 def test_swap_in(uvm_bench: UvmBench, touch: ctypes.CDLL, pool: Any, region_pages: int,
-                 rounds: int) -> None:
+                 rounds: int, fault_path: str) -> None:
     """Read back every page of a VM evicted whole, in random order: 3/4 swap-ins (read,
     LZ4-decompress, UFFDIO_COPY), 1/4 zero pages (no slot: zero-filled again). Target: the
     swap-in p50 within 2x a zero-fill fault's p50, measured here on a fresh VM."""
     n = region_pages
     pages = Pages(touch, n)
-    m = uvm_bench.machine("256MiB" if n <= 1 << 14 else 4 * n * PAGE, swap_size=2 * n * PAGE)
+    m = uvm_bench.machine("256MiB" if n <= 1 << 14 else 4 * n * PAGE, swap_size=2 * n * PAGE,
+                          fault_path=fault_path)
     vm = m.create_vm("swap-in", n * PAGE)
     pages.set_order(False, 0)
     with pinned(GUEST_CPU):

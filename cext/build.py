@@ -10,7 +10,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ["machine.c", "vm.c", "frame.c", "swap.c", "evict.c", "pager.c", "share.c", "guard.c",
-           "sample.c", "workload.c"]
+           "sample.c", "workload.c", "lowmem.c", "sigfault.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef((HERE / "uvm.h").read_text())

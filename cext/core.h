@@ -1,7 +1,9 @@
 /* core.h: the machine's internal structures, shared by the C files of the core.
  *
  * Locking: one mutex (m->lock) guards everything below: pmaps, the frame table, the swap
- * map and the counters. The pagers, the reclaim thread and Python callers all take it.
+ * map and the counters. The pagers, the reclaim thread and Python callers all take it, and
+ * so does the SIGBUS handler of the in-thread fault path (sigfault.c), on whatever thread
+ * touched guest memory: so no code may touch a guest address while holding it.
  * Nothing here ever touches a registered guest address: data moves through the machine
  * view (an unregistered mapping of the whole memfd) or through heap buffers. */
 #ifndef UVM_CORE_H
@@ -48,6 +50,7 @@ struct vm {
     int stopped;            /* 0, or errno: faults of a stopped VM are poisoned */
     uint64_t min, target;   /* the memory scheduler's: evict from VMs above target first */
     uint32_t domain;        /* sharing domain: pages merge only with pages of the same one */
+    uint64_t low;           /* pages re-mapped into low frames (PM_LOW) */
     struct uvm_vm_stats st;
 };
 
@@ -120,6 +123,8 @@ struct machine {
     pthread_mutex_t lock;
     int memfd, uffd, stopfd;
     int user_mode;
+    int fault_path;         /* UVM_FAULT_PAGER or UVM_FAULT_THREAD */
+    void *lz4;              /* LZ4 compression state (nothing on the stack of a handler) */
     char *view;             /* machine view: the whole memfd, unregistered */
     uint64_t view_pages;
     uint64_t mpn_next;      /* MPN slices are handed out by bump allocation ... */
@@ -131,6 +136,7 @@ struct machine {
     uint64_t *frames;       /* frame table: nresident live entries */
     uint64_t nshared;       /* shared frames (content-based page sharing) */
     struct share share;
+    struct { uint64_t base, n, nfree, used; uint32_t *free; } low;     /* lowmem.c */
 
     struct vm *vms[MAX_VMS];
     int nvms;
@@ -172,8 +178,14 @@ struct machine {
 /* returns frames the budget still allows (private and shared frames both count). */
 static inline uint64_t frames_free(const struct machine *m)
 {
-    return m->nframes - m->nresident - m->nshared;
+    return m->nframes - m->nresident - m->nshared - m->low.used;
 }
+
+/* lowmem.c */
+int lowmem_release(struct machine *m, struct vm *v, uint64_t ppn);
+void lowmem_drop(struct machine *m, struct vm *v, uint64_t ppn);
+int lowmem_check(struct machine *m);
+void lowmem_fini(struct machine *m);
 
 /* frame.c */
 int frame_add(struct machine *m, struct vm *v, uint64_t ppn);
@@ -190,7 +202,7 @@ void swap_unalloc(struct swap *s, uint64_t unit, uint32_t n);
 void swap_free(struct swap *s, uint64_t unit, uint32_t len);
 int swap_write(struct machine *m, uint64_t unit, const char *buf, size_t len);
 int swap_read(struct machine *m, uint64_t unit, uint32_t len, char *page);
-int page_compress(const char *page, char *out);
+int page_compress(struct machine *m, const char *page, char *out);
 uint32_t swap_units(uint32_t len);
 
 /* evict.c */
@@ -215,6 +227,8 @@ uint64_t share_saved(struct machine *m, struct vm *v);
 int share_evict(struct machine *m, struct vm *v, uint64_t ppn);
 int share_release(struct machine *m, struct vm *v, uint64_t ppn);
 int share_at_home(struct vm *v, uint64_t ppn);
+int share_remap(struct machine *m, char *a, uint64_t n, uint64_t mpn, int *replaced);
+void share_premap(struct machine *m, char *a, uint64_t n);
 int share_fault_home(struct machine *m, struct vm *v, uint64_t ppn, uint64_t flags);
 char *sframe_addr(struct machine *m, uint64_t s);
 
@@ -223,15 +237,21 @@ int trans_slot_get(void);
 void trans_slot_put(int slot);
 void trans_begin(int slot, char *addr, uint64_t len);
 void trans_end(int slot);
-int live_add(char *start, uint64_t len);
+int live_add(char *start, uint64_t len, struct machine *owner);
 void live_remove(int slot);
+void live_quiesce(int slot);
 void guard_install(void);
 
 /* machine.c */
 int machine_held(struct machine *m);
 uint64_t now_ns(void);
 
+/* sigfault.c */
+int fault_signal(struct machine *m, uint64_t addr, void *uctx);
+
 /* pager.c */
+struct vm *vm_at(struct machine *m, uint64_t addr);
+int fault_serve(struct machine *m, struct vm *v, uint64_t addr, uint64_t flags);
 int pager_start(struct machine *m, const int *cpus);
 void pager_stop(struct machine *m);
 int uffd_poison(struct machine *m, char *addr, uint64_t len);

@@ -1,11 +1,16 @@
 /* evict.c: demand paging out. Victims are chosen at random among resident frames, as the
  * paper's swap daemon does: a host that guessed at the guest's working set would fight
- * the guest's own replacement policy. Eviction of a page:
- *   1. MADV_DONTNEED on the guest address: from now on a guest touch faults (MINOR) and
- *      waits for the pager, which waits for m->lock, which we hold;
- *   2. compress the frame (read through the machine view) into the cluster buffer;
+ * the guest's own replacement policy. Eviction of a batch of pages, sorted into runs of
+ * consecutive PPNs of one VM (an explicit vm.evict of a range is one run per batch):
+ *   1. MADV_DONTNEED on the guest addresses, one call per run: from now on a guest touch
+ *      faults (MINOR) and waits for the pager (or its own SIGBUS handler), which waits for
+ *      m->lock, which we hold;
+ *   2. compress each frame (read through the machine view) into the cluster buffer;
  *   3. write the whole batch with one pwrite when the swap map has a run for it;
- *   4. punch the home frame out of the memfd and record the slot in the pmap.
+ *   4. punch the home frames out of the memfd, one call per run of written pages, and
+ *      record the slots in the pmaps.
+ * Per run, not per page: with another thread of the process running on another CPU, each
+ * DONTNEED or punch costs a TLB shootdown (~20 us), whatever its length.
  * A page whose write fails stays resident in the memfd, untouched (its next touch is a
  * MINOR fault, served with CONTINUE): nothing is lost. Callers hold m->lock. */
 #define _GNU_SOURCE
@@ -15,6 +20,10 @@
 #include <time.h>
 #include "core.h"
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
 struct victim {
     struct vm *v;
     uint64_t ppn;
@@ -23,10 +32,9 @@ struct victim {
     int64_t unit;       /* first swap unit, or -1 */
 };
 
-/* marks a victim's page as paged out and frees its frame. */
+/* marks a victim's page as paged out and frees its frame (punched by the caller). */
 static void victim_commit(struct machine *m, struct victim *x, int background)
 {
-    frame_punch(m, x->v, x->ppn, 1);
     frame_remove(m, PTE_VAL(x->v->pmap[x->ppn]));
     if (x->len == 0) {
         x->v->pmap[x->ppn] = PTE_MAKE(PM_ZERO, 0, 0);
@@ -54,6 +62,35 @@ static int victim_listed(const struct victim *xs, int k, const struct vm *v, uin
             return 1;
     return 0;
 }
+
+/* sorts victims by VM slot, then PPN (insertion sort: a batch is small, and qsort may
+ * allocate, which the in-thread fault path must not). */
+static void victims_sort(struct victim *xs, int k)
+{
+    for (int i = 1; i < k; i++) {
+        struct victim x = xs[i];
+        int j = i;
+        for (; j > 0 && (xs[j - 1].v->slot > x.v->slot ||
+                         (xs[j - 1].v->slot == x.v->slot && xs[j - 1].ppn > x.ppn)); j--)
+            xs[j] = xs[j - 1];
+        xs[j] = x;
+    }
+}
+
+/* returns the length of the run of victims from xs[i] (consecutive PPNs of one VM) that
+ * keep(x) accepts, all of them accepted. */
+static int run_len(const struct victim *xs, int i, int k, int (*keep)(const struct victim *))
+{
+    int j = i + 1;
+    while (j < k && xs[j].v == xs[i].v && xs[j].ppn == xs[j - 1].ppn + 1 && keep(&xs[j]))
+        j++;
+    return j - i;
+}
+
+static int any_victim(const struct victim *x) { (void)x; return 1; }
+
+/* whether a victim's content is safe elsewhere (all zero, or written to swap) */
+static int victim_saved(const struct victim *x) { return x->len == 0 || x->unit >= 0; }
 
 /* writes each victim to its own slot; returns the first error or 0. */
 static int write_each(struct machine *m, struct victim *xs, int n)
@@ -90,13 +127,20 @@ int evict_pages(struct machine *m, const uint64_t *ents, int n, int background)
         uint64_t ppn = FT_PPN(ents[i]);
         if (!v || PTE_STATE(v->pmap[ppn]) != PM_RESIDENT || victim_listed(xs, k, v, ppn))
             continue;
-        madvise(v->guest + ppn * PG, PG, MADV_DONTNEED);
-        struct victim *x = &xs[k++];
-        x->v = v;
-        x->ppn = ppn;
+        xs[k++] = (struct victim){ .v = v, .ppn = ppn, .unit = -1 };
+    }
+    victims_sort(xs, k);
+    for (int i = 0, len; i < k; i += len) {
+        len = run_len(xs, i, k, any_victim);
+        madvise(xs[i].v->guest + xs[i].ppn * PG, (size_t)len * PG, MADV_DONTNEED);
+        /* map the run's frames in the machine view at once, not one minor fault a page
+         * (they are resident: this fills no hole) */
+        madvise(frame_addr(m, xs[i].v, xs[i].ppn), (size_t)len * PG, MADV_POPULATE_READ);
+    }
+    for (int i = 0; i < k; i++) {
+        struct victim *x = &xs[i];
         x->off = off;
-        x->unit = -1;
-        x->len = (uint32_t)page_compress(frame_addr(m, v, ppn), CBUF_CLUSTER(m) + off);
+        x->len = (uint32_t)page_compress(m, frame_addr(m, x->v, x->ppn), CBUF_CLUSTER(m) + off);
         off += (uint64_t)swap_units(x->len) * UVM_SWAP_UNIT;
         total += swap_units(x->len);
     }
@@ -117,11 +161,16 @@ int evict_pages(struct machine *m, const uint64_t *ents, int n, int background)
         err = write_each(m, xs, k);
     }
     int done = 0;
-    for (int i = 0; i < k; i++) {
-        if (xs[i].len == 0 || xs[i].unit >= 0) {
-            victim_commit(m, &xs[i], background);
-            done++;
+    for (int i = 0, len; i < k; i += len) {
+        if (!victim_saved(&xs[i])) {
+            len = 1;            /* stays resident in the memfd: its next touch is MINOR */
+            continue;
         }
+        len = run_len(xs, i, k, victim_saved);
+        frame_punch(m, xs[i].v, xs[i].ppn, (uint64_t)len);
+        for (int j = i; j < i + len; j++)
+            victim_commit(m, &xs[j], background);
+        done += len;
     }
     return done ? done : (err ? err : -EAGAIN);
 }

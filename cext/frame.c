@@ -158,6 +158,8 @@ int machine_check(struct machine *m)
         r = -EUCLEAN;
     if (!r)
         r = slices_check(m);
+    if (!r)
+        r = lowmem_check(m);
     free(refs);
     pthread_mutex_unlock(&m->lock);
     return r;

@@ -1,4 +1,4 @@
-/* guard.c: the SIGBUS/SIGSEGV handler, for two jobs.
+/* guard.c: the SIGBUS/SIGSEGV handler, for three jobs.
  *
  * 1. Guarded regions (GUARD_BEGIN): a fault there returns -EFAULT to the caller.
  *
@@ -11,7 +11,12 @@
  *    the transition ends, then returns so the access is retried against the finished,
  *    registered mapping.
  *
- * A fault that is neither is not ours: the handler puts back whatever handler was there
+ * 3. The in-thread fault path: a SIGBUS that userfaultfd raised (UFFD_FEATURE_SIGBUS) in
+ *    the guest memory of a machine opened with it is served right here (sigfault.c), and
+ *    the access retried. If it cannot be served (its VM is stopped), it ends as job 1 or
+ *    as below, like the SIGBUS of a poisoned page on the pager path.
+ *
+ * A fault that is none of these is not ours: the handler puts back whatever handler was there
  * before (Python's faulthandler, or the default) and returns, so the access faults again
  * and that handler sees it exactly as it would have without uvm. */
 #define _GNU_SOURCE
@@ -50,26 +55,36 @@ static int in_transition(uintptr_t addr)
 #define RETRIES_BEFORE_REAL 64
 static struct {
     _Atomic uintptr_t start, end;
+    struct machine *_Atomic owner;  /* the machine serving its faults in-thread, or NULL */
+    _Atomic int busy;               /* handlers using the slot (live_quiesce waits for 0) */
 } live[LIVE_SLOTS];
+static _Atomic int live_top;        /* slots at or above it were never used */
 static __thread uintptr_t last_addr;
 static __thread int repeats;
 
 /* returns whether addr lies in a live VM's guest memory. */
 static int in_live_guest(uintptr_t addr)
 {
-    for (int i = 0; i < LIVE_SLOTS; i++)
+    int top = atomic_load(&live_top);
+    for (int i = 0; i < top; i++)
         if (addr >= live[i].start && addr < live[i].end)
             return 1;
     return 0;
 }
 
-/* records a live VM's guest range; returns its slot, or -EMFILE. */
-int live_add(char *start, uint64_t len)
+/* records a live VM's guest range, whose SIGBUS faults owner serves in-thread (NULL: its
+ * pagers do); returns its slot, or -EMFILE. */
+int live_add(char *start, uint64_t len, struct machine *owner)
 {
     for (int i = 0; i < LIVE_SLOTS; i++) {
         uintptr_t zero = 0;
-        if (atomic_compare_exchange_strong(&live[i].start, &zero, (uintptr_t)start)) {
+        if (atomic_load(&live[i].busy) == 0 &&
+            atomic_compare_exchange_strong(&live[i].start, &zero, (uintptr_t)start)) {
+            atomic_store(&live[i].owner, owner);    /* before end: see live_fault */
             atomic_store(&live[i].end, (uintptr_t)start + len);
+            int top = atomic_load(&live_top);
+            while (top <= i && !atomic_compare_exchange_weak(&live_top, &top, i + 1))
+                ;
             return i;
         }
     }
@@ -83,10 +98,42 @@ void live_remove(int slot)
     atomic_store(&live[slot].start, 0);
 }
 
+/* waits until no handler uses a removed slot's machine and VM any more; the caller holds
+ * no m->lock (a handler in flight may be waiting for it). */
+void live_quiesce(int slot)
+{
+    while (atomic_load(&live[slot].busy))
+        sched_yield();
+}
+
+/* serves an in-thread fault at addr (see sigfault.c); returns 1 when the access may be
+ * retried, 0 when the fault is not one to serve here or could not be served. A guest range
+ * is never reused after its VM is gone (vm.c keeps a reservation), so a slot whose range
+ * still holds addr once busy is raised belongs to addr's VM, and its owner (stored before
+ * its end) is that VM's machine, alive until live_quiesce returns. */
+static int live_fault(uintptr_t addr, void *ctx)
+{
+    int top = atomic_load(&live_top), served = 0;
+    for (int i = 0; i < top; i++) {
+        if (addr < atomic_load(&live[i].start) || addr >= atomic_load(&live[i].end))
+            continue;
+        atomic_fetch_add(&live[i].busy, 1);
+        struct machine *m = atomic_load(&live[i].owner);
+        if (m && addr >= atomic_load(&live[i].start) && addr < atomic_load(&live[i].end))
+            served = fault_signal(m, addr, ctx) == 0;
+        atomic_fetch_sub(&live[i].busy, 1);
+        break;
+    }
+    return served;
+}
+
 static void guard_handler(int sig, siginfo_t *si, void *ctx)
 {
-    (void)ctx;
     uintptr_t addr = (uintptr_t)si->si_addr;
+    /* userfaultfd's SIGBUS is BUS_ADRERR; a poisoned page's is BUS_MCEERR_AR (never served:
+     * it would only fault again), a signal sent by a process has si_code <= 0 */
+    if (sig == SIGBUS && si->si_code == BUS_ADRERR && live_fault(addr, ctx))
+        return;
     if (sig == SIGSEGV && (in_transition(addr) || in_live_guest(addr))) {
         int waited = 0;
         while (in_transition(addr)) {
@@ -108,7 +155,7 @@ static void guard_handler(int sig, siginfo_t *si, void *ctx)
 }
 
 /* installs guard_handler for one signal unless it is already there. */
-static void install_one(int sig, struct sigaction *prev)
+static void install_one(int sig, struct sigaction *prev, int flags)
 {
     struct sigaction cur, mine;
     sigaction(sig, NULL, &cur);
@@ -116,7 +163,7 @@ static void install_one(int sig, struct sigaction *prev)
         return;
     memset(&mine, 0, sizeof mine);
     mine.sa_sigaction = guard_handler;
-    mine.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    mine.sa_flags = SA_SIGINFO | flags;
     sigemptyset(&mine.sa_mask);
     sigaction(sig, &mine, prev);
 }
@@ -125,8 +172,11 @@ static void install_one(int sig, struct sigaction *prev)
 void guard_install(void)
 {
     pthread_mutex_lock(&install_lock);
-    install_one(SIGBUS, &prev_bus);
-    install_one(SIGSEGV, &prev_segv);
+    /* SIGSEGV on the alternate stack, if the thread has one (a stack overflow must still
+     * reach faulthandler); SIGBUS on the thread's own stack, which is larger, for the
+     * in-thread fault path */
+    install_one(SIGBUS, &prev_bus, 0);
+    install_one(SIGSEGV, &prev_segv, SA_ONSTACK);
     pthread_mutex_unlock(&install_lock);
 }
 

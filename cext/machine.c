@@ -15,6 +15,7 @@
 #include <sys/syscall.h>
 #include "core.h"
 #include "uffd.h"
+#include "lz4.h"
 
 #define VIEW_BYTES (1ull << 40)     /* MPN space: 1 TiB of sparse memfd */
 
@@ -70,11 +71,14 @@ static uint64_t rng_seed(uint64_t seed)
     return z ? z : 1;
 }
 
-/* negotiates the features uvm needs; returns 0, or -ENOTSUP if the kernel lacks one. */
-static int uffd_setup(int fd)
+/* negotiates the features uvm needs (SIGBUS for the in-thread fault path); returns 0, or
+ * -ENOTSUP if the kernel lacks one. */
+static int uffd_setup(int fd, int fault_path)
 {
     uint64_t need = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM |
                     UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_POISON;
+    if (fault_path == UVM_FAULT_THREAD)
+        need |= UFFD_FEATURE_SIGBUS;
     /* the faulting thread's id lets the pagers follow it to its CPU (pager.c) */
     struct uffdio_api api = { .api = UFFD_API, .features = need | UFFD_FEATURE_THREAD_ID };
     if (ioctl(fd, UFFDIO_API, &api))
@@ -86,10 +90,20 @@ static int uffd_setup(int fd)
 int machine_open(const struct uvm_config *cfg, struct machine **out)
 {
     int r = -ENOMEM;
+    if (cfg->fault_path != UVM_FAULT_PAGER && cfg->fault_path != UVM_FAULT_THREAD)
+        return -EINVAL;
+    if (cfg->fault_path == UVM_FAULT_THREAD && !fault_signal_supported())
+        return -ENOTSUP;
     struct machine *m = calloc(1, sizeof *m);
     if (!m)
         return -ENOMEM;
-    pthread_mutex_init(&m->lock, NULL);
+    /* error-checking: a thread that faults on guest memory while holding the lock would
+     * deadlock in the in-thread fault handler; with this it is told (sigfault.c) */
+    pthread_mutexattr_t check;
+    pthread_mutexattr_init(&check);
+    pthread_mutexattr_settype(&check, PTHREAD_MUTEX_ERRORCHECK);
+    pthread_mutex_init(&m->lock, &check);
+    pthread_mutexattr_destroy(&check);
     pthread_condattr_t mono;
     pthread_condattr_init(&mono);
     pthread_condattr_setclock(&mono, CLOCK_MONOTONIC);     /* hold_until is monotonic */
@@ -100,6 +114,7 @@ int machine_open(const struct uvm_config *cfg, struct machine **out)
     m->view = MAP_FAILED;
     m->nframes = cfg->frames;
     m->fault_around = cfg->fault_around < 1 ? 1 : cfg->fault_around;
+    m->fault_path = cfg->fault_path;
     m->swap_latency_ns = cfg->swap_latency_ns;
     m->rng = rng_seed(cfg->seed);
     m->low_water = m->nframes / 128 < 2 ? 2 : (m->nframes / 128 > 512 ? 512 : m->nframes / 128);
@@ -107,7 +122,8 @@ int machine_open(const struct uvm_config *cfg, struct machine **out)
     m->frames = calloc(m->nframes, sizeof *m->frames);
     m->zbuf = aligned_alloc(PG, (size_t)FAULT_AROUND_MAX * PG);
     m->cbuf = aligned_alloc(PG, (size_t)CBUF_PAGES * PG);
-    if (!m->frames || !m->zbuf || !m->cbuf)
+    m->lz4 = calloc(1, (size_t)LZ4_sizeofState());
+    if (!m->frames || !m->zbuf || !m->cbuf || !m->lz4)
         goto fail;
     memset(m->zbuf, 0, (size_t)FAULT_AROUND_MAX * PG);
 
@@ -132,13 +148,15 @@ int machine_open(const struct uvm_config *cfg, struct machine **out)
         r = m->uffd;
         goto fail;
     }
-    if ((r = uffd_setup(m->uffd)))
+    if ((r = uffd_setup(m->uffd, m->fault_path)))
         goto fail;
     if ((r = share_init(m)))
         goto fail;
-    guard_install();            /* for transitions (see guard.c) */
+    guard_install();            /* for transitions and the in-thread fault path (guard.c) */
 
-    m->npagers = cfg->npagers < 1 ? 1 : (cfg->npagers > MAX_PAGERS ? MAX_PAGERS : cfg->npagers);
+    /* with UFFD_FEATURE_SIGBUS the kernel queues no fault event: no pagers to read them */
+    m->npagers = m->fault_path == UVM_FAULT_THREAD ? 0 :
+                 cfg->npagers < 1 ? 1 : (cfg->npagers > MAX_PAGERS ? MAX_PAGERS : cfg->npagers);
     if ((r = pager_start(m, cfg->cpus)))
         goto fail;
     if (cfg->reclaim) {
@@ -198,9 +216,11 @@ void machine_close(struct machine *m)
         close(m->memfd);
     swap_close(&m->swap);
     share_fini(m);
+    lowmem_fini(m);
     free(m->frames);
     free(m->zbuf);
     free(m->cbuf);
+    free(m->lz4);
     pthread_cond_destroy(&m->hold_cv);
     pthread_cond_destroy(&m->reclaim_cv);
     pthread_mutex_destroy(&m->lock);
@@ -212,7 +232,7 @@ static void stats_locked(struct machine *m, struct uvm_machine_stats *st)
 {
     *st = m->st;
     st->frames_total = m->nframes;
-    st->frames_used = m->nresident + m->nshared;
+    st->frames_used = m->nresident + m->nshared + m->low.used;
     st->frames_free = frames_free(m);
     st->swap_capacity = m->swap.capacity;
     st->swap_pages = m->swap.pages;

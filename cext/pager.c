@@ -216,8 +216,8 @@ static int serve_shared(struct machine *m, struct vm *v, uint64_t ppn, uint64_t 
     return r == -EEXIST ? uffd_wake(m, a, PG) : r;
 }
 
-/* returns the VM whose guest mapping holds addr, or NULL. */
-static struct vm *vm_at(struct machine *m, uint64_t addr)
+/* returns the VM whose guest mapping holds addr, or NULL; caller holds m->lock. */
+struct vm *vm_at(struct machine *m, uint64_t addr)
 {
     for (int i = 0; i < MAX_VMS; i++) {
         struct vm *v = m->vms[i];
@@ -227,17 +227,11 @@ static struct vm *vm_at(struct machine *m, uint64_t addr)
     return NULL;
 }
 
-/* handles one page fault message. */
-static void fault(struct machine *m, const struct uffd_msg *msg)
+/* serves a fault at page address addr of VM v, whichever path it came from (flags are
+ * userfaultfd's UFFD_PAGEFAULT_FLAG_*); on failure stops v. Returns 0, or -errno when the
+ * fault was not served (v is stopped). Caller holds m->lock. */
+int fault_serve(struct machine *m, struct vm *v, uint64_t addr, uint64_t flags)
 {
-    uint64_t addr = msg->arg.pagefault.address & ~(uint64_t)(PG - 1);
-    uint64_t flags = msg->arg.pagefault.flags;
-    struct vm *v = vm_at(m, addr);
-    m->st.faults++;
-    if (!v) {                   /* its VM was destroyed: the retry finds no mapping */
-        uffd_wake(m, (char *)addr, PG);
-        return;
-    }
     uint64_t ppn = (addr - (uint64_t)v->guest) / PG;
     if (flags & UFFD_PAGEFAULT_FLAG_WP)
         v->st.faults_wp++;
@@ -267,7 +261,18 @@ static void fault(struct machine *m, const struct uffd_msg *msg)
         if (r < 0)
             vm_stop(v, -r);
     }
-    if (v->stopped)
+    return v->stopped ? -v->stopped : 0;
+}
+
+/* handles one page fault message. */
+static void fault(struct machine *m, const struct uffd_msg *msg)
+{
+    uint64_t addr = msg->arg.pagefault.address & ~(uint64_t)(PG - 1);
+    struct vm *v = vm_at(m, addr);
+    m->st.faults++;
+    if (!v)                     /* its VM was destroyed: the retry finds no mapping */
+        uffd_wake(m, (char *)addr, PG);
+    else if (fault_serve(m, v, addr, msg->arg.pagefault.flags) < 0)
         uffd_poison(m, (char *)addr, PG);
 }
 

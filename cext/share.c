@@ -49,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 #include <sys/mman.h>
 #include "core.h"
 #include "uffd.h"
@@ -143,6 +144,8 @@ static void tab_rebuild(struct share *sh)
 static int tab_insert(struct share *sh, uint64_t h, uint64_t val, uint64_t *hints)
 {
     uint64_t cap = sh->mask + 1;
+    if (sh->tombs > cap / 4)
+        tab_rebuild(sh);
     if (SE_KIND(val) == SE_HINT && *hints >= cap / 4)
         return -ENOSPC;
     for (uint64_t i = h & sh->mask;; i = (i + 1) & sh->mask) {
@@ -158,14 +161,16 @@ static int tab_insert(struct share *sh, uint64_t h, uint64_t val, uint64_t *hint
     }
 }
 
-/* removes a live entry. */
+/* removes a live entry. The table is rebuilt (allocating) at the next insert, which only
+ * the scanner makes: removals also come from the fault path, which may be a signal handler
+ * (sigfault.c), where nothing may allocate. Lookups stay bounded: removals only turn live
+ * entries into tombstones, so no more slots are taken than at the last insert. */
 static void tab_remove(struct share *sh, struct share_entry *e, uint64_t *hints)
 {
     *hints -= SE_KIND(e->val) == SE_HINT;
     e->val = SE_TOMB;
     sh->used--;
-    if (++sh->tombs > (sh->mask + 1) / 4)
-        tab_rebuild(sh);
+    sh->tombs++;
 }
 
 /* -- shared frames -------------------------------------------------------------------- */
@@ -227,15 +232,18 @@ static void sframe_put(struct machine *m, uint64_t s)
 /* returns the number of mappings of this process (lines of /proc/self/maps). */
 static long count_maps(void)
 {
-    FILE *f = fopen("/proc/self/maps", "r");
+    /* open and read, no stdio: the in-thread fault path (a signal handler) counts too */
+    char buf[512];
     long n = 0;
-    int c;
-    if (!f)
+    ssize_t got;
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return -1;
-    while ((c = getc(f)) != EOF)
-        n += c == '\n';
-    fclose(f);
-    return n;
+    while ((got = read(fd, buf, sizeof buf)) > 0)
+        for (ssize_t i = 0; i < got; i++)
+            n += buf[i] == '\n';
+    close(fd);
+    return got < 0 ? -1 : n;
 }
 
 /* judges a fresh count (sh->vma_est): stops or resumes merging; returns whether a merge may
@@ -305,6 +313,14 @@ static int remap(struct machine *m, char *a, uint64_t n, uint64_t mpn, int *repl
     return r;
 }
 
+/* remap for another subsystem (lowmem.c: a page into a low frame and back), with the
+ * guard installed; returns 0 or -errno as remap does. */
+int share_remap(struct machine *m, char *a, uint64_t n, uint64_t mpn, int *replaced)
+{
+    guard_install();
+    return remap(m, a, n, mpn, replaced);
+}
+
 /* The application shares the mapping limit: it may add thousands of mappings of its own
  * after the machine was created, so the estimate is refreshed by a real count before a scan
  * pass. Counting reads /proc/self/maps, whose cost grows with the mappings (milliseconds at
@@ -338,6 +354,12 @@ static void premap(struct machine *m, char *a, uint64_t n, int wp)
     struct uffdio_continue c = { .range = { (uint64_t)a, n * PG },
                                  .mode = wp ? UFFDIO_CONTINUE_MODE_WP : 0 };
     ioctl(m->uffd, UFFDIO_CONTINUE, &c);
+}
+
+/* maps n re-mapped pages at a writable (their memfd pages exist) and wakes their waiters. */
+void share_premap(struct machine *m, char *a, uint64_t n)
+{
+    premap(m, a, n, 0);
 }
 
 static int wp_set(struct machine *m, char *a, uint64_t n, int on)
@@ -792,7 +814,7 @@ int share_evict(struct machine *m, struct vm *v, uint64_t ppn)
 {
     uint64_t s = PTE_VAL(v->pmap[ppn]);
     char *out = CBUF_CLUSTER(m);
-    int len = page_compress(sframe_addr(m, s), out);
+    int len = page_compress(m, sframe_addr(m, s), out);
     int64_t u = len ? swap_alloc(&m->swap, swap_units((uint32_t)len)) : 0;
     if (u < 0)
         return (int)u;

@@ -149,7 +149,7 @@ void swap_free(struct swap *s, uint64_t unit, uint32_t len)
 
 /* compresses a page into out (PG bytes); returns the stored length: 0 for an all-zero
  * page, PG when stored raw (it would not save a unit), else the LZ4 block length. */
-int page_compress(const char *page, char *out)
+int page_compress(struct machine *m, const char *page, char *out)
 {
     const uint64_t *w = (const uint64_t *)page;
     size_t i = 0;
@@ -157,7 +157,7 @@ int page_compress(const char *page, char *out)
         i++;
     if (i == PG / 8)
         return 0;
-    int n = LZ4_compress_default(page, out, PG, PG - 1);
+    int n = LZ4_compress_fast_extState(m->lz4, page, out, PG, PG - 1, 1);
     if (n <= 0 || swap_units((uint32_t)n) >= UNITS_PER_PAGE) {
         memcpy(out, page, PG);
         return PG;

@@ -10,6 +10,10 @@
 #ifndef USERFAULTFD_IOC_NEW
 #define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
 #endif
+/* a user-mode fault raises SIGBUS on the faulting thread instead of queueing an event */
+#ifndef UFFD_FEATURE_SIGBUS
+#define UFFD_FEATURE_SIGBUS (1 << 7)
+#endif
 #ifndef UFFD_FEATURE_POISON
 #define UFFD_FEATURE_POISON (1 << 14)
 #endif

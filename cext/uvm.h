@@ -13,6 +13,7 @@
 #define PM_ZERO 3       /* known to be all zeros: costs neither a frame nor a slot */
 #define PM_SHARED 4     /* mapped copy-on-write onto a shared frame */
 #define PM_BALLOONED 5  /* given to the host by the guest's balloon: no frame, no slot */
+#define PM_LOW 6        /* re-mapped into a low frame, which devices can reach (lowmem.c) */
 
 /* page map bytes (vm_page_map): the pmap state in bits 0..2, and flags */
 #define MAP_STATE_MASK 7
@@ -30,6 +31,9 @@
 
 struct machine;
 
+#define UVM_FAULT_PAGER 0
+#define UVM_FAULT_THREAD 1
+
 struct uvm_config {
     uint64_t frames;        /* machine memory M, in pages */
     uint64_t swap_bytes;    /* capacity of the swap file */
@@ -43,6 +47,9 @@ struct uvm_config {
     uint64_t swap_latency_ns; /* charged per swap read or write request (a disk); 0: none */
     uint64_t seed;          /* seeds the core's random choices (victims, sampling, sharing
                              * scan); 0: from the clock and pid */
+    int fault_path;         /* UVM_FAULT_PAGER: pager threads read userfaultfd events;
+                             * UVM_FAULT_THREAD: the faulting thread serves its own fault in
+                             * a SIGBUS handler (UFFD_FEATURE_SIGBUS; see sigfault.c) */
     int *swap_failed;       /* out, if not NULL: 1 when machine_open failed on the swap file
                                (its errno, e.g. EOPNOTSUPP, means something else there) */
 };
@@ -114,6 +121,9 @@ struct uvm_machine_stats {
 int machine_open(const struct uvm_config *cfg, struct machine **out);
 /* which userfaultfd a machine would get: 0 full (privileged), 1 user-mode only, or -errno. */
 int machine_uffd_mode(void);
+/* 1 if this build can serve faults in-thread (UVM_FAULT_THREAD needs the x86-64 page-fault
+ * error code to tell a fault's kind), else 0. */
+int fault_signal_supported(void);
 void machine_close(struct machine *m);
 void machine_stats(struct machine *m, struct uvm_machine_stats *st);
 void machine_snapshot(struct machine *m, struct uvm_machine_stats *st, const int *slots,
@@ -142,6 +152,13 @@ int vm_set_limits(struct machine *m, int id, uint64_t min, uint64_t target);
  * (vm_balloon: -errno if any page failed; the others are ballooned all the same). */
 int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n);
 int64_t vm_unballoon(struct machine *m, int id, const uint64_t *ppns, size_t n);
+
+/* I/O page remapping (lowmem.c): machine_lowmem reserves n low frames (before any VM);
+ * vm_lowmem_remap moves a resident page into one (1, or 0 if none is free; -EAGAIN if the
+ * page is not resident); machine_lowmem_stats gives the pool's size and free frames. */
+int machine_lowmem(struct machine *m, uint64_t n);
+int vm_lowmem_remap(struct machine *m, int id, uint64_t ppn);
+int machine_lowmem_stats(struct machine *m, uint64_t *total, uint64_t *nfree);
 
 /* Sharing domains: a page merges only with pages of VMs of the same domain (0..2^31-1; 0 is
  * the default, every VM in one domain). Set before the scanner first looks at the VM:

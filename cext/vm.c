@@ -67,6 +67,7 @@ int vm_create(struct machine *m, uint64_t n, int *id, void **base)
     int r = 0, slot = -1;
     struct vm *v = calloc(1, sizeof *v);
     pte_t *pmap = calloc(n, sizeof *pmap);
+    guard_install();    /* again: a handler installed since (faulthandler) would get its faults */
     pthread_mutex_lock(&m->lock);
     if (!v || !pmap) {
         r = -ENOMEM;
@@ -112,7 +113,7 @@ int vm_create(struct machine *m, uint64_t n, int *id, void **base)
         slice_free(m, v->base, n);
         goto out;
     }
-    v->live = live_add(v->guest, n * PG);
+    v->live = live_add(v->guest, n * PG, m->fault_path == UVM_FAULT_THREAD ? m : NULL);
     if (v->live < 0) {
         r = v->live;
         munmap(v->guest, n * PG);
@@ -155,11 +156,14 @@ int vm_destroy(struct machine *m, int id)
             swap_free(&m->swap, PTE_VAL(e), PTE_LEN(e));
         else if (PTE_STATE(e) == PM_SHARED)
             share_drop(m, v, p);
+        else if (PTE_STATE(e) == PM_LOW)
+            lowmem_drop(m, v, p);
     }
     share_forget(m, v);
     m->vms[id] = NULL;
     slice_free(m, v->base, v->npages);
     pthread_mutex_unlock(&m->lock);
+    live_quiesce(v->live);      /* no in-thread fault handler still looks at v */
     free(v->pmap);
     free(v);
     return 0;
@@ -205,7 +209,8 @@ void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st)
     struct vm *v = vm_get(m, id);
     if (v) {
         *st = v->st;
-        st->zero = v->npages - v->st.resident - v->st.swapped - v->st.sharing - v->st.ballooned;
+        st->zero = v->npages - v->st.resident - v->st.swapped - v->st.sharing - v->st.ballooned -
+                   v->low;
         st->shared_saved = share_saved(m, v);
     } else {
         memset(st, 0, sizeof *st);
@@ -360,6 +365,10 @@ static int balloon_one(struct machine *m, struct vm *v, uint64_t ppn)
         v->st.swapped--;
     } else if (PTE_STATE(e) == PM_SHARED) {
         int r = share_release(m, v, ppn);
+        if (r)
+            return r;
+    } else if (PTE_STATE(e) == PM_LOW) {
+        int r = lowmem_release(m, v, ppn);
         if (r)
             return r;
     }

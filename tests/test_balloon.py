@@ -67,6 +67,38 @@ def test_a_touched_ballooned_page_is_zero_and_accounted(make_machine, tmp_path) 
     assert vm.stats()["balloon_touched"] == 1
 
 
+def test_a_touched_ballooned_page_pops_the_balloon_and_it_inflates_again(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    m = make_machine("32MiB")
+    vm = m.create_vm("g", memory="8MiB")                    # 2048 pages
+    gos = uvm.guest.boot(vm, disk_dir=str(tmp_path), disk_latency=0, balloon_period=FAST)
+    checked = GuestChecked("3MiB", seed=7)                  # 768 pages of known data
+    checked.start(vm)
+    while not checked.written:
+        checked.step(vm)
+    vm.balloon.target = 900
+    wait_for(lambda: vm.balloon.size == 900)
+    assert vm.stats()["balloon_pops"] == 0
+    held = vm.balloon.ppns()
+    touched = held[len(held) // 2]
+    vm.write(touched * PG + 100, b"broken promise")          # the guest touches one anyway
+    wait_for(lambda: vm.stats()["balloon_pops"] == 1)
+    wait_for(lambda: vm.balloon.size == 900)                 # inflated again from the target
+    st = vm.stats()
+    assert st["balloon_pops"] == 1 and st["balloon_touched"] == 1
+    assert st["ballooned"] == 900                            # every page it holds is the host's
+    assert all(vm.page_state(p) == "ballooned" for p in vm.balloon.ppns())
+    driver = vm.balloon.driver
+    assert driver is not None and len(driver.list_pages) == 2        # 512 PPNs a page
+    assert len(gos.pinned) == 902 and not set(gos.free) & set(vm.balloon.ppns())
+    listed = b"".join(vm.read(p * PG, PG) for p in driver.list_pages)
+    assert [int.from_bytes(listed[i * 8:i * 8 + 8], "little") for i in range(900)] == \
+        vm.balloon.ppns()                                    # its list is in guest memory
+    checked.verify_all()                                     # every byte of the process's data
+    time.sleep(10 * FAST)
+    assert vm.stats()["balloon_pops"] == 1                   # one touch, one pop
+    m.check()
+
+
 def test_the_balloon_cannot_take_pinned_pages(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
     m = make_machine("16MiB")
     vm = m.create_vm("g", memory="8MiB")                    # 2048 pages
@@ -82,7 +114,8 @@ def test_the_balloon_cannot_take_pinned_pages(make_machine, tmp_path) -> None:  
     driver = vm.balloon.driver
     assert driver is not None
     wait_for(lambda: driver.stuck > 0)
-    assert vm.balloon.size == 2048 - 1200
+    assert len(gos.memmap) == 2048 * 64 // PG and len(driver.list_pages) == 2
+    assert vm.balloon.size == 2048 - 1200 - len(gos.memmap) - len(driver.list_pages)
     assert not pinned & set(vm.balloon.ppns())
     assert all(p.read(v) == v.to_bytes(4, "little") * 1024 for v in vpns)
     assert vm.stats()["guest_swapouts"] == 0
@@ -227,7 +260,8 @@ def test_a_driver_whose_report_fails_gives_the_pages_back_and_says_why(make_mach
     wait_for(lambda: not driver.running)
     st = vm.stats()
     assert st["balloon_error"] == "[Errno 5] VM 'g': ballooning failed: Input/output error"
-    assert st["guest_pinned"] == 0 and st["guest_free"] == 1024 and vm.balloon.size == 0
+    assert st["guest_pinned"] == 0 and st["guest_free"] == 1024 - 16 and vm.balloon.size == 0
+    assert st["guest_memmap"] == 16                          # 64 bytes per page, never freed
     assert not vm.balloon.active                             # the host would page instead
 
 

@@ -39,11 +39,16 @@ def test_sharing_experiment_quick(tmp_path: Path, capsys) -> None:  # type: igno
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     rows = results["rows"]
     assert [r["vms"] for r in rows] == [1, 2, 3, 4]
-    # one VM shares only zero pages; from two on, the image is shared and savings grow
-    assert rows[0]["sharing"] == rows[0]["zero_shared"] or rows[0]["shared_pct"] < 25
+    # one VM shares zero pages and its own duplicates (the program's code, in the page cache
+    # and in the process); from two on, the image is shared and savings grow
+    assert 0 < rows[0]["zero_shared"] < rows[0]["sharing"]
     saved = [r["saved"] for r in rows]
     assert saved == sorted(saved) and saved[-1] > 2 * saved[0]
     assert all(r["shared_pct"] > 50 for r in rows[1:])
+    # the background scanner finds sharing over time, before any full pass
+    found = results["found"]["4"]
+    assert found[-1]["shared_pct"] > found[0]["shared_pct"] + 10
+    assert results["paper"]["figure"] == "Figure 4"
     printed = capsys.readouterr().out
     assert "saved %" in printed and str(rows[-1]["zero_shared"]) in printed
 
@@ -68,11 +73,30 @@ def test_balloon_experiment_quick(tmp_path: Path, capsys) -> None:  # type: igno
         # the ballooned guest really gave up L - X, and the host never paged either guest
         assert ball["balloon_pages"] * 4096 == (ball["vm_mib"] - r["size_mib"]) << 20
         assert conf["host_swapouts"] == ball["host_swapouts"] == 0
-        # same accesses, same usable memory: the same cache behaviour (throughput is timing,
-        # reported by the experiment, not asserted here)
-        assert abs(conf["misses"] - ball["misses"]) <= 0.1 * conf["misses"]
-        assert conf["ops_per_s"] > 0 and ball["ops_per_s"] > 0
+        # the page-frame array is sized by configured memory: the ballooned guest's is larger
+        assert ball["memmap_pages"] > conf["memmap_pages"] > 0
+        # same accesses, nearly the same usable memory: nearly the same cache behaviour
+        # (throughput is timing, reported by the experiment, not asserted here)
+        assert abs(conf["miss_rate"] - ball["miss_rate"]) <= 0.15 * conf["miss_rate"]
+        assert conf["ops"] > 100 and ball["ops"] > 100
     assert "largest difference" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_io_remap_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["experiment", "io-remap", "--quick", "--out", str(tmp_path)]) == 0
+    results = read_results(tmp_path)
+    assert (tmp_path / "io-remap.png").read_bytes().startswith(b"\x89PNG")
+    rows = {r["mode"]: r for r in results["rows"]}
+    assert list(rows) == ["no low memory", "remap off", "remap on"]
+    none, off, on = rows.values()
+    assert none["copies"] == none["remapped"] == 0                # every frame reachable
+    assert off["remapped"] == off["direct"] == 0 and off["copies"] > 0
+    # remapping reduces copies (throughput is timing: reported, not asserted)
+    assert on["remapped"] > 0 and on["direct"] > 0 and on["copies_per_op"] < off["copies_per_op"]
+    assert on["low_pages_used"] == on["remapped"]
+    assert results["copies_reduction_pct"] > 0
+    assert "fewer copies per op" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -101,9 +125,11 @@ def test_idle_tax_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ign
     assert (untaxed["tau"], taxed["tau"]) == (0.0, 0.75)
     # no tax: about even; with it: most memory to the busy VM, which runs faster
     assert abs(untaxed["busy_target_mib"] - untaxed["idle_target_mib"]) <= 0.1 * untaxed["busy_target_mib"]
-    assert taxed["busy_target_mib"] >= 1.5 * taxed["idle_target_mib"]
-    assert taxed["busy_mib"] > untaxed["busy_mib"] and taxed["idle_mib"] < untaxed["idle_mib"]
-    assert taxed["idle_active"] < 0.1 < 0.9 < taxed["busy_active"]
+    # (the file server touches part of its cache in a period: its active fraction is about
+    # a half, so the tax moves memory to it without taking all of the idle VM's)
+    assert taxed["busy_target_mib"] >= 1.3 * taxed["idle_target_mib"]
+    assert taxed["busy_mib"] > untaxed["busy_mib"] + 4 and taxed["idle_mib"] < untaxed["idle_mib"] - 4
+    assert taxed["idle_active"] < 0.1 < 0.3 < taxed["busy_active"]
     assert results["speedup"] > 1
     assert all({"busy", "idle", "state"} <= set(row) for row in results["timeline"])
     assert "throughput at tau = 0.75" in capsys.readouterr().out

@@ -120,7 +120,7 @@ class GuestModel(RuleBasedStateMachine):
         if not hasattr(self, "os"):
             return
         gos = self.os
-        places = (list(gos.free) + list(gos.anon_lru.values()) + list(gos.pinned)
+        places = (list(gos.free) + list(gos.anon_lru.values()) + list(gos.pinned) + gos.memmap
                   + [cp.ppn for cp in gos.cache.pages.values()])
         assert sorted(places) == list(range(PAGES))
         swapped = sum(len(p.swap) for p in self.procs)

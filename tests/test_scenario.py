@@ -91,7 +91,8 @@ def test_absolute_swap_paths_stay_as_written(tmp_path: Path) -> None:
 def test_every_workload_kind_is_accepted(kind: str) -> None:
     params = {"working-set": 'size = "1MiB"', "idle": 'touch = "1MiB"',
               "os-image": 'image = "1MiB"\nprivate = "1MiB"\nzeroed = "1MiB"',
-              "file-cache": 'file_size = "1MiB"', "guest-idle": 'touch = "1MiB"'}.get(kind, 'size = "1MiB"')
+              "file-cache": 'file_size = "1MiB"', "guest-idle": 'touch = "1MiB"',
+              "file-server": 'file_size = "64KiB"', "guest-image": 'image = "1MiB"'}.get(kind, 'size = "1MiB"')
     s = scenario.loads(f'[machine]\nmemory = "8MiB"\n[[vm]]\nname = "a"\nmemory = "8MiB"\n'
                        f'[vm.workload]\nkind = "{kind}"\n{params}\n')
     assert s.vms[0].workload is not None and isinstance(s.vms[0].workload.create(), KINDS[kind])

@@ -5,8 +5,9 @@ what to give up.
 sets `target` (pages); the driver, a thread inside the guest (the paper's vmmemctl), polls it
 about once a `period`, inflates by allocating and pinning pages through the guest OS's own
 allocator (so the guest's reclaim picks what to drop or page out), reports their PPNs, and
-the host frees the frames behind them (vm.balloon_pages: no swap write). Deflating frees
-pages back to the guest. Inflation is rate-limited by a replaceable BalloonRate (a lab
+the host frees the frames behind them (vm.balloon_pages: no swap write), and keeps their
+PPNs in a list in its own pinned guest pages (8 bytes each: one page per 512 ballooned
+pages, part of what ballooning costs a guest). Deflating frees pages back to the guest. Inflation is rate-limited by a replaceable BalloonRate (a lab
 exercise): the default, AdaptiveRate, halves the rate when the guest had to reclaim to find
 the pages and doubles it while it finds them free. The balloon has a maximum
 size (`max_fraction` of the VM, 0.65 by default, as in later ESX); the driver may be absent
@@ -16,6 +17,12 @@ balloon would have left it, and every page reclaimed so instead of by the balloo
 (`balloon_paged`). `BalloonChannel.page_instead` is that one mechanism, used by the target,
 by `reclaim` (whichever the VM allows) and by the memory scheduler (VMs that cannot balloon
 in the soft state).
+
+A guest that touches a ballooned page anyway (it broke its promise) is given a zero page by
+the host's fault path, which counts it (`balloon_touched`); the host then pops the balloon,
+as ESX does: at its next poll the driver sees the pop (the counter moved), gives every page
+it held back to the guest (its state is reset), and inflates again from the target. Pops are
+counted (`balloon_pops`).
 
 The driver survives a failed guest disk request (its reclaim could not write a page out):
 it counts it (`balloon_errors`), keeps the last (`balloon_error`), and tries again at the
@@ -31,6 +38,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from uvm.errors import SwapFull, UvmError, VMStopped
+from uvm.sizes import PAGE_SIZE
 
 if TYPE_CHECKING:
     from uvm.guest.kernel import GuestOS
@@ -41,6 +49,7 @@ DEFAULT_PERIOD = 1.0            # seconds between polls of the target
 CHUNK = 256                     # pages allocated or freed at once
 MIN_RATE = 1024                 # pages per second
 MAX_RATE = 65536
+PPNS_PER_PAGE = PAGE_SIZE // 8  # entries of the driver's list of its PPNs, per guest page
 
 
 class BalloonRate(ABC):
@@ -93,6 +102,8 @@ class BalloonChannel:
         self._lock = threading.Lock()
         self.driver: BalloonDriver | None = None
         self.paged = 0          # pages the host paged out because the balloon could not
+        self.pops = 0           # times the balloon popped (the guest touched a ballooned page)
+        self._touched = 0       # the host's balloon_touched when the driver last polled
 
     def __repr__(self) -> str:
         return f"<Balloon of {self.vm.name!r}: {self.size}/{self._target} pages>"
@@ -176,20 +187,32 @@ class BalloonChannel:
 
     def stats(self) -> dict[str, Any]:
         """balloon_target, balloon_size, balloon_max (max_pages), balloon_active (1 while a
-        driver runs), balloon_paged (pages the host paged instead), and the driver's
-        balloon_errors (survived) and balloon_error (the last, or the one that ended it; ""
-        if none)."""
+        driver runs), balloon_paged (pages the host paged instead), balloon_pops (times it
+        popped), and the driver's balloon_errors (survived) and balloon_error (the last, or
+        the one that ended it; "" if none)."""
         d = self.driver
         error = d.error or d.last_error if d is not None else None
         return {"balloon_target": self._target, "balloon_size": self.size,
                 "balloon_max": self.max_pages, "balloon_active": int(self.active),
-                "balloon_paged": self.paged, "balloon_errors": d.errors if d is not None else 0,
+                "balloon_paged": self.paged, "balloon_pops": self.pops,
+                "balloon_errors": d.errors if d is not None else 0,
                 "balloon_error": "" if error is None else str(error)}
 
     # -- the driver's end of the channel ----------------------------------------------
 
     def poll(self) -> int:
         return min(self._target, self.max_pages)
+
+    def popped(self) -> bool:
+        """Whether the balloon popped since the driver last asked: the host's fault path
+        gave the guest a zero page for a ballooned page (balloon_touched moved). Counted."""
+        st = self.vm._core_stats()
+        touched = int(st.balloon_touched)
+        if st.stopped or touched == self._touched:
+            return False
+        self._touched = touched
+        self.pops += 1
+        return True
 
     def report(self, ppns: list[int]) -> None:
         """The driver gives these pinned pages to the host, which frees their frames."""
@@ -229,6 +252,7 @@ class BalloonDriver:
         self.errors = 0         # failed guest disk requests it survived
         self.last_error: UvmError | None = None
         self.error: BaseException | None = None     # what ended it (the VM stopped, a bug)
+        self.list_pages: list[int] = []     # its own pinned guest pages: the PPNs it holds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"uvm-balloon-{os.vm.name}",
                                         daemon=True)
@@ -257,11 +281,37 @@ class BalloonDriver:
                 now = time.monotonic()
                 if now >= next_poll:
                     target, next_poll = self.channel.poll(), now + self.period
+                    if self.channel.popped():
+                        self._pop()
                 pause = self._survive(target) if self.enabled else None
                 self._stop.wait(max(0.0, next_poll - time.monotonic()) if pause is None else pause)
         except BaseException as e:      # kept in stats (balloon_error); the host pages instead
             if not (self.os.vm.machine.closed or isinstance(e, VMStopped) and self._stop.is_set()):
                 self.error = e
+
+    def _pop(self) -> None:
+        """The balloon popped: the driver's state is reset, every page it held goes back to
+        the guest (the touched one, no longer ballooned, among them); it inflates again
+        from the target at its next steps."""
+        self.os.release(self.channel.take_back(self.channel.size))
+        self._trim()
+
+    def _trim(self) -> None:
+        """Gives back the list pages the balloon's size no longer needs."""
+        keep = -(-self.channel.size // PPNS_PER_PAGE)
+        if len(self.list_pages) > keep:
+            self.os.release(self.list_pages[keep:])
+            del self.list_pages[keep:]
+
+    def _record(self, first: int, ppns: list[int]) -> None:
+        """Writes ppns as entries first.. of its list (8 bytes each, in its list pages),
+        as the real driver keeps the PPNs it gave the host in guest memory."""
+        data = b"".join(p.to_bytes(8, "little") for p in ppns)
+        while data:
+            page, entry = divmod(first, PPNS_PER_PAGE)
+            n = min(PPNS_PER_PAGE - entry, len(data) // 8)
+            self.os.vm.write(self.list_pages[page] * PAGE_SIZE + entry * 8, data[:n * 8])
+            data, first = data[n * 8:], first + n
 
     def _survive(self, target: int) -> float | None:
         """_step, surviving a failed guest disk request (the guest lost nothing: the pages
@@ -282,18 +332,25 @@ class BalloonDriver:
         size = self.channel.size
         if size > target:
             self.os.release(self.channel.take_back(min(CHUNK, size - target)))
+            self._trim()
             return 0.0
         if size == target:
             return None
         want = max(1, min(self.pace.chunk(target - size), target - size))
         before = self.os.reclaimed
-        pages = self.os.alloc(want, pin=True)
+        more = -(-(size + want) // PPNS_PER_PAGE) - len(self.list_pages)
+        if more > 0:
+            self.list_pages += self.os.alloc(more, pin=True)
+        room = len(self.list_pages) * PPNS_PER_PAGE - size     # fewer if no list page was left
+        pages = self.os.alloc(min(want, room), pin=True) if room > 0 else []
         if pages:
             try:
                 self.channel.report(pages)
             except BaseException:
                 self.os.release(pages)          # the guest keeps them
+                self._trim()
                 raise
+            self._record(size, pages)
         reclaimed = self.os.reclaimed - before
         self.hard += reclaimed > 0              # the guest had to work
         pause = self.pace.allocated(want, len(pages), reclaimed)

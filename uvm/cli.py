@@ -7,6 +7,8 @@
         --summary-json FILE --wide --map --map-every SECONDS --map-out DIR
     uvm experiment NAME          one of the paper's experiments (uvm/experiments/)
         --quick --out DIR --seed N --repeat N --map-every SECONDS
+    uvm reproduce                every experiment, and a report of the paper vs uvm
+        --quick --out DIR --only NAMES --repeat N --seed N --page FILE   (uvm/reproduce/)
     uvm sweep GRID.toml          a grid of trials of a scenario or experiment (uvm/sweep/)
         --jobs N --out DIR --resume --ray ADDRESS
     uvm top [PID|PATH] [--json FILE] [--once] | --list
@@ -31,7 +33,8 @@ from typing import TextIO
 
 from rich.console import Console
 
-from uvm import experiments, labs, live, pagemap, record, resolved, scenario, schema, sweep, top
+from uvm import (experiments, labs, live, pagemap, record, reproduce, resolved, scenario,
+                 schema, sweep, top)
 from uvm.errors import UserfaultfdUnavailable
 from uvm.experiments.runner import check_repeat
 from uvm.interrupts import Interrupted, Interrupts
@@ -67,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_run(commands)
     _add_experiment(commands)
+    _add_reproduce(commands)
     _add_sweep(commands)
     _add_lab(commands)
     _add_schema(commands)
@@ -209,6 +213,40 @@ def _experiment(args: argparse.Namespace) -> int:
                         seed=args.seed, repeat=args.repeat, shield=interrupts.deferred,
                         map_every=args.map_every)
     return 0
+
+
+def _add_reproduce(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    names = ", ".join(reproduce.select(None))
+    p = commands.add_parser(
+        "reproduce", help="run every experiment and report the paper's numbers beside uvm's",
+        description=f"Runs the experiments ({names}) with repeats into DIR/NAME/, then writes "
+                    f"DIR/report.md and DIR/report.html (self-contained): per figure of the "
+                    f"paper, the setup, the paper's numbers beside uvm's with their spread, the "
+                    f"plot, and what differs and why. Ctrl-C keeps what finished (the report "
+                    f"says partial).")
+    p.add_argument("--quick", action="store_true",
+                   help="the experiments' quick versions (a few minutes in all)")
+    p.add_argument("--out", metavar="DIR", type=Path, default=reproduce.DEFAULT_OUT,
+                   help=f"where to write (default: {reproduce.DEFAULT_OUT})")
+    p.add_argument("--only", metavar="NAMES", help="comma-separated experiments to run")
+    p.add_argument("--repeat", type=_repeat, metavar="N",
+                   help=f"trials per experiment (default: {reproduce.FULL_REPEAT}, with --quick "
+                        f"{reproduce.QUICK_REPEAT})")
+    p.add_argument("--seed", type=_seed, metavar="N",
+                   help="seed of every experiment (default: drawn, and recorded)")
+    p.add_argument("--page", metavar="FILE", type=Path,
+                   help="also write the report's Markdown to FILE, plots linked relative to it "
+                        "(docs/paper-vs-uvm.md)")
+    p.set_defaults(command=_reproduce)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    """`uvm reproduce`: run, print as it goes, write the report."""
+    with Interrupts("raise") as interrupts:
+        outcome = reproduce.run(args.out, args.quick, args.only, args.repeat, args.seed,
+                                args.page, lambda line: print(line, flush=True),
+                                shield=interrupts.deferred)
+    return EXIT_FAILED if outcome.failed else 0
 
 
 def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

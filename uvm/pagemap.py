@@ -53,11 +53,13 @@ STATES: tuple[State, ...] = (
     State("zero", "0", (120, 120, 120), "known to be all zeros: neither frame nor swap slot"),
     State("swapped", "~", (215, 60, 50), "compressed in the host's swap file"),
     State("ballooned", "b", (175, 80, 205), "given to the host by the guest's balloon"),
+    State("low", "L", (235, 130, 35), "re-mapped into low memory, which devices reach (I/O remapping)"),
     State("stopped", "x", (110, 20, 20), "the VM was stopped: its pages cannot be reached"),
 )
-NEVER, RESIDENT, SAMPLED, SHARED, ZERO_SHARED, ZERO, SWAPPED, BALLOONED, STOPPED = range(len(STATES))
+NEVER, RESIDENT, SAMPLED, SHARED, ZERO_SHARED, ZERO, SWAPPED, BALLOONED, LOW, STOPPED = \
+    range(len(STATES))
 _BY_PMAP = {lib.PM_NONE: NEVER, lib.PM_RESIDENT: RESIDENT, lib.PM_SWAPPED: SWAPPED,
-            lib.PM_ZERO: ZERO, lib.PM_SHARED: SHARED, lib.PM_BALLOONED: BALLOONED}
+            lib.PM_ZERO: ZERO, lib.PM_SHARED: SHARED, lib.PM_BALLOONED: BALLOONED, lib.PM_LOW: LOW}
 IMAGE_WIDTH = 128           # cells per row of a VM's block in an image
 IMAGE_CELLS = 128 * 128     # at most this many cells per VM in an image (else downsampled)
 IMAGE_SCALE = 3             # pixels per cell, each way

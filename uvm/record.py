@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from uvm import __version__
 from uvm._binding import lib
+from uvm.machine import FaultPath, resolve_fault_path
 from uvm.sizes import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -83,7 +84,9 @@ class Header(BaseModel):
     name: str = described("the scenario's or the experiment's name", True)
     uvm: Build
     host: Host
-    fault_path: Literal["pager"] = described("how faults are served: pager threads", True)
+    fault_path: FaultPath = described(
+        "how faults are served: pager threads reading userfaultfd events, or the faulting "
+        "thread itself in a SIGBUS handler", True)
     page_size_bytes: int = described("the page size every `_pages` field counts in", True)
     command: list[str] = described("the command line (argv) that started the run", True)
     config: dict[str, Any] = described("the full configuration, every default filled in: a "
@@ -114,9 +117,11 @@ def header(*, kind: str, name: str, config: dict[str, Any], seed: int,
            argv: list[str] | None = None) -> Header:
     """The record of a run starting now. `config` is the configuration with every default
     filled in; `seeds` the seeds derived from `seed`; `machine`, if the run has one already,
-    tells the userfaultfd mode (else it is probed); `argv` defaults to sys.argv."""
+    tells the userfaultfd mode and the fault path (else they are probed, the path being the
+    one a new Machine would take); `argv` defaults to sys.argv."""
     return Header(kind=kind, name=name, uvm=build(), host=host(machine),
-                  fault_path="pager", page_size_bytes=PAGE_SIZE,
+                  fault_path=machine.fault_path if machine else resolve_fault_path(None),
+                  page_size_bytes=PAGE_SIZE,
                   command=list(sys.argv if argv is None else argv), config=config, seed=seed,
                   seeds=dict(seeds or {}),
                   started=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -132,6 +132,7 @@ class OSSpec:
     balloon: bool | None = None
     balloon_period: float | None = None
     balloon_max: float | None = None        # the balloon's maximum, a fraction of the VM
+    page_struct: int | None = None          # bytes of the page-frame array per PPN
 
     def __post_init__(self) -> None:
         if self.disk is not None:

@@ -54,6 +54,7 @@ VM_FIELDS = {
     "watch_touched": "watch_touched", "hints": "hint_pages", "shared_saved": "shared_saved_pages",
     "balloon_target": "balloon_target_pages", "balloon_max": "balloon_max_pages",
     "shares": "shares", "min": "min_pages", "balloon_paged": "balloon_paged_pages",
+    "balloon_pops": "balloon_pops",
     "balloon_errors": "balloon_errors", "balloon_error": "balloon_error",
 }
 VM_DROPPED = {"stopped": "`stopped`, the reason as text", "balloon_size": "ballooned_pages",
@@ -62,7 +63,8 @@ POLICY_FIELDS = {"target": "target_pages", "allocated": "allocated_pages", "acti
                  "reclaim": "reclaim", "host_paged": "host_paged"}
 GUEST_FIELDS = {
     "guest_free": "free_pages", "guest_cache": "cache_pages", "guest_cache_dirty": "cache_dirty_pages",
-    "guest_process": "process_pages", "guest_pinned": "pinned_pages", "guest_swapins": "swapins",
+    "guest_process": "process_pages", "guest_pinned": "pinned_pages",
+    "guest_memmap": "memmap_pages", "guest_swapins": "swapins",
     "guest_swapouts": "swapouts", "guest_swap_used": "swap_used_pages",
     "guest_cache_hits": "cache_hits", "guest_cache_misses": "cache_misses",
     "guest_reclaimed": "reclaimed", "guest_double_paging": "double_paging",
@@ -135,6 +137,7 @@ class GuestLine(_Strict):
     cache_dirty_pages: int = described("dirty pages in its page cache")
     process_pages: int = described("pages of its processes")
     pinned_pages: int = described("pinned pages (the balloon's among them)")
+    memmap_pages: int = described("pages of its page-frame array (sized by its configured memory)")
     swapins: int = described("pages the guest read back from its own swap")
     swapouts: int = described("pages the guest wrote to its own swap")
     swap_used_pages: int = described("pages in the guest's swap")
@@ -185,6 +188,8 @@ class VMLine(_Strict):
                                       "MCTL?): without one the host must page instead")
     balloon_paged_pages: int = described("pages the host paged out because the balloon could "
                                          "not take them (no driver, driver disabled)")
+    balloon_pops: int = described("times its balloon popped (the guest touched a ballooned "
+                                  "page; the driver gave its pages back and inflated again)")
     balloon_errors: int = described("failed guest disk requests the balloon driver survived")
     balloon_error: str | None = described("the balloon driver's last error, or what ended it "
                                           "(null: none)")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from uvm._binding import ffi, lib
 from uvm.balloon import BalloonChannel
+from uvm.iomap import IoRemap
 from uvm.errors import NO_MAPPING, SwapFull, UvmError, VMStopped, map_count, stop_reason
 from uvm.sizes import PAGE_SIZE
 
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
     from workloads.base import Run, Workload
 
 PAGE_STATES = {lib.PM_NONE: "none", lib.PM_RESIDENT: "resident", lib.PM_SWAPPED: "swapped",
-               lib.PM_ZERO: "zero", lib.PM_SHARED: "shared", lib.PM_BALLOONED: "ballooned"}
+               lib.PM_ZERO: "zero", lib.PM_SHARED: "shared", lib.PM_BALLOONED: "ballooned",
+               lib.PM_LOW: "low"}
 
 VM_STAT_FIELDS = [f for f, _ in ffi.typeof("struct uvm_vm_stats").fields]
 DEFAULT_SHARES = 1000
@@ -84,6 +86,7 @@ class VM:
         self._memory = memoryview(ffi.buffer(base, self.size))
         self.os: GuestOS | None = None      # the toy guest OS, once booted (uvm.guest.boot)
         self.balloon = BalloonChannel(self)
+        self.io = IoRemap(self)             # bounce copies and I/O page remapping
 
     def __repr__(self) -> str:
         return f"<VM {self.name!r} {self.size >> 20} MiB>"
@@ -114,7 +117,7 @@ class VM:
     def stats(self) -> dict[str, Any]:
         """Counters: pages, resident, swapped, zero, ballooned, faults by kind, swap-ins,
         swap-outs...; balloon_target, balloon_size, balloon_paged (paged instead),
-        balloon_errors and balloon_error; shares, min, max and blocked; with a
+        balloon_pops, balloon_errors and balloon_error; shares, min, max and blocked; with a
         memory policy, target, allocated, active (f), reclaim and host_paged; and with a
         guest OS its own counters (guest_free, guest_cache, guest_swapins, ...)."""
         return self._with_guest(vm_dict(self._core_stats()))
@@ -134,8 +137,8 @@ class VM:
         return st
 
     def _with_guest(self, d: dict[str, Any]) -> dict[str, Any]:
-        """Adds the balloon's (balloon_target, balloon_size, balloon_paged, balloon_errors,
-        balloon_error), the memory policy's (shares, min, max, target, allocated,
+        """Adds the balloon's (balloon_target, balloon_size, balloon_paged, balloon_pops,
+        balloon_errors, balloon_error), the memory policy's (shares, min, max, target, allocated,
         active, reclaim, blocked) and the guest OS's counters (guest_free, guest_cache,
         guest_swapins, ...) to the host's."""
         d.update(self.balloon.stats())
@@ -200,8 +203,8 @@ class VM:
         self._share_rate = None if rate is None else check_rate(rate, "share_rate")
 
     def page_state(self, ppn: int) -> str:
-        """The pmap state of one page: 'none', 'resident', 'swapped', 'zero', 'shared' or
-        'ballooned'."""
+        """The pmap state of one page: 'none', 'resident', 'swapped', 'zero', 'shared',
+        'ballooned' or 'low' (re-mapped into low memory: uvm/iomap.py)."""
         self._check_ppns([ppn], "ppn")
         with self._core() as m:
             r = lib.vm_page_state(m, self._slot, ppn)

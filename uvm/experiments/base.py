@@ -12,6 +12,7 @@ from typing import Any
 
 from uvm import pagemap
 from uvm.errors import MissingExtra as MissingExtra  # re-exported: it was defined here before
+from uvm.experiments.paper import Paper
 from uvm.machine import Machine
 from uvm.seeds import derive
 
@@ -65,13 +66,22 @@ class Experiment:
     """An experiment: `params(quick)` its parameters, `run(trial)` which fills
     `trial.results` as it measures (the runner starts it with "experiment", "quick" and
     "params"), `plot(results, path)` its figure, and `figures(results)` its key numbers
-    (of a finished trial), of which --repeat reports the median and spread."""
+    (of a finished trial), of which --repeat reports the median and spread.
+
+    For `uvm reproduce` (uvm/reproduce/): `paper`, what of the paper it reproduces and the
+    paper's numbers (uvm/experiments/paper.py); `setup(params)`, uvm's setup in a sentence,
+    saying what is scaled down from the paper's and by how much; `differs(results,
+    medians)`, what differs from the paper and why, in a sentence or two written from the
+    measured results (the first trial's) and the medians of the key figures over the trials."""
     name: str
     help: str
     params: Callable[[bool], dict[str, Any]]
     run: Callable[[Trial], None]
     plot: Callable[[dict[str, Any], Path], None]
     figures: Callable[[dict[str, Any]], dict[str, float | None]]
+    paper: Paper | None = None
+    setup: Callable[[dict[str, Any]], str] | None = None
+    differs: Callable[[dict[str, Any], dict[str, float]], str] | None = None
 
 
 PLOT_HELP = "plots need matplotlib: pip install 'uvm[plot]'"

@@ -20,7 +20,7 @@ import json
 import os
 import statistics
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,28 @@ class Repeat(BaseModel):
     figures: dict[str, float | None] = Field(description="its key figures")
 
 
+class PaperNumber(BaseModel):
+    """A number the paper reports (uvm/experiments/paper.py)."""
+    model_config = ConfigDict(extra="forbid")
+    what: str
+    value: float | list[float] | None = Field(description="the value, a [low, high] range, or "
+                                                         "null (a claim of shape alone)")
+    unit: str
+    figure: str | None = Field(description="the key figure of uvm's that measures it")
+    uncertain: bool = Field(description="PAPER.md marks it (?): not the paper's fact")
+    source: str = Field(description="'paper', or where else the number comes from")
+    claim: str
+    text: str = Field(description="as a report prints it")
+
+
+class PaperSide(BaseModel):
+    """What of the paper the experiment reproduces."""
+    model_config = ConfigDict(extra="forbid")
+    figure: str | None = Field(description="the paper's figure or table (null: none)")
+    setup: str = Field(description="the paper's setup")
+    numbers: list[PaperNumber]
+
+
 class Results(BaseModel):
     """results.json of `uvm experiment`. Beyond these fields, the first trial's own results
     (rows, phases, timeline...: each experiment's module documents them)."""
@@ -56,6 +78,8 @@ class Results(BaseModel):
     experiment: str
     quick: bool
     params: dict[str, Any]
+    paper: PaperSide | None = Field(None, description="the paper's figure, setup and numbers "
+                                                      "this experiment is compared with")
     figures: dict[str, Figure] = Field(description="median and spread of each key figure over "
                                                    "the trials")
     repeats: list[Repeat] = Field(description="every finished trial, in order (one cut short "
@@ -71,11 +95,14 @@ def check_repeat(value: object) -> int:
 def run(exp: Experiment, quick: bool, out: Path, log: Callable[[str], None],
         seed: int | None = None, repeat: int = 1,
         shield: Callable[[], AbstractContextManager[None]] = nullcontext,
-        maps: MapSpec | None = None) -> dict[str, Any]:
+        maps: MapSpec | None = None,
+        step: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """Runs `exp` `repeat` times (seeds seed, seed+1, ...; seed default: drawn), writes
     out/results.json and (with matplotlib) the plot of the first trial, and with `maps` its
     machines' page maps; returns the results. Interrupted, writes what was measured inside
-    `shield()` and re-raises (see the module)."""
+    `shield()` and re-raises (see the module). Progress goes to a bar of its own, or, given
+    `step`, to step(trials done, what) (a caller drawing one bar over several runs: only one
+    bar can show at a time)."""
     seed = new_seed() if seed is None else check_seed(seed)
     check_repeat(repeat)
     check_seed(seed + repeat - 1, "seed")
@@ -88,24 +115,25 @@ def run(exp: Experiment, quick: bool, out: Path, log: Callable[[str], None],
     head = record.header(kind="experiment", name=exp.name, seed=seed,
                          config={"quick": quick, "repeat": repeat, "params": params},
                          seeds={f"repeat/{i}": s for i, s in enumerate(seeds)})
-    first = {"experiment": exp.name, "quick": quick, "params": params}   # until trial 1 starts
+    first = _start(exp, quick, params)      # until trial 1 starts
     finished: list[dict[str, Any]] = []     # the results of the trials that ran to the end
     try:
-        with progress.bar(exp.name, total=repeat) as bar:
+        with ExitStack() as stack:
+            update = step or stack.enter_context(progress.bar(exp.name, total=repeat)).update
             for i, s in enumerate(seeds):
                 if repeat > 1:
                     log(f"trial {i + 1} of {repeat} (seed {s})")
 
-                def step(done: float, what: str, i: int = i) -> None:
-                    bar.update(i + min(max(done, 0.0), 1.0),
-                               f"trial {i + 1}/{repeat}: {what}" if repeat > 1 else what)
+                def trial_step(done: float, what: str, i: int = i) -> None:
+                    update(i + min(max(done, 0.0), 1.0),
+                           f"trial {i + 1}/{repeat}: {what}" if repeat > 1 else what)
 
-                trial = new_trial(exp, quick, s, log, step, maps)
+                trial = new_trial(exp, quick, s, log, trial_step, maps)
                 if i == 0:
                     first = trial.results
                 exp.run(trial)
                 finished.append(trial.results)
-                bar.update(i + 1)
+                update(i + 1, "")
     except KeyboardInterrupt:
         with shield():
             _finish(exp, head.finish(partial=True), first, finished, seeds, out, log, missing)
@@ -116,12 +144,21 @@ def run(exp: Experiment, quick: bool, out: Path, log: Callable[[str], None],
 def new_trial(exp: Experiment, quick: bool, seed: int, log: Callable[[str], None],
               step: Callable[[float, str], None] | None = None,
               maps: MapSpec | None = None) -> Trial:
-    """A trial of `exp` whose results start with "experiment", "quick" and "params" (and
-    whose machines' page maps are drawn with `maps`)."""
-    results = {"experiment": exp.name, "quick": quick, "params": exp.params(quick)}
+    """A trial of `exp` whose results start with "experiment", "quick", "params" and (if the
+    experiment reproduces some of the paper) "paper" (and whose machines' page maps are
+    drawn with `maps`)."""
+    results = _start(exp, quick, exp.params(quick))
     if step is None:
         return Trial(quick, seed, log, results=results, maps=maps)
     return Trial(quick, seed, log, step, results=results, maps=maps)
+
+
+def _start(exp: Experiment, quick: bool, params: dict[str, Any]) -> dict[str, Any]:
+    """What a trial's results start with."""
+    results = {"experiment": exp.name, "quick": quick, "params": params}
+    if exp.paper is not None:
+        results["paper"] = exp.paper.json()
+    return results
 
 
 def _finish(exp: Experiment, head: record.Header, first: dict[str, Any],
@@ -179,7 +216,10 @@ def _results(exp: Experiment, head: record.Header, first: dict[str, Any],
     results = Results(record=head, figures=spread(repeats), repeats=repeats,
                       **{k: v for k, v in first.items() if k not in ("record", "figures",
                                                                      "repeats")})
-    return results.model_dump(mode="json")
+    out = results.model_dump(mode="json")
+    if out["paper"] is None:            # not one of the paper's experiments: no key at all
+        del out["paper"]
+    return out
 
 
 def spread(repeats: list[Repeat]) -> dict[str, Figure]:

@@ -22,6 +22,11 @@ from uvm.sizes import PAGE_SIZE, format_size
 
 DEFAULT_LATENCY = 200e-6        # seconds per request (a fast SSD, or a disk with a cache)
 DEFAULT_BANDWIDTH = 400e6       # bytes per second
+# a disk that seeks, as the paper's servers had: a 7,200 rpm disk's average rotational delay
+# (4.2 ms) plus a short seek, and its sequential transfer rate. What the file-server
+# experiments boot their guests with (boot(disk_latency=HDD_LATENCY, ...)).
+HDD_LATENCY = 5e-3
+HDD_BANDWIDTH = 100e6
 
 # inject_fault kinds: which requests fail, and with what errno
 INJECTIONS = {"disk-write": ("write", errno.EIO), "disk-read": ("read", errno.EIO),
@@ -163,14 +168,19 @@ class VirtualDisk:
 
     def read(self, block: int) -> bytes:
         """Reads one block (one request); DiskError if it fails."""
-        self._wait(1)
+        return self.read_run(block, 1)
+
+    def read_run(self, block: int, n: int) -> bytes:
+        """Reads n consecutive blocks from `block` in one request (one positioning delay,
+        then the transfer: a readahead cluster); DiskError if it fails."""
+        self._wait(n)
         self.reads += 1
         err = self._injected("read")
         if not err:
             try:
                 with self._io:
-                    data = os.pread(self._fd(), PAGE_SIZE, block * PAGE_SIZE)
-                if len(data) == PAGE_SIZE:
+                    data = os.pread(self._fd(), n * PAGE_SIZE, block * PAGE_SIZE)
+                if len(data) == n * PAGE_SIZE:
                     return data
                 err = errno.EIO             # short read: the file is not what we made
             except OSError as e:

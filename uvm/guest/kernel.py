@@ -31,6 +31,17 @@ if TYPE_CHECKING:
 
 RECLAIM_BATCH = 32      # pages reclaimed at least, once reclaim runs (amortizes disk writes)
 ZERO_PAGE = bytes(PAGE_SIZE)
+PAGE_STRUCT = 64        # bytes of the page-frame array per PPN (Linux's struct page)
+
+# Why a page-frame array. A real OS sizes some of its structures by the memory it was
+# configured with, not by what it may use: Linux's mem_map holds a 64-byte struct page for
+# every PPN, allocated at boot and never freed. That is why the paper's ballooned guest ran a
+# little slower than one configured with the same memory: the ballooned guest keeps the
+# array of the larger configuration (and the balloon driver's own list of its PPNs) out of
+# what its balloon left it. The toy OS does the same: at boot it takes
+# ceil(pages * page_struct / PAGE_SIZE) pages from its allocator for `memmap`, writes an
+# entry per PPN into them (so they are real, resident, unshareable pages), and never frees
+# them.
 
 
 class GuestOutOfMemory(UvmError):
@@ -41,11 +52,15 @@ class GuestOS:
     """The memory manager of the toy OS running in `vm`, with a virtual disk of `disk`
     blocks (see VirtualDisk) for files and swap."""
 
-    def __init__(self, vm: VM, disk: VirtualDisk) -> None:
+    def __init__(self, vm: VM, disk: VirtualDisk, page_struct: int = PAGE_STRUCT) -> None:
+        if isinstance(page_struct, bool) or not isinstance(page_struct, int) or \
+                not 0 <= page_struct <= PAGE_SIZE:
+            raise ValueError(f"page_struct: must be 0..{PAGE_SIZE} bytes per page, got {page_struct!r}")
         self.vm = vm
         self.disk = disk
         self.lock = threading.RLock()
         self.free: list[int] = list(range(vm.pages - 1, -1, -1))    # pops low PPNs first
+        self.memmap = self._memmap(page_struct)
         self.pinned: set[int] = set()
         self.busy: set[int] = set()         # faulted in for the access in progress
         self.anon_lru: OrderedDict[tuple[Process, int], int] = OrderedDict()   # oldest first
@@ -56,6 +71,22 @@ class GuestOS:
         self.swap_used = 0
         self.reclaimed = 0          # pages freed by reclaim, all kinds
         self.double_paging = 0      # guest swap-outs of pages the host had swapped out
+
+    def _memmap(self, page_struct: int) -> list[int]:
+        """Takes the page-frame array's pages (the lowest PPNs) and writes an entry of
+        `page_struct` bytes for every PPN into them; returns their PPNs."""
+        n = -(-self.vm.pages * page_struct // PAGE_SIZE)
+        if n >= self.vm.pages:
+            raise ValueError(f"page_struct: a {page_struct}-byte entry per page leaves VM "
+                             f"{self.vm.name!r} no memory")
+        pages = [self.free.pop() for _ in range(n)]
+        if n:
+            entry = memoryview(bytearray(n * PAGE_SIZE))
+            k = min(8, page_struct)         # flags and the PPN, as the entry's first word
+            for ppn in range(n * PAGE_SIZE // page_struct):
+                entry[ppn * page_struct:ppn * page_struct + k] = (ppn << 12 | 1).to_bytes(8, "little")[:k]
+            self.vm.write(pages[0] * PAGE_SIZE, bytes(entry))     # PPNs 0..n-1: contiguous
+        return pages
 
     def spawn(self, name: str) -> Process:
         """Starts a toy process (an empty address space; see Process.alloc)."""
@@ -155,6 +186,7 @@ class GuestOS:
                 # it out again
                 double += self.vm.page_state(ppn) == "swapped"
                 writes.append((block, self.vm.read(ppn * PAGE_SIZE, PAGE_SIZE)))
+            self.vm.io.dma([ppn for _, ppn in victims])
             self.disk.write(writes)
         except BaseException:
             for block in blocks:
@@ -174,6 +206,7 @@ class GuestOS:
         the allocation or the copy fails, the block keeps the page and no page is taken."""
         with self.lock:
             ppn = self.alloc_filled(self.disk.read(block))
+            self.vm.io.dma([ppn])
             self.disk.free(block)
             self.swapins += 1
             self.swap_used -= 1
@@ -186,7 +219,8 @@ class GuestOS:
         is exact; together they may straddle one guest operation."""
         return {"guest_free": len(self.free), "guest_cache": len(self.cache.pages),
                 "guest_cache_dirty": self.cache.dirty, "guest_process": len(self.anon_lru),
-                "guest_pinned": len(self.pinned), "guest_swapins": self.swapins,
+                "guest_pinned": len(self.pinned), "guest_memmap": len(self.memmap),
+                "guest_swapins": self.swapins,
                 "guest_swapouts": self.swapouts, "guest_swap_used": self.swap_used,
                 "guest_cache_hits": self.cache.hits, "guest_cache_misses": self.cache.misses,
                 "guest_reclaimed": self.reclaimed, "guest_double_paging": self.double_paging,

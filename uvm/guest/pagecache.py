@@ -48,17 +48,89 @@ class PageCache:
     def create(self, name: str, pages: int, content: bytes | None = None) -> File:
         """Creates a file of `pages` pages on the disk, each holding `content` (default: a
         pattern naming the file and page), as if it had been written long ago."""
+        return self._preloaded(name, [content if content is not None else file_page(name, i)
+                                      for i in range(pages)])
+
+    def create_data(self, name: str, data: bytes) -> File:
+        """Creates a file holding `data` (its last page padded with zeros) on the disk, as
+        if it had been written long ago."""
+        pad = data + bytes(-len(data) % PAGE_SIZE)
+        return self._preloaded(name, [pad[i:i + PAGE_SIZE] for i in range(0, len(pad), PAGE_SIZE)])
+
+    def _preloaded(self, name: str, pages: list[bytes]) -> File:
         disk = self.os.disk
         blocks: list[int] = []
         try:
-            for i in range(pages):
+            for page in pages:
                 blocks.append(disk.alloc())
-                disk.preload(blocks[-1], content if content is not None else file_page(name, i))
+                disk.preload(blocks[-1], page)
         except BaseException:               # DiskFull, DiskError: no file, no block taken
             for b in blocks:
                 disk.free(b)
             raise
         return File(name, blocks)
+
+    def allocate(self, name: str, pages: int) -> File:
+        """Creates a file of `pages` blocks without writing them (a new file its creator
+        is about to write whole, through the cache); DiskFull takes no block."""
+        blocks: list[int] = []
+        try:
+            for _ in range(pages):
+                blocks.append(self.os.disk.alloc())
+        except BaseException:
+            for b in blocks:
+                self.os.disk.free(b)
+            raise
+        return File(name, blocks)
+
+    def unlink(self, f: File) -> None:
+        """Deletes f: its cached pages are dropped (dirty ones unwritten: the data is gone)
+        and its blocks freed."""
+        with self.os.lock:
+            for index in range(f.pages):
+                cp = self.pages.pop((f, index), None)
+                if cp is not None:
+                    self.dirty -= cp.dirty
+                    self.os.free.append(cp.ppn)
+            for b in f.blocks:
+                self.os.disk.free(b)
+            f.blocks = []
+
+    def read_range(self, f: File, first: int, n: int) -> bytes:
+        """Pages first..first+n-1 of f through the cache. The pages it misses are read as
+        runs of consecutive blocks, one disk request per run (readahead), before any page
+        is taken: a failed read leaves the cache as it was."""
+        if n < 0 or not 0 <= first <= first + n <= f.pages:
+            raise ValueError(f"index: pages [{first}, {first + n}) are not within {f!r}")
+        with self.os.lock:
+            out: list[bytes] = []
+            missing: list[int] = []
+            for index in range(first, first + n):
+                cp = self.pages.get((f, index))
+                if cp is None:
+                    missing.append(index)
+                    out.append(b"")
+                else:
+                    self.pages.move_to_end((f, index))
+                    self.hits += 1
+                    out.append(self.os.vm.read(cp.ppn * PAGE_SIZE, PAGE_SIZE))
+            runs: list[list[int]] = []
+            for index in missing:
+                if runs and runs[-1][-1] == index - 1 and f.blocks[index] == f.blocks[index - 1] + 1:
+                    runs[-1].append(index)
+                else:
+                    runs.append([index])
+            data = [self.os.disk.read_run(f.blocks[run[0]], len(run)) for run in runs]
+            filled: list[int] = []
+            for run, blob in zip(runs, data):
+                for k, index in enumerate(run):
+                    page = blob[k * PAGE_SIZE:(k + 1) * PAGE_SIZE]
+                    self.misses += 1
+                    filled.append(self.os.alloc_filled(page))
+                    self.pages[(f, index)] = CachePage(filled[-1])
+                    out[index - first] = page
+            self.os.vm.io.dma(filled)       # the device's transfer into those pages
+            return b"".join(out)
 
     def _page(self, f: File, index: int, whole: bool) -> CachePage:
         """The cached page of (f, index), read from the disk on a miss unless the caller
@@ -73,8 +145,11 @@ class PageCache:
             return cp
         self.misses += 1
         # read before taking a page: a failed read leaves the cache as it was
-        cp = CachePage(self.os.alloc_page() if whole
-                       else self.os.alloc_filled(self.os.disk.read(f.blocks[index])))
+        if whole:
+            cp = CachePage(self.os.alloc_page())
+        else:
+            cp = CachePage(self.os.alloc_filled(self.os.disk.read(f.blocks[index])))
+            self.os.vm.io.dma([cp.ppn])
         self.pages[key] = cp
         return cp
 
@@ -96,6 +171,7 @@ class PageCache:
 
     def _writeback(self, victims: list[tuple[tuple[File, int], CachePage]]) -> None:
         """Writes the pages to their blocks in one request; they stay dirty if it fails."""
+        self.os.vm.io.dma([cp.ppn for _, cp in victims])
         self.os.disk.write([(f.blocks[i], self.os.vm.read(cp.ppn * PAGE_SIZE, PAGE_SIZE))
                             for (f, i), cp in victims])
         for _, cp in victims:
