@@ -18,6 +18,7 @@
 #define MAX_VMS 256
 #define MAX_PAGERS 64
 #define EVICT_BATCH 32          /* victims per eviction round */
+_Static_assert(UVM_READAHEAD_MAX <= EVICT_BATCH, "read-ahead reads into the cluster buffer");
 #define FAULT_AROUND_MAX 64
 #define EVICT_RETRIES 3         /* write errors tolerated per ensure_free */
 
@@ -143,6 +144,7 @@ struct machine {
     struct swap swap;
 
     int fault_around;
+    int readahead;          /* swap read-ahead block, pages (1 = off) */
     uint64_t rng;
     char *zbuf;             /* FAULT_AROUND_MAX zero pages */
     char *cbuf;             /* staging: CBUF_READ, CBUF_PAGE, then the eviction cluster */
@@ -202,6 +204,8 @@ void swap_unalloc(struct swap *s, uint64_t unit, uint32_t n);
 void swap_free(struct swap *s, uint64_t unit, uint32_t len);
 int swap_write(struct machine *m, uint64_t unit, const char *buf, size_t len);
 int swap_read(struct machine *m, uint64_t unit, uint32_t len, char *page);
+int swap_read_span(struct machine *m, uint64_t unit, uint64_t n, char *buf);
+int swap_expand(const char *src, uint32_t len, char *page);
 int page_compress(struct machine *m, const char *page, char *out);
 uint32_t swap_units(uint32_t len);
 

@@ -114,6 +114,8 @@ int machine_open(const struct uvm_config *cfg, struct machine **out)
     m->view = MAP_FAILED;
     m->nframes = cfg->frames;
     m->fault_around = cfg->fault_around < 1 ? 1 : cfg->fault_around;
+    m->readahead = cfg->readahead < 1 ? 1 : (cfg->readahead > UVM_READAHEAD_MAX ? UVM_READAHEAD_MAX
+                                                                             : cfg->readahead);
     m->fault_path = cfg->fault_path;
     m->swap_latency_ns = cfg->swap_latency_ns;
     m->rng = rng_seed(cfg->seed);
@@ -328,6 +330,17 @@ int machine_set_fault_around(struct machine *m, int pages)
         return -EINVAL;
     pthread_mutex_lock(&m->lock);
     m->fault_around = pages;
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+/* sets the swap read-ahead block (1 = off); returns 0 or -EINVAL. */
+int machine_set_readahead(struct machine *m, int pages)
+{
+    if (pages < 1 || pages > UVM_READAHEAD_MAX)
+        return -EINVAL;
+    pthread_mutex_lock(&m->lock);
+    m->readahead = pages;
     pthread_mutex_unlock(&m->lock);
     return 0;
 }

@@ -154,6 +154,51 @@ static int serve_ballooned(struct machine *m, struct vm *v, uint64_t ppn)
     return r;
 }
 
+/* swap read-ahead (as Linux's): after a swap-in of ppn, brings in the other swapped pages
+ * of its aligned block of m->readahead pages, with one read request for them all. Only
+ * into frames free beyond the reclaim thread's low water (never evicting for a guess), and
+ * only pages whose slots lie within one cluster buffer of each other. Any error ends it:
+ * the pages left stay swapped and fault in one by one. */
+static void swap_readahead(struct machine *m, struct vm *v, uint64_t ppn)
+{
+    uint64_t ra = (uint64_t)m->readahead;
+    uint64_t blo = ppn - ppn % ra, bhi = blo + ra < v->npages ? blo + ra : v->npages;
+    uint64_t free = frames_free(m);
+    uint64_t spare = free > m->low_water ? free - m->low_water : 0;
+    uint64_t pages[EVICT_BATCH], ulo = UINT64_MAX, uhi = 0;
+    int n = 0;
+    for (uint64_t p = blo; p < bhi && (uint64_t)n < spare; p++) {
+        pte_t e = v->pmap[p];
+        if (p == ppn || PTE_STATE(e) != PM_SWAPPED)
+            continue;
+        uint64_t u0 = PTE_VAL(e), u1 = u0 + swap_units(PTE_LEN(e));
+        uint64_t lo = u0 < ulo ? u0 : ulo, hi = u1 > uhi ? u1 : uhi;
+        if ((hi - lo) * UVM_SWAP_UNIT > (uint64_t)EVICT_BATCH * PG)
+            continue;
+        ulo = lo;
+        uhi = hi;
+        pages[n++] = p;
+    }
+    if (n == 0 || swap_read_span(m, ulo, uhi - ulo, CBUF_CLUSTER(m)) < 0)
+        return;
+    for (int i = 0; i < n && frames_free(m) > m->low_water; i++) {
+        pte_t e = v->pmap[pages[i]];
+        const char *src = CBUF_CLUSTER(m) + (PTE_VAL(e) - ulo) * UVM_SWAP_UNIT;
+        if (swap_expand(src, PTE_LEN(e), CBUF_PAGE(m)) < 0)
+            return;
+        struct uffdio_copy c = { .dst = (uint64_t)(v->guest + pages[i] * PG),
+                                 .src = (uint64_t)CBUF_PAGE(m), .len = PG };
+        if (uffd_ioctl(m, UFFDIO_COPY, &c) < 0)
+            return;
+        swap_free(&m->swap, PTE_VAL(e), PTE_LEN(e));
+        frame_add(m, v, pages[i]);
+        v->st.swapped--;
+        v->st.swapins++;
+        v->st.swapins_ahead++;
+        m->st.swapins++;
+    }
+}
+
 /* serves a fault on a page in the swap file; returns 0 or -errno (slot kept on error). */
 static int serve_swapin(struct machine *m, struct vm *v, uint64_t ppn)
 {
@@ -176,6 +221,8 @@ static int serve_swapin(struct machine *m, struct vm *v, uint64_t ppn)
     v->st.swapped--;
     v->st.swapins++;
     m->st.swapins++;
+    if (m->readahead > 1)
+        swap_readahead(m, v, ppn);
     return 0;
 }
 

@@ -200,15 +200,9 @@ int swap_write(struct machine *m, uint64_t unit, const char *buf, size_t len)
     return 0;
 }
 
-/* reads the page stored at unit (len bytes) and expands it into page; returns 0 or -errno. */
-int swap_read(struct machine *m, uint64_t unit, uint32_t len, char *page)
+/* reads len bytes at unit into buf (no latency charged); returns 0 or -errno. */
+static int swap_pread(struct machine *m, uint64_t unit, size_t len, char *buf)
 {
-    if (m->inject_read > 0) {
-        m->inject_read--;
-        return -EIO;
-    }
-    swap_delay(m);
-    char *buf = len == PG ? page : CBUF_READ(m);
     size_t got = 0;
     while (got < len) {
         ssize_t r = pread(m->swap.fd, buf + got, len - got, (off_t)(unit * UVM_SWAP_UNIT + got));
@@ -218,7 +212,40 @@ int swap_read(struct machine *m, uint64_t unit, uint32_t len, char *page)
             return r < 0 ? -errno : -EIO;
         got += (size_t)r;
     }
-    if (len == PG)
+    return 0;
+}
+
+/* expands a page stored in len bytes at src into page; returns 0 or -EIO. */
+int swap_expand(const char *src, uint32_t len, char *page)
+{
+    if (len == PG) {
+        memcpy(page, src, PG);
         return 0;
-    return LZ4_decompress_safe(buf, page, (int)len, PG) == PG ? 0 : -EIO;
+    }
+    return LZ4_decompress_safe(src, page, (int)len, PG) == PG ? 0 : -EIO;
+}
+
+/* reads the page stored at unit (len bytes) and expands it into page; returns 0 or -errno. */
+int swap_read(struct machine *m, uint64_t unit, uint32_t len, char *page)
+{
+    if (m->inject_read > 0) {
+        m->inject_read--;
+        return -EIO;
+    }
+    swap_delay(m);
+    char *buf = len == PG ? page : CBUF_READ(m);
+    int r = swap_pread(m, unit, len, buf);
+    if (r < 0 || len == PG)
+        return r;
+    return swap_expand(buf, len, page);
+}
+
+/* reads units [unit, unit + n) into buf as one request (swap read-ahead); returns 0 or
+ * -errno. Injected read errors are left for the demand reads they were meant for. */
+int swap_read_span(struct machine *m, uint64_t unit, uint64_t n, char *buf)
+{
+    if (m->inject_read > 0)
+        return -EAGAIN;
+    swap_delay(m);
+    return swap_pread(m, unit, (size_t)(n * UVM_SWAP_UNIT), buf);
 }

@@ -5,6 +5,7 @@
 
 #define UVM_PAGE_SIZE 4096
 #define UVM_SWAP_UNIT 512      /* swap space is kept in units of this many bytes */
+#define UVM_READAHEAD_MAX 32   /* swap read-ahead block, pages: one cluster buffer */
 
 /* pmap states of a guest page (PPN) */
 #define PM_NONE 0       /* never touched: the next touch gets a zeroed frame */
@@ -40,6 +41,8 @@ struct uvm_config {
     const char *swap_path;  /* NULL: an unlinked (O_TMPFILE) file in swap_dir */
     const char *swap_dir;
     int fault_around;       /* pages a missing fault may fill at once; 1 = off */
+    int readahead;          /* swap read-ahead: a swap-in may bring in the swapped pages of
+                             * its aligned block of this many pages; 1 = off (the default) */
     int npagers;            /* pager threads */
     const int *cpus;        /* cpus[i] is pager i's CPU; NULL = not pinned */
     int reclaim;            /* 1: a background thread keeps a few frames free */
@@ -65,6 +68,7 @@ struct uvm_vm_stats {
     uint64_t zero_fills;        /* frames handed out zeroed */
     uint64_t fault_around;      /* of those, neighbours filled ahead of a touch */
     uint64_t swapins;
+    uint64_t swapins_ahead;     /* of those, neighbours read ahead of a touch */
     uint64_t swapouts;          /* pages written to the swap file */
     uint64_t swapouts_zero;     /* evicted pages found all-zero: no slot used */
     uint64_t sharing;           /* pages mapped onto a shared frame */
@@ -130,6 +134,7 @@ void machine_snapshot(struct machine *m, struct uvm_machine_stats *st, const int
                       struct uvm_vm_stats *vst, int n);
 int machine_inject(struct machine *m, int what, int64_t n);
 int machine_set_fault_around(struct machine *m, int pages);
+int machine_set_readahead(struct machine *m, int pages);
 uint64_t machine_memfd_pages(struct machine *m);
 int machine_check(struct machine *m);
 

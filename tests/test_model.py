@@ -28,12 +28,14 @@ class PagerModel(RuleBasedStateMachine):
         self.model: dict[str, dict[int, bytes]] = {}
         self.created = 0
 
-    @initialize(reclaim=st.booleans(), fault_around=st.sampled_from([1, 4, 16]))
-    def machine_up(self, reclaim: bool, fault_around: int) -> None:
+    @initialize(reclaim=st.booleans(), fault_around=st.sampled_from([1, 4, 16]),
+                readahead=st.sampled_from([1, 4, 32]))
+    def machine_up(self, reclaim: bool, fault_around: int, readahead: int) -> None:
         """With the background reclaimer on, pages move between any two calls."""
         self.reclaim = reclaim
         self.machine = uvm.Machine(memory=FRAMES * PAGE, swap_size="2MiB", swap_dir=self.dir.name,
-                                   fault_around=fault_around, reclaim=reclaim)
+                                   fault_around=fault_around, swap_readahead=readahead,
+                                   reclaim=reclaim)
 
     def teardown(self) -> None:
         if hasattr(self, "machine"):

@@ -31,6 +31,7 @@ MAX_MEMORY = MAX_SIZE // 2     # machine memory: the other half of MPN space is 
 HOLD_DEFAULT = 5.0      # seconds a pager-hold lasts unless resumed sooner
 HOLD_MAX = lib.HOLD_MAX_MS / 1000
 INJECT_COUNT_MAX = 2**62
+READAHEAD_MAX = lib.UVM_READAHEAD_MAX
 INJECTIONS = {"swap-write": lib.INJECT_SWAP_WRITE, "swap-read": lib.INJECT_SWAP_READ,
               "swap-full": lib.INJECT_SWAP_FULL, "pager-hold": lib.INJECT_PAGER_HOLD}
 
@@ -38,6 +39,13 @@ INJECTIONS = {"swap-write": lib.INJECT_SWAP_WRITE, "swap-read": lib.INJECT_SWAP_
 def _check_fault_around(pages: object) -> int:
     if isinstance(pages, bool) or not isinstance(pages, int) or not 1 <= pages <= FAULT_AROUND_MAX:
         raise ValueError(f"fault_around: must be an integer from 1 (off) to {FAULT_AROUND_MAX}, "
+                         f"got {pages!r}")
+    return pages
+
+
+def _check_readahead(pages: object) -> int:
+    if isinstance(pages, bool) or not isinstance(pages, int) or not 1 <= pages <= READAHEAD_MAX:
+        raise ValueError(f"swap_readahead: must be an integer from 1 (off) to {READAHEAD_MAX}, "
                          f"got {pages!r}")
     return pages
 
@@ -161,7 +169,8 @@ class Machine:
 
     def __init__(self, memory: int | str = "256MiB", *, swap_file: str | os.PathLike[str] | None = None,
                  swap_size: int | str | None = None, swap_dir: str | os.PathLike[str] | None = None,
-                 fault_around: int = 1, pagers: int | Sequence[int] | None = None,
+                 fault_around: int = 1, swap_readahead: int = 1,
+                 pagers: int | Sequence[int] | None = None,
                  reclaim: bool = True, debug: bool = False, sharing: bool = False,
                  swap_latency: float = 0.0,
                  share_rate: float = DEFAULT_RATE, share_rate_vm: float = DEFAULT_VM_RATE,
@@ -181,6 +190,7 @@ class Machine:
         if swap_bytes < PAGE_SIZE:
             raise ValueError(f"swap_size: {swap_size!r} is smaller than one page")
         _check_fault_around(fault_around)
+        _check_readahead(swap_readahead)
         low = 0 if low_memory in (0, "0") else parse_pages(low_memory, "low_memory")
         if low >= frames:
             raise ValueError(f"low_memory: {low_memory!r} is not below the machine's memory "
@@ -212,6 +222,7 @@ class Machine:
         cfg.swap_path = keep[0] if path is not None else ffi.NULL
         cfg.swap_dir = keep[1]
         cfg.fault_around = fault_around
+        cfg.readahead = swap_readahead
         cfg.npagers = len(cpus)
         cpu_arr = ffi.new("int[]", cpus)
         cfg.cpus = cpu_arr
@@ -241,6 +252,7 @@ class Machine:
         self.pager_cpus = list(cpus)              # -1: a pager not pinned
         self.swap_dir = None if path is not None else directory
         self._fault_around = fault_around
+        self._readahead = swap_readahead
         self._vms: dict[str, VM] = {}
         self._lock = threading.Lock()
         self._started = time.monotonic()
@@ -454,6 +466,20 @@ class Machine:
         with self._core() as m:
             lib.machine_set_fault_around(m, pages)
         self._fault_around = pages
+
+    @property
+    def swap_readahead(self) -> int:
+        """Swap read-ahead (1 = off, the default, as the paper's ESX pages one page at a
+        time): a swap-in also brings in the other swapped pages of its aligned block of this
+        many pages, with one read request, into frames that are free anyway."""
+        return self._readahead
+
+    @swap_readahead.setter
+    def swap_readahead(self, pages: int) -> None:
+        _check_readahead(pages)
+        with self._core() as m:
+            lib.machine_set_readahead(m, pages)
+        self._readahead = pages
 
     def inject_fault(self, kind: str, count: int = 1, *, timeout: float = HOLD_DEFAULT) -> None:
         """Fault injection for tests and labs: 'swap-write' / 'swap-read' make the next

@@ -64,7 +64,8 @@ def _machine(spec: Scenario, machine: Machine) -> dict[str, Any]:
     out = {k: v for k, v in _defaults(Machine).items() if k not in NOT_RECORDED | {"policy"}}
     out.update(given)
     out.update(memory=machine.memory, swap_size=machine.swap_capacity, seed=machine.seed,
-               fault_around=machine.fault_around, swap_latency=machine.swap_latency,
+               fault_around=machine.fault_around, swap_readahead=machine.swap_readahead,
+               swap_latency=machine.swap_latency,
                pagers=machine.pager_cpus, swap_dir=machine.swap_dir)
     return out
 

@@ -276,6 +276,7 @@ class MachineSpec:
     swap_file: str | None = None
     swap_dir: str | None = None
     fault_around: int | None = None
+    swap_readahead: int | None = None
     pagers: int | list[int] | None = None
     reclaim: bool | None = None
     sharing: bool | None = None

@@ -48,8 +48,8 @@ VM_FIELDS = {
     "pages": "size_pages", "resident": "resident_pages", "swapped": "swapped_pages",
     "zero": "zero_pages", "faults_missing": "faults_missing", "faults_minor": "faults_minor",
     "faults_wp": "faults_wp", "zero_fills": "zero_fills", "fault_around": "fault_around",
-    "swapins": "swapins", "swapouts": "swapouts", "swapouts_zero": "swapouts_zero",
-    "sharing": "sharing_pages", "zero_shared": "zero_shared_pages", "cow_breaks": "cow_breaks",
+    "swapins": "swapins", "swapins_ahead": "swapins_ahead", "swapouts": "swapouts",
+    "swapouts_zero": "swapouts_zero", "sharing": "sharing_pages", "zero_shared": "zero_shared_pages", "cow_breaks": "cow_breaks",
     "scanned": "scanned", "ballooned": "ballooned_pages", "balloon_touched": "balloon_touched",
     "watch_touched": "watch_touched", "hints": "hint_pages", "shared_saved": "shared_saved_pages",
     "balloon_target": "balloon_target_pages", "balloon_max": "balloon_max_pages",
@@ -169,6 +169,7 @@ class VMLine(_Strict):
     zero_fills: int = described("frames handed out zeroed")
     fault_around: int = described("of those, neighbours filled ahead of a touch")
     swapins: int = described("pages read back from the host's swap")
+    swapins_ahead: int = described("of those, neighbours read ahead of a touch (swap_readahead)")
     swapouts: int = described("pages written to the host's swap")
     swapouts_zero: int = described("evicted pages found all-zero (no slot used)")
     sharing_pages: int = described("pages mapped onto a shared frame")
