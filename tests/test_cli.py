@@ -182,6 +182,7 @@ def test_a_signal_during_setup_or_close_still_prints_summary(small: Path, tmp_pa
     _check_stopped_cleanly(signal.SIGINT, rc, stdout, stderr, swap)
 
 
+@pytest.mark.slow
 def test_signals_at_random_moments_always_clean_up(small: Path, tmp_path: Path) -> None:
     """Repeatedly: a signal some time after the machine exists (setup, first samples,
     mid-run); every run prints its summary and leaves no file."""

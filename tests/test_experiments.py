@@ -242,6 +242,7 @@ def test_out_must_name_a_directory(tmp_path: Path, capsys: Any, out: str) -> Non
     assert err.startswith("uvm: error: --out: ") and err.count("\n") == 1, err
 
 
+@pytest.mark.slow
 def test_sigterm_mid_experiment_saves_partial_results_without_matplotlib(tmp_path: Path) -> None:
     """A real run, matplotlib hidden from the import (a sitecustomize that blocks it),
     stopped by SIGTERM after its first row: results.json has that row, marked partial."""

@@ -165,6 +165,7 @@ def test_a_real_fault_outside_guest_memory_still_reaches_faulthandler(path: str,
     assert r.returncode == -getattr(signal, sig)
 
 
+@pytest.mark.slow
 def test_no_core_path_touches_guest_memory_under_the_machine_lock(tmp_path: Path) -> None:
     """On the thread path the SIGBUS handler takes the machine lock on whichever thread
     faulted. If any core operation touched a guest address while holding the lock, the

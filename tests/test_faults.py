@@ -109,6 +109,7 @@ def test_swap_read_error_stops_the_vm_and_keeps_the_slot(make_machine) -> None: 
     assert vm.page_state(0) == "swapped" and m.stats()["swap_pages"] == 1
 
 
+@pytest.mark.slow
 def test_close_while_a_guest_is_blocked_in_a_fault(make_machine) -> None:  # type: ignore[no-untyped-def]
     m = make_machine("1MiB")
     vm = m.create_vm("a", memory="1MiB")

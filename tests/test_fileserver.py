@@ -33,6 +33,7 @@ def miss_rate(make_machine, tmp_path, mib: int) -> float:  # type: ignore[no-unt
     return float(misses / (hits + misses))
 
 
+@pytest.mark.slow
 def test_the_hit_rate_falls_gradually_as_memory_shrinks(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
     rates = [miss_rate(make_machine, tmp_path, mib) for mib in (8, 6, 4, 3)]
     # more misses with less memory, each step a moderate factor: no cliff, and the smallest

@@ -213,6 +213,7 @@ def test_a_full_swap_area_swaps_what_fits_and_loses_nothing(make_machine, tmp_pa
     assert gos.cache.read(f, 9).startswith(b"f:00000009;")
 
 
+@pytest.mark.slow
 def test_full_disk_under_the_balloon_loses_nothing_and_the_driver_survives(make_machine, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The issue's scenario with the full filesystem injected: a 32 MiB guest running
     GuestChecked(20MiB), its balloon's target set to the maximum while every disk write

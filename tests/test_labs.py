@@ -225,6 +225,7 @@ def test_an_exception_in_the_students_code_is_a_failed_check_with_their_tracebac
     assert out.returncode == 1
 
 
+@pytest.mark.slow
 def test_a_hang_is_a_failed_check_after_the_timeout(tmp_path: Path) -> None:
     d = write(tmp_path, "allocation", """
         from uvm.policy import IdleTax
@@ -272,6 +273,7 @@ def test_a_module_that_does_not_import_is_reported_once(tmp_path: Path) -> None:
     assert set(verdicts(out.stdout).values()) == {"FAIL"} and out.returncode == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lab", ["allocation", "victims"])
 def test_grading_is_deterministic_for_a_seed(lab: str, tmp_path: Path) -> None:
     """The same seed, the same report, figure for figure (victims: a real machine whose
@@ -298,6 +300,7 @@ UNPRIVILEGED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_lab_is_graded_as_an_unprivileged_user(tmp_path: Path) -> None:
     """As students run it (the labs that run real VMs). As root, the child drops to nobody
     once Python has started (the interpreter lives under /root here, which nobody may not

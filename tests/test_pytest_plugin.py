@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import import_path
 
 BENCH = '''
@@ -71,6 +73,7 @@ def test_counters_go_into_extra_info(tmp_path: Path) -> None:
     assert info["build"]["version"] and info["host"]["mode"] in ("privileged", "user")
 
 
+@pytest.mark.slow
 def test_compare_fail_catches_a_slowed_build(tmp_path: Path) -> None:
     """Save a run; compare a run of the same build (passes) and a run whose every swap read
     and write sleeps 20 ms (fails, with pytest-benchmark's message); the threshold is the

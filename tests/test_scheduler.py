@@ -92,6 +92,7 @@ def run_phase(vm: uvm.VM, sampler: IdleSampler, set_pages: int, seconds: float,
     return seen
 
 
+@pytest.mark.slow
 def test_sampler_tracks_a_changing_working_set(make_machine: Make) -> None:
     """f is the fraction of resident pages in use. After the fast average has settled (3
     periods), the estimate is within 10 points of it as the set grows; as it shrinks, the
@@ -134,6 +135,7 @@ def tax_run(make_machine: Make, tau: float) -> dict[str, int]:
     return {k: v["target"] for k, v in st.items()}
 
 
+@pytest.mark.slow
 def test_idle_memory_tax_moves_memory_to_the_active_vm(make_machine: Make) -> None:
     even = tax_run(make_machine, 0.0)
     assert abs(even["busy"] - even["idle"]) <= 0.1 * even["busy"], even

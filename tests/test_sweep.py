@@ -113,6 +113,7 @@ def local_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_local_sweep_3x3_grid_2_seeds(local_sweep: Path) -> None:
     table = rows(local_sweep)
     check_grid_rows(table)

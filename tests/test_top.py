@@ -155,6 +155,7 @@ def test_top_attaches_to_a_running_run_and_wide_mode_shows_the_panel(env: dict[s
             top.close()
 
 
+@pytest.mark.slow
 def test_map_shows_each_vms_grid_and_map_every_writes_frames(env: dict[str, str],
                                                              tmp_path: Path) -> None:
     out = tmp_path / "maps"
