@@ -52,9 +52,10 @@ def _check_readahead(pages: object) -> int:
 
 FaultPath = Literal["pager", "thread"]
 FAULT_PATHS = {"pager": lib.UVM_FAULT_PAGER, "thread": lib.UVM_FAULT_THREAD}
-# The pager path until the thread path (faster here: bench_core.py section 6,
-# docs/performance.md) has passed the soak on every run: one soak run hung on it (see
-# docs/architecture.md, "The in-thread fault path").
+# The pager path: the thread path is faster here (bench_core.py section 6,
+# docs/performance.md) and passes the suite and the soak, but a SIGBUS handler installed
+# after the VMs were made takes its faults first and kills the process (see
+# docs/architecture.md, "The in-thread fault path"); a default must not fail that way.
 FAULT_PATH_DEFAULT: FaultPath = "pager"
 
 
