@@ -92,6 +92,27 @@ def test_an_interrupted_reproduce_keeps_what_finished(tmp_path: Path, fakes: Non
     assert not (tmp_path / "fake-b").exists()
 
 
+def test_results_left_by_an_earlier_run_are_not_reported_as_this_ones(tmp_path: Path, fakes: None,
+                                                                     capsys: Any) -> None:
+    """Found by Ctrl-C on a full run into docs/results: the report read every experiment's
+    results.json in DIR, and one an older uvm wrote (no "figures") raised KeyError while the
+    interrupted run wrote its report. A results.json this run did not write is not shown."""
+    old = tmp_path / "fake-b" / "results.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps({"experiment": "fake-b", "rows": [7, 7, 7, 7]}))     # an older format
+    older = tmp_path / "fake-broken" / "results.json"
+    older.parent.mkdir()
+    older.write_text(json.dumps({"record": {"started": "2020-01-01T00:00:00+00:00"},
+                                 "figures": {"rows": {"median": 4.0, "min": 4.0, "max": 4.0,
+                                                      "stdev": 0.0, "n": 1}}}))
+    assert main(["reproduce", "--out", str(tmp_path), "--only", "fake-b,fake-broken,fake-a-cut"]) == 130
+    state = json.loads((tmp_path / "reproduce.json").read_text())
+    assert state["status"] == {"fake-a-cut": "partial", "fake-b": "not run", "fake-broken": "not run"}
+    md = (tmp_path / "report.md").read_text()
+    assert md.count("No results: not run.") == 2 and "| 4 rows" not in md
+    assert old.exists() and older.exists()      # not uvm's to remove
+
+
 def test_a_failing_experiment_does_not_stop_the_others(tmp_path: Path, fakes: None,
                                                        capsys: Any) -> None:
     assert main(["reproduce", "--out", str(tmp_path), "--only", "fake-broken,fake-a"]) == 1

@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,26 @@ def order(registry: Mapping[str, Experiment]) -> list[str]:
 
 
 def load(out: Path) -> Loaded:
-    """Reads out/reproduce.json and the results.json of each experiment it names."""
+    """Reads out/reproduce.json and the results.json of each experiment it names, if this
+    run wrote it: one left in DIR by an earlier run (or an earlier uvm) is not this run's
+    result, and the report must not show it as one."""
     state = json.loads((out / "reproduce.json").read_text(encoding="utf-8"))
     results: dict[str, dict[str, Any] | None] = {}
     for name in state["status"]:
-        path = out / name / "results.json"
-        results[name] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+        results[name] = _this_runs(out / name / "results.json", state["record"]["started"])
     return Loaded(out, state["record"], state["status"], results)
+
+
+def _this_runs(path: Path, started: str) -> dict[str, Any] | None:
+    """The results at path if they were written by a run started at `started` or later,
+    in this uvm's format; else None."""
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+        written = datetime.fromisoformat(res["record"]["started"])
+        ok = written >= datetime.fromisoformat(started) and isinstance(res["figures"], dict)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return res if ok else None
 
 
 def markdown(run: Loaded, base: Path) -> str:
