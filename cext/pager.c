@@ -154,6 +154,16 @@ static int serve_ballooned(struct machine *m, struct vm *v, uint64_t ppn)
     return r;
 }
 
+/* records that ppn, swapped as e, is resident again: its slot freed, its frame counted. */
+static void swapin_done(struct machine *m, struct vm *v, uint64_t ppn, pte_t e)
+{
+    swap_free(&m->swap, PTE_VAL(e), PTE_LEN(e));
+    frame_add(m, v, ppn);
+    v->st.swapped--;
+    v->st.swapins++;
+    m->st.swapins++;
+}
+
 /* swap read-ahead (as Linux's): after a swap-in of ppn, brings in the other swapped pages
  * of its aligned block of m->readahead pages, with one read request for them all. Only
  * into frames free beyond the reclaim thread's low water (never evicting for a guess), and
@@ -181,7 +191,7 @@ static void swap_readahead(struct machine *m, struct vm *v, uint64_t ppn)
     }
     if (n == 0 || swap_read_span(m, ulo, uhi - ulo, CBUF_CLUSTER(m)) < 0)
         return;
-    for (int i = 0; i < n && frames_free(m) > m->low_water; i++) {
+    for (int i = 0; i < n; i++) {          /* n <= spare: every page has its frame */
         pte_t e = v->pmap[pages[i]];
         const char *src = CBUF_CLUSTER(m) + (PTE_VAL(e) - ulo) * UVM_SWAP_UNIT;
         if (swap_expand(src, PTE_LEN(e), CBUF_PAGE(m)) < 0)
@@ -190,12 +200,8 @@ static void swap_readahead(struct machine *m, struct vm *v, uint64_t ppn)
                                  .src = (uint64_t)CBUF_PAGE(m), .len = PG };
         if (uffd_ioctl(m, UFFDIO_COPY, &c) < 0)
             return;
-        swap_free(&m->swap, PTE_VAL(e), PTE_LEN(e));
-        frame_add(m, v, pages[i]);
-        v->st.swapped--;
-        v->st.swapins++;
+        swapin_done(m, v, pages[i], e);
         v->st.swapins_ahead++;
-        m->st.swapins++;
     }
 }
 
@@ -216,11 +222,7 @@ static int serve_swapin(struct machine *m, struct vm *v, uint64_t ppn)
     r = uffd_ioctl(m, UFFDIO_COPY, &c);
     if (r < 0)
         return r;
-    swap_free(&m->swap, PTE_VAL(e), PTE_LEN(e));
-    frame_add(m, v, ppn);
-    v->st.swapped--;
-    v->st.swapins++;
-    m->st.swapins++;
+    swapin_done(m, v, ppn, e);
     if (m->readahead > 1)
         swap_readahead(m, v, ppn);
     return 0;

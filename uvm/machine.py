@@ -36,17 +36,10 @@ INJECTIONS = {"swap-write": lib.INJECT_SWAP_WRITE, "swap-read": lib.INJECT_SWAP_
               "swap-full": lib.INJECT_SWAP_FULL, "pager-hold": lib.INJECT_PAGER_HOLD}
 
 
-def _check_fault_around(pages: object) -> int:
-    if isinstance(pages, bool) or not isinstance(pages, int) or not 1 <= pages <= FAULT_AROUND_MAX:
-        raise ValueError(f"fault_around: must be an integer from 1 (off) to {FAULT_AROUND_MAX}, "
-                         f"got {pages!r}")
-    return pages
-
-
-def _check_readahead(pages: object) -> int:
-    if isinstance(pages, bool) or not isinstance(pages, int) or not 1 <= pages <= READAHEAD_MAX:
-        raise ValueError(f"swap_readahead: must be an integer from 1 (off) to {READAHEAD_MAX}, "
-                         f"got {pages!r}")
+def _check_block(pages: object, name: str, most: int) -> int:
+    """A block of pages (fault_around, swap_readahead): an integer from 1 (off) to most."""
+    if isinstance(pages, bool) or not isinstance(pages, int) or not 1 <= pages <= most:
+        raise ValueError(f"{name}: must be an integer from 1 (off) to {most}, got {pages!r}")
     return pages
 
 
@@ -190,8 +183,8 @@ class Machine:
                       else SWAP_PER_MEMORY * frames * PAGE_SIZE)
         if swap_bytes < PAGE_SIZE:
             raise ValueError(f"swap_size: {swap_size!r} is smaller than one page")
-        _check_fault_around(fault_around)
-        _check_readahead(swap_readahead)
+        _check_block(fault_around, "fault_around", FAULT_AROUND_MAX)
+        _check_block(swap_readahead, "swap_readahead", READAHEAD_MAX)
         low = 0 if low_memory in (0, "0") else parse_pages(low_memory, "low_memory")
         if low >= frames:
             raise ValueError(f"low_memory: {low_memory!r} is not below the machine's memory "
@@ -463,7 +456,7 @@ class Machine:
 
     @fault_around.setter
     def fault_around(self, pages: int) -> None:
-        _check_fault_around(pages)
+        _check_block(pages, "fault_around", FAULT_AROUND_MAX)
         with self._core() as m:
             lib.machine_set_fault_around(m, pages)
         self._fault_around = pages
@@ -477,7 +470,7 @@ class Machine:
 
     @swap_readahead.setter
     def swap_readahead(self, pages: int) -> None:
-        _check_readahead(pages)
+        _check_block(pages, "swap_readahead", READAHEAD_MAX)
         with self._core() as m:
             lib.machine_set_readahead(m, pages)
         self._readahead = pages
