@@ -21,9 +21,21 @@
  * protected like any sharer; a write gets a private zero frame, which is copy-on-write with
  * nothing to copy (share_fault_home).
  *
- * Races: a candidate is write-protected before it is hashed, and the scanner holds the
- * machine lock until it has decided, so a guest write in between faults and waits; it then
- * finds the page either still private (and is let through) or shared (and breaks COW).
+ * Batches and races. A pass reads pages without touching their mappings: it hashes a chunk
+ * of CHUNK pages through the machine view and looks each up, so a page that merges nothing
+ * (the common case in a pass after the first) costs no system call. A page that matches is
+ * queued; the queue is sorted into runs (one VM, consecutive PPNs onto consecutive shared
+ * frames), and each run is frozen, verified and merged at once: one re-map and one
+ * UFFDIO_CONTINUE per run, one punch of its home frames. Freezing is the re-map itself,
+ * done in two steps: the run's mapping is replaced by the shared frames' PROT_NONE (which
+ * also drops the guest's mappings of the home frames, flushing every TLB), then every home
+ * frame is compared in full with its shared frame. A guest write that landed between the
+ * hash and the freeze is seen there, and the run is mapped back onto its home frames (its
+ * pages that still match are tried again, as a run of their own); a guest touching the run
+ * meanwhile waits in the signal handler ("in transition", guard.c). The scanner holds the
+ * machine lock from the hash to the merge, so the pager cannot change a queued page either.
+ * Runs of zero pages are frozen by one write-protect instead (they are not re-mapped, see
+ * above) and checked again under it.
  *
  * Mappings: each alias costs up to two VMAs. Merging stops before vm.max_map_count comes
  * near (keeping headroom for COW breaks, which also re-map) and resumes when there is room.
@@ -35,8 +47,8 @@
  * are shared, so sharing across VMs tells it which pages other VMs hold. The domain is
  * folded into the table key (content hash ^ domain * an odd constant: a bijection, so equal
  * content in two domains never has equal keys) and compared again on every match, and a
- * hint of another domain is never validated (validating write-protects the hinted page for
- * a moment, which the other VM could feel). Entries stay 16 bytes; a shared frame records
+ * hint of another domain is never validated (its page is not even read). Entries stay 16
+ * bytes; a shared frame records
  * its domain in its 16-byte record. The zero page is the exception: every domain shares
  * the one zero frame, because whether a zero page merges depends only on that page (the
  * zero frame is made on demand, even for one VM alone), so it tells a VM nothing it did
@@ -59,30 +71,47 @@
                                    still maps its home offset, a hole (zero pages, see above) */
 
 
-static uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+/* Page hash: eight 64-bit lanes, each stripe of 64 bytes adding every word to its neighbour
+ * lane and the product of its two halves (xor a lane key) to its own, stirred every KiB and
+ * folded with 128-bit multiplies at the end. Every step is a lane-wise add, xor, shift or
+ * 32x32->64 multiply, so the compiler vectorizes the loop (built per instruction set below,
+ * chosen at load time; every version gives the same hash): it runs at the speed memory
+ * delivers the page. Equal hashes are never trusted; every match is compared in full. */
+static const uint64_t HK[8] = {
+    0x9E3779B185EBCA87ull, 0xC2B2AE3D27D4EB4Full, 0x165667B19E3779F9ull, 0x85EBCA77C2B2AE63ull,
+    0x27D4EB2F165667C5ull, 0xFF51AFD7ED558CCDull, 0xC4CEB9FE1A85EC53ull, 0x94D049BB133111EBull,
+};
 
-static uint64_t lane(uint64_t acc, uint64_t w)
-{
-    return rotl(acc + w * 0xC2B2AE3D27D4EB4Full, 31) * 0x9E3779B185EBCA87ull;
-}
-
-/* returns a 64-bit hash of a page: four independent multiply-rotate lanes, then an avalanche. */
+/* returns a 64-bit hash of a page. */
+__attribute__((target_clones("avx512f", "avx2", "default"), optimize("O3")))
 static uint64_t page_hash(const char *page)
 {
     const uint64_t *w = (const uint64_t *)page;
-    uint64_t a = 1, b = 2, c = 3, d = 4;
-    for (int i = 0; i < PG / 8; i += 4) {
-        a = lane(a, w[i]);
-        b = lane(b, w[i + 1]);
-        c = lane(c, w[i + 2]);
-        d = lane(d, w[i + 3]);
+    uint64_t acc[8];
+    for (int j = 0; j < 8; j++)
+        acc[j] = HK[j];
+    for (int kib = 0; kib < PG / 1024; kib++) {
+        for (int s = 0; s < 16; s++) {
+            const uint64_t *p = w + (kib * 16 + s) * 8;
+            for (int j = 0; j < 8; j++) {
+                uint64_t x = p[j] ^ (HK[j] + (uint64_t)s);
+                acc[j ^ 1] += p[j];
+                acc[j] += (x & 0xffffffffu) * (x >> 32);
+            }
+        }
+        for (int j = 0; j < 8; j++) {
+            acc[j] ^= acc[j] >> 47;
+            acc[j] *= 0x9E3779B1u;
+        }
     }
-    uint64_t h = rotl(a, 1) + rotl(b, 7) + rotl(c, 12) + rotl(d, 18);
-    h ^= h >> 33;
-    h *= 0xFF51AFD7ED558CCDull;
-    h ^= h >> 33;
-    h *= 0xC4CEB9FE1A85EC53ull;
-    return h ^ (h >> 33);
+    uint64_t h = PG * HK[0];
+    for (int j = 0; j < 8; j += 2) {
+        __uint128_t p = (__uint128_t)(acc[j] ^ HK[j]) * (acc[j + 1] ^ HK[j + 1]);
+        h += (uint64_t)p ^ (uint64_t)(p >> 64);
+    }
+    h ^= h >> 37;
+    h *= 0x165667919E3779F9ull;
+    return h ^ (h >> 32);
 }
 
 static int page_is_zero(const char *page)
@@ -175,16 +204,21 @@ static void tab_remove(struct share *sh, struct share_entry *e, uint64_t *hints)
 
 /* -- shared frames -------------------------------------------------------------------- */
 
-/* allocates a shared frame (one frame of the budget, zero-filled); returns its index or
- * -ENOMEM when no frame is free (the scanner then skips: it never evicts to share). */
-static int64_t sframe_alloc(struct machine *m, uint64_t h)
+/* allocates a shared frame (one frame of the budget) holding a copy of page src, or zeros
+ * if src is NULL; returns its index or -ENOMEM when no frame is free (the scanner then
+ * skips: it never evicts to share), or -errno. The copy is one pwrite into the memfd: the
+ * kernel allocates the page and fills it in one step, with no zeroing first and no fault
+ * on the machine view. */
+static int64_t sframe_alloc(struct machine *m, uint64_t h, const char *src)
 {
     struct share *sh = &m->share;
     if (frames_free(m) == 0)
         return -ENOMEM;
     uint64_t s = sh->sf_next < m->nframes ? sh->sf_next++ : sh->sf_free[--sh->nfree];
-    if (fallocate(m->memfd, 0, (off_t)((sh->sh_base + s) * PG), PG)) {
-        int err = -errno;
+    off_t off = (off_t)((sh->sh_base + s) * PG);
+    errno = 0;
+    if (src ? pwrite(m->memfd, src, PG, off) != PG : fallocate(m->memfd, 0, off, PG) != 0) {
+        int err = errno ? -errno : -EIO;
         sh->sf_free[sh->nfree++] = (uint32_t)s;
         return err;
     }
@@ -287,30 +321,58 @@ static void maps_exhausted(struct machine *m)
     m->st.merge_stopped = 1;
 }
 
-/* maps n guest pages at a onto memfd pages from mpn, registered with the pager; returns 0
- * or -errno (-EMFILE: the process has no mapping to spare), and sets *replaced when the old
- * mapping is gone (the mmap succeeded; when it fails, the old mapping is intact). In the
- * window before registration the range is PROT_NONE and "in transition", so a guest
- * touching it waits in the signal handler instead of reaching the kernel. The caller has
- * called guard_install() (once per scan or fault, not per re-map). */
-static int remap(struct machine *m, char *a, uint64_t n, uint64_t mpn, int *replaced)
+/* maps n guest pages at a onto memfd pages from mpn, PROT_NONE, replacing what was there;
+ * returns 0 or -errno (-EMFILE: the process has no mapping to spare). When it fails, the old
+ * mapping is intact. */
+static int map_none(struct machine *m, char *a, uint64_t n, uint64_t mpn)
 {
     int r = 0;
-    *replaced = 0;
-    trans_begin(m->share.trans, a, n * PG);
-    struct uffdio_register reg = { .range = { (uint64_t)a, n * PG }, .mode = REG_MODES };
     if (mmap(a, n * PG, PROT_NONE, MAP_SHARED | MAP_FIXED, m->memfd, (off_t)(mpn * PG)) == MAP_FAILED)
         r = -errno;
-    else if ((*replaced = 1, ioctl(m->uffd, UFFDIO_REGISTER, &reg)) ||
-             mprotect(a, n * PG, PROT_READ | PROT_WRITE))
-        r = -errno;
-    trans_end(m->share.trans);
     m->share.vma_est += 2;
     if (r == -ENOMEM) {
         maps_exhausted(m);
         r = -EMFILE;
     }
     return r;
+}
+
+/* first half of a re-map: puts [a, a + n pages) "in transition" (a guest touching it waits
+ * in the signal handler instead of reaching the kernel) and maps it onto memfd pages from
+ * mpn, PROT_NONE. Returns 0, the range frozen until remap_open; or -errno, the transition
+ * over and the old mapping intact. The caller has called guard_install() (once per scan or
+ * fault, not per re-map). */
+static int remap_freeze(struct machine *m, char *a, uint64_t n, uint64_t mpn)
+{
+    trans_begin(m->share.trans, a, n * PG);
+    int r = map_none(m, a, n, mpn);
+    if (r)
+        trans_end(m->share.trans);
+    return r;
+}
+
+/* second half: registers the frozen range with the pager, opens it and ends the
+ * transition; returns 0 or -errno (the range is then mapped but unusable). */
+static int remap_open(struct machine *m, char *a, uint64_t n)
+{
+    int r = 0;
+    struct uffdio_register reg = { .range = { (uint64_t)a, n * PG }, .mode = REG_MODES };
+    if (ioctl(m->uffd, UFFDIO_REGISTER, &reg) || mprotect(a, n * PG, PROT_READ | PROT_WRITE))
+        r = errno == ENOMEM ? -EMFILE : -errno;
+    if (r == -EMFILE)
+        maps_exhausted(m);
+    trans_end(m->share.trans);
+    return r;
+}
+
+/* maps n guest pages at a onto memfd pages from mpn, registered with the pager; returns 0
+ * or -errno (-EMFILE: the process has no mapping to spare), and sets *replaced when the old
+ * mapping is gone (when the mmap fails, the old mapping is intact). */
+static int remap(struct machine *m, char *a, uint64_t n, uint64_t mpn, int *replaced)
+{
+    int r = remap_freeze(m, a, n, mpn);
+    *replaced = r == 0;
+    return r ? r : remap_open(m, a, n);
 }
 
 /* remap for another subsystem (lowmem.c: a page into a low frame and back), with the
@@ -375,7 +437,13 @@ static int pending(struct vm *v, uint64_t ppn) { return PTE_LEN(v->pmap[ppn]) & 
 
 static void mark_pending(struct vm *v, uint64_t ppn)
 {
-    v->pmap[ppn] = PTE_MAKE(PM_RESIDENT, PTE_PENDING, PTE_VAL(v->pmap[ppn]));
+    pte_t e = v->pmap[ppn];
+    v->pmap[ppn] = PTE_MAKE(PM_RESIDENT, PTE_LEN(e) | PTE_PENDING, PTE_VAL(e));
+}
+
+static void clear_pending(struct vm *v, uint64_t ppn)
+{
+    v->pmap[ppn] &= ~((pte_t)PTE_PENDING << 3);
 }
 
 /* queues (v, ppn) to be merged onto shared frame s. */
@@ -383,6 +451,14 @@ static void queue_merge(struct scan *sc, struct vm *v, uint64_t ppn, uint64_t s)
 {
     mark_pending(v, ppn);
     sc->mg[sc->n++] = (struct merge){ v, ppn, s };
+}
+
+/* gives up the queued merges run[0, n): the pages stay private. (A shared frame made for
+ * them is freed by apply_merges, after every run: another run may still map it.) */
+static void drop_merges(struct merge *run, int n)
+{
+    for (int i = 0; i < n; i++)
+        clear_pending(run[i].v, run[i].ppn);
 }
 
 /* moves (v, ppn)'s bookkeeping from its home frame to shared frame s. */
@@ -401,38 +477,97 @@ static void merge_commit(struct machine *m, struct vm *v, uint64_t ppn, uint64_t
 }
 
 /* merges a run of n queued zero pages (same VM, consecutive PPNs) without re-mapping them:
- * one punch frees their home frames and drops their guest mappings; returns pages merged. */
+ * one write-protect freezes the run, each page is checked again, and one punch per stretch
+ * still zero frees their home frames and drops their guest mappings (they stay write-
+ * protected, like any sharer); a page written since is unprotected. Returns pages merged. */
 static int apply_zero_run(struct machine *m, struct merge *run, int n)
 {
     struct vm *v = run[0].v;
-    if (frame_punch(m, v, run[0].ppn, (uint64_t)n)) {
-        for (int i = 0; i < n; i++)
-            v->pmap[run[i].ppn] &= ~((pte_t)PTE_PENDING << 3);
+    int done = 0;
+    if (wp_set(m, v->guest + run[0].ppn * PG, (uint64_t)n, 1)) {
+        drop_merges(run, n);
         return 0;
     }
-    for (int i = 0; i < n; i++)
-        merge_commit(m, v, run[i].ppn, run[i].s, PTE_HOME);
-    return n;
+    for (int i = 0, j; i < n; i = j) {
+        int zero = page_is_zero(frame_addr(m, v, run[i].ppn));
+        for (j = i + 1; j < n && page_is_zero(frame_addr(m, v, run[j].ppn)) == zero; j++)
+            ;
+        if (zero && frame_punch(m, v, run[i].ppn, (uint64_t)(j - i)) == 0) {
+            for (int k = i; k < j; k++)
+                merge_commit(m, v, run[k].ppn, run[k].s, PTE_HOME);
+            done += j - i;
+        } else {
+            wp_set(m, v->guest + run[i].ppn * PG, (uint64_t)(j - i), 0);
+            drop_merges(run + i, j - i);
+            m->st.merge_races += zero ? 0 : (uint64_t)(j - i);
+        }
+    }
+    return done;
 }
 
-/* re-maps a run of n queued merges (same VM, consecutive PPNs and shared frames) and moves
- * their bookkeeping from home frames to the shared frames; returns pages merged. */
+static int apply_run(struct machine *m, struct merge *run, int n);
+
+/* returns how many of run[0, n) hold the content of their shared frame (all of it, compared
+ * through the machine view), from the first. */
+static int run_matches(struct machine *m, struct merge *run, int n)
+{
+    int i = 0;
+    while (i < n && memcmp(frame_addr(m, run[i].v, run[i].ppn), sframe_addr(m, run[i].s), PG) == 0)
+        i++;
+    return i;
+}
+
+/* a frozen run did not verify (run[bad] was written since it was hashed): maps it back onto
+ * its home frames, which hold its data, and merges again the stretches that still match.
+ * The pages come back unmapped: the next touch maps them (a minor fault), which also keeps
+ * a watched page's trap. Returns pages merged. */
+static int apply_run_retry(struct machine *m, struct merge *run, int n, int bad)
+{
+    struct vm *v = run[0].v;
+    char *a = v->guest + run[0].ppn * PG;
+    int r = map_none(m, a, (uint64_t)n, v->base + run[0].ppn);
+    if (r)
+        trans_end(m->share.trans);
+    if (r || remap_open(m, a, (uint64_t)n))
+        v->stopped = v->st.stopped = EMFILE;
+    int done = 0;
+    clear_pending(v, run[bad].ppn);
+    m->st.merge_races++;
+    if (v->stopped) {
+        drop_merges(run, bad);
+        drop_merges(run + bad + 1, n - bad - 1);
+        return 0;
+    }
+    if (bad > 0)
+        done += apply_run(m, run, bad);
+    if (bad + 1 < n)
+        done += apply_run(m, run + bad + 1, n - bad - 1);
+    return done;
+}
+
+/* re-maps a run of n queued merges (same VM, consecutive PPNs and shared frames) onto its
+ * shared frames, verifies it frozen, and moves its bookkeeping from home frames to the
+ * shared frames; returns pages merged. */
 static int apply_run(struct machine *m, struct merge *run, int n)
 {
     struct vm *v = run[0].v;
     char *a = v->guest + run[0].ppn * PG;
-    int replaced = 0, back;
-    int r = maps_room(m) ? remap(m, a, (uint64_t)n, m->share.sh_base + run[0].s, &replaced) : -EMFILE;
-    if (r) {
-        /* a failed mmap left the old mapping as it was; past it, map the home frames back
-         * (they hold the data). Merging is only an optimisation: its failure stops merging
-         * (maps_exhausted), never the VM, unless its memory cannot be mapped at all. */
-        if (replaced && remap(m, a, (uint64_t)n, v->base + run[0].ppn, &back))
+    if (!maps_room(m) || remap_freeze(m, a, (uint64_t)n, m->share.sh_base + run[0].s)) {
+        /* the old mapping is as it was. Merging is only an optimisation: its failure stops
+         * merging (maps_exhausted), never the VM */
+        drop_merges(run, n);
+        return 0;
+    }
+    int ok = run_matches(m, run, n);
+    if (ok < n)
+        return apply_run_retry(m, run, n, ok);
+    if (remap_open(m, a, (uint64_t)n)) {
+        /* past the mmap: map the home frames back (they hold the data), unless the VM's
+         * memory cannot be mapped at all */
+        int back;
+        if (remap(m, a, (uint64_t)n, v->base + run[0].ppn, &back))
             v->stopped = v->st.stopped = EMFILE;
-        for (int i = 0; i < n; i++) {
-            v->pmap[run[i].ppn] &= ~((pte_t)PTE_PENDING << 3);
-            sframe_free_unused(m, run[i].s);
-        }
+        drop_merges(run, n);
         return 0;
     }
     premap(m, a, (uint64_t)n, 1);
@@ -475,29 +610,27 @@ static int apply_merges(struct machine *m, struct scan *sc)
             done += apply_run(m, &sc->mg[i], j - i);
         i = j;
     }
+    for (int i = 0; i < sc->n; i++)         /* frames made for merges that all failed */
+        if ((int64_t)sc->mg[i].s != m->share.zero)
+            sframe_free_unused(m, sc->mg[i].s);
     sc->n = 0;
     return done;
 }
 
-/* validates the hinted page (v2, p2) for a candidate of key h in domain d: returns 1 if it
- * is of that domain, resident, write-protected now, and still has key h. */
+/* returns whether the hinted page (v2, p2) may merge with a candidate of key h in domain d:
+ * it is of that domain, resident, not queued, and still has key h (it is hashed again: the
+ * hint may be stale; the merge verifies it again, frozen). */
 static int hint_valid(struct machine *m, uint64_t payload, uint64_t h, uint32_t d, struct vm **v2,
                       uint64_t *p2)
 {
     *v2 = m->vms[(payload >> 40) & 0xff];
     *p2 = payload & ((1ull << 40) - 1);
-    if (!*v2 || (*v2)->domain != d || *p2 >= (*v2)->npages ||
-        PTE_STATE((*v2)->pmap[*p2]) != PM_RESIDENT || pending(*v2, *p2))
-        return 0;
-    if (wp_set(m, (*v2)->guest + *p2 * PG, 1, 1))
-        return 0;
-    if (domain_key(page_hash(frame_addr(m, *v2, *p2)), d) == h)
-        return 1;
-    wp_set(m, (*v2)->guest + *p2 * PG, 1, 0);
-    return 0;
+    return *v2 && (*v2)->domain == d && *p2 < (*v2)->npages &&
+           PTE_STATE((*v2)->pmap[*p2]) == PM_RESIDENT && !pending(*v2, *p2) &&
+           domain_key(page_hash(frame_addr(m, *v2, *p2)), d) == h;
 }
 
-/* looks at one resident, write-protected candidate and queues what it can merge. */
+/* looks at one resident candidate and queues what it can merge. */
 static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t ppn)
 {
     struct share *sh = &m->share;
@@ -506,7 +639,7 @@ static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t 
     m->st.scanned++;
     if (page_is_zero(page)) {
         if (sh->zero < 0) {
-            int64_t z = sframe_alloc(m, 0);
+            int64_t z = sframe_alloc(m, 0, NULL);
             if (z < 0)
                 return;
             sh->sf[z].zero = 1;
@@ -546,15 +679,11 @@ static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t 
     }
     if (memcmp(page, frame_addr(m, v2, p2), PG) != 0) {
         m->st.hash_collisions++;
-        wp_set(m, v2->guest + p2 * PG, 1, 0);
         return;
     }
-    int64_t s = sframe_alloc(m, h);
-    if (s < 0) {
-        wp_set(m, v2->guest + p2 * PG, 1, 0);
+    int64_t s = sframe_alloc(m, h, page);
+    if (s < 0)
         return;
-    }
-    memcpy(sframe_addr(m, (uint64_t)s), page, PG);
     sh->sf[s].domain = v->domain;
     m->st.hints--;
     v2->st.hints--;
@@ -564,19 +693,6 @@ static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t 
     queue_merge(sc, v, ppn, (uint64_t)s);
 }
 
-/* unprotects the pages of [first, first + n) of v that stayed private. */
-static void unprotect_rest(struct machine *m, struct vm *v, uint64_t first, uint64_t n)
-{
-    uint64_t run = first;
-    for (uint64_t p = first; p <= first + n; p++) {
-        if (p < first + n && PTE_STATE(v->pmap[p]) != PM_SHARED)
-            continue;
-        if (p > run)
-            wp_set(m, v->guest + run * PG, p - run, 0);
-        run = p + 1;
-    }
-}
-
 /* scans pages [first, first + n) of v in order; returns pages merged. */
 static int64_t scan_range(struct machine *m, struct vm *v, uint64_t first, uint64_t n)
 {
@@ -584,13 +700,10 @@ static int64_t scan_range(struct machine *m, struct vm *v, uint64_t first, uint6
     int64_t merged = 0;
     for (uint64_t c = first; c < first + n; c += CHUNK) {
         uint64_t len = first + n - c < CHUNK ? first + n - c : CHUNK;
-        if (wp_set(m, v->guest + c * PG, len, 1))
-            continue;
         for (uint64_t p = c; p < c + len; p++)
             if (PTE_STATE(v->pmap[p]) == PM_RESIDENT && !pending(v, p) && sc->n + 2 <= MAX_MERGES)
                 scan_one(m, sc, v, p);
         merged += apply_merges(m, sc);
-        unprotect_rest(m, v, c, len);
         m->share.since_count += len;
     }
     return merged;

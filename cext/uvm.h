@@ -112,6 +112,7 @@ struct uvm_machine_stats {
     uint64_t hint_hits;         /* candidates that matched a hint and were merged */
     uint64_t shared_hits;       /* candidates that matched a shared frame */
     uint64_t hash_collisions;   /* equal hashes, different content */
+    uint64_t merge_races;       /* queued merges given up: the page was written after it was hashed */
     uint64_t cow_breaks;
     uint64_t scanned;
     uint64_t merge_stopped;     /* 1 while merging is stopped at the mapping limit */

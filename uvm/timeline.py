@@ -38,6 +38,7 @@ MACHINE_FIELDS = {
     "shared_frames": "shared_frames_pages", "sharing": "sharing_pages",
     "zero_shared": "zero_shared_pages", "saved": "saved_pages", "hints": "hints",
     "hint_hits": "hint_hits", "shared_hits": "shared_hits", "hash_collisions": "hash_collisions",
+    "merge_races": "merge_races",
     "cow_breaks": "cow_breaks", "scanned": "scanned", "merge_stops": "merge_stops",
     "scan_rate": "scan_rate_pages_per_s", "state": "state", "tax_rate": "tax_rate",
     "mpn_free": "mpn_free_pages", "mpn_largest_free": "mpn_largest_free_pages",
@@ -107,6 +108,7 @@ class MachineLine(_Strict):
     hint_hits: int = described("scanned pages that matched a hint and were merged")
     shared_hits: int = described("scanned pages that matched a shared frame")
     hash_collisions: int = described("equal hashes with different content")
+    merge_races: int = described("queued merges given up: the page was written after it was hashed")
     cow_breaks: int = described("writes that broke copy-on-write")
     scanned: int = described("pages the sharing scanner looked at")
     merge_stopped: bool = described("true while merging is stopped at the mapping limit")
