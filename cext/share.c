@@ -148,11 +148,31 @@ static struct share_entry *tab_find(struct share *sh, uint64_t h)
     }
 }
 
+/* returns a zeroed table of n entries (all SE_EMPTY), or NULL. Each lookup lands on a
+ * random entry, so a table of megabytes would cost a TLB miss on top of the cache miss:
+ * it is mapped with transparent huge pages where the system allows them (madvise mode). */
+static struct share_entry *tab_alloc(uint64_t n)
+{
+    size_t len = n * sizeof(struct share_entry);
+    void *t = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (t == MAP_FAILED)
+        return NULL;
+    if (len >= (2u << 20))
+        madvise(t, len, MADV_HUGEPAGE);
+    return t;
+}
+
+static void tab_free(struct share_entry *t, uint64_t n)
+{
+    if (t)
+        munmap(t, n * sizeof *t);
+}
+
 /* rehashes the live entries in place of the tombstones. */
 static void tab_rebuild(struct share *sh)
 {
     uint64_t n = sh->mask + 1;
-    struct share_entry *old = sh->tab, *tab = calloc(n, sizeof *tab);
+    struct share_entry *old = sh->tab, *tab = tab_alloc(n);
     if (!tab)
         return;                 /* keep the old table; lookups stay correct */
     for (uint64_t i = 0; i < n; i++) {
@@ -163,7 +183,7 @@ static void tab_rebuild(struct share *sh)
             j = (j + 1) & sh->mask;
         tab[j] = old[i];
     }
-    free(old);
+    tab_free(old, n);
     sh->tab = tab;
     sh->tombs = 0;
 }
@@ -630,25 +650,26 @@ static int hint_valid(struct machine *m, uint64_t payload, uint64_t h, uint32_t 
            domain_key(page_hash(frame_addr(m, *v2, *p2)), d) == h;
 }
 
-/* looks at one resident candidate and queues what it can merge. */
-static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t ppn)
+/* queues resident page (v, ppn), all zeros, onto the zero frame (made on first use). */
+static void scan_zero(struct machine *m, struct scan *sc, struct vm *v, uint64_t ppn)
+{
+    struct share *sh = &m->share;
+    if (sh->zero < 0) {
+        int64_t z = sframe_alloc(m, 0, NULL);
+        if (z < 0)
+            return;
+        sh->sf[z].zero = 1;
+        sh->zero = z;
+    }
+    queue_merge(sc, v, ppn, (uint64_t)sh->zero);
+}
+
+/* looks up resident page (v, ppn) of table key h and queues what it can merge, or leaves
+ * a hint. */
+static void scan_lookup(struct machine *m, struct scan *sc, struct vm *v, uint64_t ppn, uint64_t h)
 {
     struct share *sh = &m->share;
     const char *page = frame_addr(m, v, ppn);
-    v->st.scanned++;
-    m->st.scanned++;
-    if (page_is_zero(page)) {
-        if (sh->zero < 0) {
-            int64_t z = sframe_alloc(m, 0, NULL);
-            if (z < 0)
-                return;
-            sh->sf[z].zero = 1;
-            sh->zero = z;
-        }
-        queue_merge(sc, v, ppn, (uint64_t)sh->zero);
-        return;
-    }
-    uint64_t h = domain_key(page_hash(page), v->domain);
     struct share_entry *e = tab_find(sh, h);
     if (!e) {
         if (tab_insert(sh, h, SE_HINT | (FT_MAKE(v->slot, ppn) << 2), &m->st.hints) == 0)
@@ -693,6 +714,40 @@ static void scan_one(struct machine *m, struct scan *sc, struct vm *v, uint64_t 
     queue_merge(sc, v, ppn, (uint64_t)s);
 }
 
+/* returns whether page (v, p) is a candidate: resident, not queued, room in the queue. */
+static int candidate(struct scan *sc, struct vm *v, uint64_t p)
+{
+    return PTE_STATE(v->pmap[p]) == PM_RESIDENT && !pending(v, p) && sc->n + 2 <= MAX_MERGES;
+}
+
+/* scans pages [c, c + len) of v: zero pages are queued at once; other pages are hashed
+ * and looked up one page later, their table slot prefetched meanwhile (a lookup lands on a
+ * random slot of a table of megabytes: a cache miss that the next page's hash hides). */
+static void scan_chunk(struct machine *m, struct scan *sc, struct vm *v, uint64_t c, uint64_t len)
+{
+    struct share *sh = &m->share;
+    uint64_t prev = UINT64_MAX, prev_h = 0;
+    for (uint64_t p = c; p <= c + len; p++) {
+        uint64_t cur = UINT64_MAX, h = 0;
+        if (p < c + len && candidate(sc, v, p)) {
+            const char *page = frame_addr(m, v, p);
+            v->st.scanned++;
+            m->st.scanned++;
+            if (page_is_zero(page)) {
+                scan_zero(m, sc, v, p);
+            } else {
+                h = domain_key(page_hash(page), v->domain);
+                __builtin_prefetch(&sh->tab[h & sh->mask]);
+                cur = p;
+            }
+        }
+        if (prev != UINT64_MAX && candidate(sc, v, prev))  /* may have been queued as a hint's page */
+            scan_lookup(m, sc, v, prev, prev_h);
+        prev = cur;
+        prev_h = h;
+    }
+}
+
 /* scans pages [first, first + n) of v in order; returns pages merged. */
 static int64_t scan_range(struct machine *m, struct vm *v, uint64_t first, uint64_t n)
 {
@@ -700,9 +755,7 @@ static int64_t scan_range(struct machine *m, struct vm *v, uint64_t first, uint6
     int64_t merged = 0;
     for (uint64_t c = first; c < first + n; c += CHUNK) {
         uint64_t len = first + n - c < CHUNK ? first + n - c : CHUNK;
-        for (uint64_t p = c; p < c + len; p++)
-            if (PTE_STATE(v->pmap[p]) == PM_RESIDENT && !pending(v, p) && sc->n + 2 <= MAX_MERGES)
-                scan_one(m, sc, v, p);
+        scan_chunk(m, sc, v, c, len);
         merged += apply_merges(m, sc);
         m->share.since_count += len;
     }
@@ -961,7 +1014,7 @@ int share_init(struct machine *m)
     uint64_t cap = 16;
     while (cap < 2 * m->nframes)
         cap <<= 1;
-    sh->tab = calloc(cap, sizeof *sh->tab);
+    sh->tab = tab_alloc(cap);
     sh->sf = calloc(m->nframes, sizeof *sh->sf);
     sh->sf_free = calloc(m->nframes, sizeof *sh->sf_free);
     sh->scan = calloc(1, sizeof *sh->scan);
@@ -992,7 +1045,7 @@ int share_init(struct machine *m)
 void share_fini(struct machine *m)
 {
     struct share *sh = &m->share;
-    free(sh->tab);
+    tab_free(sh->tab, sh->mask + 1);
     free(sh->sf);
     free(sh->sf_free);
     free(sh->scan);
