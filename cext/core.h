@@ -35,6 +35,8 @@ typedef uint64_t pte_t;
 /* flags in the len field of a PM_RESIDENT entry (it has no length) */
 #define PTE_PENDING 1           /* a merge onto a shared frame is queued (share.c) */
 #define PTE_WATCH 2             /* idle sampling: unmapped, waiting to see a touch (sample.c) */
+/* flag in the len field of a PM_NONE or PM_ZERO entry */
+#define PTE_FILLING 8           /* a zero fill is in flight outside the lock (pager.c) */
 
 /* A frame table entry names the page that holds a resident frame: (vm slot << 40) | ppn. */
 #define FT_MAKE(slot, ppn) (((uint64_t)(slot) << 40) | (ppn))
@@ -160,6 +162,10 @@ struct machine {
     int hold;               /* INJECT_PAGER_HOLD: the pagers wait ... */
     uint64_t hold_until;    /* ... until then (CLOCK_MONOTONIC ns) at the latest */
     pthread_cond_t hold_cv;
+    int filling;            /* zero fills in flight outside the lock (pager.c) ... */
+    uint64_t fill_frames;   /* ... and the frames they reserved */
+    int quiet_wanted;       /* threads in machine_lock waiting for them to end */
+    pthread_cond_t fill_cv; /* signalled when a fill ends */
 
     int reclaim;
     pthread_t reclaimer;
@@ -178,9 +184,12 @@ struct machine {
 #define CBUF_PAGES (2 + EVICT_BATCH)
 
 /* returns frames the budget still allows (private and shared frames both count). */
+/* machine.c: m->lock for everything but serving a fault (waits out fills in flight) */
+void machine_lock(struct machine *m);
+
 static inline uint64_t frames_free(const struct machine *m)
 {
-    return m->nframes - m->nresident - m->nshared - m->low.used;
+    return m->nframes - m->nresident - m->nshared - m->low.used - m->fill_frames;
 }
 
 /* lowmem.c */

@@ -96,7 +96,7 @@ static int slices_check(struct machine *m)
 int machine_check(struct machine *m)
 {
     int r = 0;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     uint64_t counted = 0;
     for (uint64_t i = 0; i < m->nresident && !r; i++) {
         struct vm *v = m->vms[FT_SLOT(m->frames[i])];

@@ -26,7 +26,7 @@
 int machine_lowmem(struct machine *m, uint64_t n)
 {
     int r = 0;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     if (m->mpn_next != 0 || m->low.n != 0)
         r = -EBUSY;
     else if (n > m->nframes || n >= m->share.sh_base)
@@ -63,7 +63,7 @@ static void low_put(struct machine *m, uint64_t i)
 int vm_lowmem_remap(struct machine *m, int id, uint64_t ppn)
 {
     int r = 0;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get(m, id);
     if (!v)
         r = -ENOENT;
@@ -115,7 +115,7 @@ void lowmem_drop(struct machine *m, struct vm *v, uint64_t ppn)
 /* fills *total and *free with the low frames; returns 0. */
 int machine_lowmem_stats(struct machine *m, uint64_t *total, uint64_t *nfree)
 {
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     *total = m->low.n;
     *nfree = m->low.nfree;
     pthread_mutex_unlock(&m->lock);

@@ -110,6 +110,7 @@ int machine_open(const struct uvm_config *cfg, struct machine **out)
     pthread_cond_init(&m->hold_cv, &mono);
     pthread_condattr_destroy(&mono);
     pthread_cond_init(&m->reclaim_cv, NULL);
+    pthread_cond_init(&m->fill_cv, NULL);
     m->memfd = m->uffd = m->stopfd = m->swap.fd = -1;
     m->view = MAP_FAILED;
     m->nframes = cfg->frames;
@@ -185,13 +186,27 @@ static void drain_faults(struct machine *m)
     }
 }
 
+/* takes m->lock for anything but serving a fault: waits until no zero fill is in flight
+ * outside the lock (pager.c, serve_zero), so that every page it sees is settled; faults
+ * start no new fill outside the lock while a thread waits here, so the wait is short. */
+void machine_lock(struct machine *m)
+{
+    pthread_mutex_lock(&m->lock);
+    if (m->filling) {
+        m->quiet_wanted++;
+        while (m->filling)
+            pthread_cond_wait(&m->fill_cv, &m->lock);
+        m->quiet_wanted--;
+    }
+}
+
 /* stops every thread, answers blocked guests with an error, and frees everything. Safe on
  * a partly built machine. */
 void machine_close(struct machine *m)
 {
     if (!m)
         return;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     m->closing = 1;
     m->hold = 0;
     for (int i = 0; i < MAX_VMS; i++)
@@ -225,6 +240,7 @@ void machine_close(struct machine *m)
     free(m->lz4);
     pthread_cond_destroy(&m->hold_cv);
     pthread_cond_destroy(&m->reclaim_cv);
+    pthread_cond_destroy(&m->fill_cv);
     pthread_mutex_destroy(&m->lock);
     free(m);
 }
@@ -267,7 +283,7 @@ static void stats_locked(struct machine *m, struct uvm_machine_stats *st)
 /* copies the machine's counters into st. */
 void machine_stats(struct machine *m, struct uvm_machine_stats *st)
 {
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     stats_locked(m, st);
     pthread_mutex_unlock(&m->lock);
 }
@@ -277,7 +293,7 @@ void machine_stats(struct machine *m, struct uvm_machine_stats *st)
 void machine_snapshot(struct machine *m, struct uvm_machine_stats *st, const int *slots,
                       struct uvm_vm_stats *vst, int n)
 {
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     stats_locked(m, st);
     for (int i = 0; i < n; i++)
         vm_stats_locked(m, slots[i], &vst[i]);
@@ -306,7 +322,7 @@ int machine_held(struct machine *m)
 int machine_inject(struct machine *m, int what, int64_t n)
 {
     int r = 0;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     if (what == INJECT_SWAP_WRITE || what == INJECT_SWAP_FULL) {
         m->inject_write = n;
         m->inject_write_err = what == INJECT_SWAP_FULL ? ENOSPC : EIO;
@@ -328,7 +344,7 @@ int machine_set_fault_around(struct machine *m, int pages)
 {
     if (pages < 1 || pages > FAULT_AROUND_MAX)
         return -EINVAL;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     m->fault_around = pages;
     pthread_mutex_unlock(&m->lock);
     return 0;
@@ -339,7 +355,7 @@ int machine_set_readahead(struct machine *m, int pages)
 {
     if (pages < 1 || pages > UVM_READAHEAD_MAX)
         return -EINVAL;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     m->readahead = pages;
     pthread_mutex_unlock(&m->lock);
     return 0;

@@ -103,10 +103,57 @@ static void vm_stop(struct vm *v, int err)
     }
 }
 
+/* Fills outside the lock. A zero fill is one UFFDIO_ZEROPAGE, whose kernel work (allocate
+ * and clear a page, add it to the page cache, map it) is most of a first touch's cost.
+ * Done under m->lock, it serializes the faults of every guest thread: two threads on two
+ * CPUs then faulted slower than one (bench/bench_scaling.py). So a fault decides under the
+ * lock, reserves the frames (fill_frames, counted as used), marks the pages PTE_FILLING,
+ * and issues the ioctl with the lock released; it takes the lock again to record them.
+ * Only faults run meanwhile (they skip or wait for a filling page); everything else takes
+ * the lock through machine_lock, which waits until no fill is in flight, so no other code
+ * ever sees a filling page, and a fill never starts while such a thread waits. */
+
+/* returns whether pmap entry e is a never-touched page with no fill in flight. */
+static int fillable(pte_t e)
+{
+    return PTE_STATE(e) == PM_NONE && !(PTE_LEN(e) & PTE_FILLING);
+}
+
+static int filling(pte_t e)
+{
+    return (PTE_STATE(e) == PM_NONE || PTE_STATE(e) == PM_ZERO) && (PTE_LEN(e) & PTE_FILLING);
+}
+
+/* issues the zero fill of pages [lo, hi) of v, outside the lock when no thread waits for
+ * quiet (see above); returns as uffd_zero. Caller holds m->lock, held again on return. */
+static int64_t fill_zero(struct machine *m, struct vm *v, uint64_t lo, uint64_t hi)
+{
+    if (m->quiet_wanted)
+        return uffd_zero(m, v->guest + lo * PG, hi - lo);
+    for (uint64_t p = lo; p < hi; p++)
+        v->pmap[p] |= (pte_t)PTE_FILLING << 3;
+    m->fill_frames += hi - lo;
+    m->filling++;
+    pthread_mutex_unlock(&m->lock);
+    int64_t n = uffd_zero(m, v->guest + lo * PG, hi - lo);
+    pthread_mutex_lock(&m->lock);
+    for (uint64_t p = lo; p < hi; p++)
+        v->pmap[p] &= ~((pte_t)PTE_FILLING << 3);
+    m->fill_frames -= hi - lo;
+    m->filling--;
+    pthread_cond_broadcast(&m->fill_cv);
+    return n;
+}
+
 /* serves a fault on a never-touched (or known-zero) page, filling absent neighbours in the
  * same fault-around block while free frames last; returns 0 or -errno. */
 static int serve_zero(struct machine *m, struct vm *v, uint64_t ppn)
 {
+    if (filling(v->pmap[ppn])) {        /* another thread's fill: wait for it */
+        while (filling(v->pmap[ppn]))
+            pthread_cond_wait(&m->fill_cv, &m->lock);
+        return uffd_wake(m, v->guest + ppn * PG, PG);
+    }
     int r = ensure_free(m, 1);
     if (r < 0)
         return r;
@@ -115,18 +162,18 @@ static int serve_zero(struct machine *m, struct vm *v, uint64_t ppn)
         uint64_t fa = (uint64_t)m->fault_around;
         uint64_t blo = ppn - ppn % fa, bhi = blo + fa < v->npages ? blo + fa : v->npages;
         uint64_t spare = frames_free(m) - 1;
-        while (lo > blo && hi - lo <= spare && PTE_STATE(v->pmap[lo - 1]) <= PM_NONE)
+        while (lo > blo && hi - lo <= spare && fillable(v->pmap[lo - 1]))
             lo--;
-        while (hi < bhi && hi - lo <= spare && PTE_STATE(v->pmap[hi]) <= PM_NONE)
+        while (hi < bhi && hi - lo <= spare && fillable(v->pmap[hi]))
             hi++;
     }
-    int64_t n = uffd_zero(m, v->guest + lo * PG, hi - lo);
+    int64_t n = fill_zero(m, v, lo, hi);
     if (n < 0 && n != -EEXIST && hi - lo > 1) {
         /* the block spans two mappings (a page re-mapped by sharing or ballooning has a
          * VMA of its own): fill the faulting page alone */
         lo = ppn;
         hi = ppn + 1;
-        n = uffd_zero(m, v->guest + ppn * PG, 1);
+        n = fill_zero(m, v, ppn, ppn + 1);
     }
     if (n == -EEXIST)
         return uffd_wake(m, v->guest + ppn * PG, PG);

@@ -32,7 +32,7 @@ int64_t vm_watch(struct machine *m, int id, uint64_t *ppns, size_t n)
 {
     int err;
     int64_t done = 0;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get_ppns(m, id, ppns, n, &err);
     for (size_t i = 0; v && i < n; i++)
         if (watch_one(v, ppns[i]))
@@ -44,7 +44,7 @@ int64_t vm_watch(struct machine *m, int id, uint64_t *ppns, size_t n)
 /* picks up to n random resident pages of VM id into out; returns how many, or -errno. */
 int64_t vm_pick_resident(struct machine *m, int id, uint64_t n, uint64_t *out)
 {
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get(m, id);
     int64_t k = v ? (int64_t)resident_pick(m, v, n, out) : -ENOENT;
     pthread_mutex_unlock(&m->lock);
@@ -56,7 +56,7 @@ int64_t vm_pick_resident(struct machine *m, int id, uint64_t n, uint64_t *out)
 int64_t vm_watch_random(struct machine *m, int id, uint64_t n, uint64_t *out)
 {
     int64_t done = 0;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get(m, id);
     uint64_t k = v ? resident_pick(m, v, n, out) : 0;
     for (uint64_t i = 0; i < k; i++)
@@ -72,7 +72,7 @@ int64_t vm_watched(struct machine *m, int id, const uint64_t *ppns, size_t n, ui
 {
     int err;
     int64_t touched = 0;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get_ppns(m, id, ppns, n, &err);
     for (size_t i = 0; v && i < n; i++) {
         pte_t e = v->pmap[ppns[i]];

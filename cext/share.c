@@ -422,7 +422,7 @@ static void maps_recount(struct machine *m)
         return;
     long n = count_maps();
     uint64_t t1 = now_ns();
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     __atomic_store_n(&sh->counted_at, t1, __ATOMIC_RELAXED);
     __atomic_store_n(&sh->count_cost, t1 - t0, __ATOMIC_RELAXED);
     sh->vma_est = n;
@@ -789,7 +789,7 @@ int64_t share_scan(struct machine *m, int id, uint64_t first, uint64_t n, int ra
     int64_t merged = 0;
     guard_install();            /* once per scan: every re-map below relies on it */
     maps_recount(m);
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get(m, id);
     if (id >= 0 && !v) {
         pthread_mutex_unlock(&m->lock);

@@ -68,7 +68,7 @@ int vm_create(struct machine *m, uint64_t n, int *id, void **base)
     struct vm *v = calloc(1, sizeof *v);
     pte_t *pmap = calloc(n, sizeof *pmap);
     guard_install();    /* again: a handler installed since (faulthandler) would get its faults */
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     if (!v || !pmap) {
         r = -ENOMEM;
         goto out;
@@ -138,7 +138,7 @@ out:
  * VM's memory; returns 0 or -ENOENT. */
 int vm_destroy(struct machine *m, int id)
 {
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get(m, id);
     if (!v) {
         pthread_mutex_unlock(&m->lock);
@@ -220,7 +220,7 @@ void vm_stats_locked(struct machine *m, int id, struct uvm_vm_stats *st)
 /* copies VM id's counters into st. */
 void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st)
 {
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     vm_stats_locked(m, id, st);
     pthread_mutex_unlock(&m->lock);
 }
@@ -230,7 +230,7 @@ void vm_stats(struct machine *m, int id, struct uvm_vm_stats *st)
  * 0 or -ENOENT. */
 int vm_set_limits(struct machine *m, int id, uint64_t min, uint64_t target)
 {
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get(m, id);
     if (v) {
         v->min = min;
@@ -243,7 +243,7 @@ int vm_set_limits(struct machine *m, int id, uint64_t min, uint64_t target)
 int vm_set_share_domain(struct machine *m, int id, uint32_t domain)
 {
     int r = 0;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get(m, id);
     if (!v)
         r = -ENOENT;
@@ -260,7 +260,7 @@ int vm_set_share_domain(struct machine *m, int id, uint32_t domain)
 /* returns the pmap state of (id, ppn), or -ENOENT / -EINVAL. */
 int vm_page_state(struct machine *m, int id, uint64_t ppn)
 {
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get(m, id);
     int r = !v ? -ENOENT : ppn >= v->npages ? -EINVAL : PTE_STATE(v->pmap[ppn]);
     pthread_mutex_unlock(&m->lock);
@@ -285,7 +285,7 @@ static uint8_t map_byte(struct machine *m, struct vm *v, pte_t e)
  * or -ENOENT. */
 int64_t vm_page_map(struct machine *m, int id, uint8_t *out, uint64_t n)
 {
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get(m, id);
     int64_t r = v ? (int64_t)v->npages : -ENOENT;
     for (uint64_t p = 0; v && p < n && p < v->npages; p++)
@@ -300,7 +300,7 @@ int64_t vm_evict(struct machine *m, int id, const uint64_t *ppns, size_t n)
 {
     int64_t done = 0;
     int err = 0;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get(m, id);
     if (!v)
         err = -ENOENT;
@@ -331,7 +331,7 @@ int64_t vm_evict(struct machine *m, int id, const uint64_t *ppns, size_t n)
 /* evicts up to n random resident pages of VM id; returns how many, or -errno. */
 int64_t vm_evict_random(struct machine *m, int id, uint64_t n)
 {
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get(m, id);
     uint64_t want = v && n < v->st.resident ? n : v ? v->st.resident : 0;
     uint64_t *pick = v ? malloc((want + 1) * sizeof *pick) : NULL;
@@ -386,7 +386,7 @@ int64_t vm_balloon(struct machine *m, int id, const uint64_t *ppns, size_t n)
 {
     int64_t done = 0;
     int err, failed = 0;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get_ppns(m, id, ppns, n, &err);
     for (size_t i = 0; v && !err && i < n; ) {
         uint64_t p = ppns[i];
@@ -421,7 +421,7 @@ int64_t vm_unballoon(struct machine *m, int id, const uint64_t *ppns, size_t n)
 {
     int err;
     int64_t done = 0;
-    pthread_mutex_lock(&m->lock);
+    machine_lock(m);
     struct vm *v = vm_get_ppns(m, id, ppns, n, &err);
     for (size_t i = 0; v && i < n; i++) {
         if (PTE_STATE(v->pmap[ppns[i]]) == PM_BALLOONED) {

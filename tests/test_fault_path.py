@@ -12,11 +12,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import uvm
+from uvm._binding import ffi, lib
 from helpers import import_path
 
 PG = 4096
@@ -94,6 +97,62 @@ def test_cow_break_sampling_and_balloon_touch(make_machine, path: str) -> None: 
     assert c.balloon_pages([6, 7]) == 2
     assert bytes(c.memory[6 * PG:7 * PG]) == bytes(PG)
     assert c.stats()["balloon_touched"] == 1
+    m.check()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("fault_around", [1, 16])
+def test_two_guest_threads_faulting_the_same_pages_at_once(make_machine, path: str, fault_around: int) -> None:  # type: ignore[no-untyped-def]
+    """A zero fill runs outside the machine lock (pager.c, "Fills outside the lock"), so two
+    guest threads fault in parallel: each page must still be filled exactly once, a thread
+    touching a page another is filling waits for it, evictions for room and a policy's calls
+    (stats, reads through the view) meanwhile see only settled pages, and every byte holds:
+    half the pages were written and swapped out first, and come back by swap-in beside the
+    fills."""
+    m = make_machine("2MiB", fault_path=path, fault_around=fault_around)
+    vm = m.create_vm("g", memory="6MiB")            # 1536 pages on 512 frames
+    n = vm.pages
+    for p in range(0, n, 2):
+        vm.write(p * PG, page_bytes(7, p))
+    vm.evict()
+    before = vm.stats()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def guest(seed: int) -> None:
+        try:
+            order = np.random.default_rng(seed).permutation(n).astype(np.uint64)
+            rng = ffi.new("uint64_t[2]", [seed + 1, seed + 2])
+            ppns = ffi.cast("uint64_t *", ffi.from_buffer(order))
+            for _ in range(3):
+                assert lib.wl_touch_pages(vm._base, ppns, n, 0.0, rng) == n
+        except BaseException as e:
+            errors.append(e)
+
+    def policy() -> None:
+        try:
+            while not stop.is_set():
+                st = m.stats()
+                assert st["frames_used"] + st["frames_free"] == st["frames_total"], st
+                assert vm.read(PG, PG) == bytes(PG)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=guest, args=(s,), name=f"guest{s}") for s in (1, 2)]
+    watcher = threading.Thread(target=policy, name="policy")
+    watcher.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    stop.set()
+    watcher.join(30)
+    assert not errors, errors
+    st = vm.stats()
+    assert st["zero_fills"] - before["zero_fills"] >= n // 2   # every untouched page filled
+    for p in range(n):
+        want = page_bytes(7, p) if p % 2 == 0 else bytes(PG)
+        assert vm.read(p * PG, PG) == want, p
     m.check()
 
 
