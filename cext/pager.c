@@ -457,7 +457,9 @@ static void *pager_main(void *arg)
         }
         if (!listening || !p[2].revents)
             continue;
-        ssize_t n = read(m->uffd, msgs, sizeof msgs);
+        /* with other listeners, take one event: the others serve the rest in parallel */
+        size_t want = __builtin_popcountll(who) > 1 ? sizeof msgs[0] : sizeof msgs;
+        ssize_t n = read(m->uffd, msgs, want);
         if (n <= 0)
             continue;           /* another pager took them (EAGAIN) */
         if (who != ~0ull)
