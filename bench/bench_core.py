@@ -862,6 +862,16 @@ class Disturbance(threading.Thread):
         return self.ticks / self.hz, (self.steal() - self.steal0) / self.hz
 
 
+def git_rev() -> str | None:
+    """The commit of the checkout the measured uvm was imported from, or None."""
+    try:
+        return subprocess.run(["git", "-C", str(Path(uvm.__file__).resolve().parent.parent),
+                               "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def environment(lib: ctypes.CDLL, swap_dir: str) -> dict[str, Any]:
     def read(path: str) -> str | None:
         try:
@@ -873,11 +883,7 @@ def environment(lib: ctypes.CDLL, swap_dir: str) -> dict[str, Any]:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    try:
-        rev = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        rev = None
+    rev = git_rev()
     return {
         "kernel": platform.release(), "cpu": model, "cpus": os.cpu_count(),
         "cpus_allowed": sorted(os.sched_getaffinity(0)), "python": platform.python_version(),

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_core import git_rev
+
 PAGE = 4096
 MiB = 1 << 20
 KSM = Path("/sys/kernel/mm/ksm")
@@ -644,7 +646,8 @@ def main() -> int:
     r: dict[str, Any] = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                 "loadavg_at_start": os.getloadavg()},
+                 "loadavg_at_start": os.getloadavg(), "git": git_rev(),
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "content": {"vms": n_vms, "vm_mib": vm_mib, "total_pages": total, "image": image_info,
                     "image_pages": layouts[0]["image"], "private_pages": layouts[0]["private"],
                     "zero_pages": layouts[0]["zero"], "zero_pages_all": zeros,
