@@ -102,6 +102,14 @@ def sharing_tables(name: str, run: dict[str, Any]) -> list[str]:
     return lines
 
 
+def speedup(t: dict[str, Any]) -> float:
+    """Two threads over one: the median of each repeat's ratio (bench_scaling.paired_speedup),
+    from the rates the file holds."""
+    pairs = sorted(b / a for a, b in zip(t["all"]["1"], t["all"]["2"]))
+    mid = len(pairs) // 2
+    return pairs[mid] if len(pairs) % 2 else (pairs[mid - 1] + pairs[mid]) / 2
+
+
 def scaling_tables(name: str, run: dict[str, Any]) -> list[str]:
     lines = ["**Scaling with guest size** (bench_scaling.py section 1; ns per page, and x the "
              "smallest size):", ""]
@@ -116,9 +124,10 @@ def scaling_tables(name: str, run: dict[str, Any]) -> list[str]:
     t = run["threads"]
     lines += ["", f"**Two guest threads** (section 2: {t['mib']} MiB, random first touch, "
               f"median of {t['repeats']}; target 1.8x):", ""]
-    lines += table(["", "1 thread pages/s", "2 threads pages/s", "2 / 1"],
+    lines += table(["", "1 thread pages/s (median)", "2 threads pages/s (median)",
+                    "2 / 1 (median of each repeat's ratio)"],
                    [[who, f"{t[who]['one_thread_pages_per_s']:,.0f}", f"{t[who]['two_threads_pages_per_s']:,.0f}",
-                     f"{t[who]['speedup']:.2f}x"] for who in ("kernel", "pager", "thread")])
+                     f"{speedup(t[who]):.2f}x"] for who in ("kernel", "pager", "thread")])
     lines += ["", "**VM count** (section 3: the same memory in more VMs; ns of CPU per page, "
               "and x the fewest VMs):", ""]
     lines += table(["VMs", "merge", "scan merging nothing", "sampling (watch + query)"],
@@ -183,7 +192,7 @@ def targets(core: list[dict[str, Any]], sharing: list[dict[str, Any]],
             add(f"{what} per page flat from {r['sizes'][0]['mib']} MiB to {big['mib']} MiB "
                 f"(within {FLAT}x of the smallest)", [big[f"{key}_x_smallest"]], lambda v: v <= FLAT)
         for who in ("pager", "thread"):
-            add(f"two guest threads >= 1.8x one, {who} path", [r["threads"][who]["speedup"]],
+            add(f"two guest threads >= 1.8x one, {who} path", [speedup(r["threads"][who])],
                 lambda v: v >= 1.8)
         many = r["vm_counts"][-1]
         for key, what in (("merge", "sharing merge"), ("scan", "sharing scan"), ("sample", "sampling")):

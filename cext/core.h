@@ -164,7 +164,8 @@ struct machine {
     pthread_cond_t hold_cv;
     int filling;            /* zero fills in flight outside the lock (pager.c) ... */
     uint64_t fill_frames;   /* ... and the frames they reserved */
-    int quiet_wanted;       /* threads in machine_lock waiting for them to end */
+    int fill_waiters;       /* faults waiting for a fill to end (fill_wait) */
+    int quiet_wanted;       /* threads in machine_lock waiting for both to end */
     pthread_cond_t fill_cv; /* signalled when a fill ends */
 
     int reclaim;
@@ -186,6 +187,8 @@ struct machine {
 /* returns frames the budget still allows (private and shared frames both count). */
 /* machine.c: m->lock for everything but serving a fault (waits out fills in flight) */
 void machine_lock(struct machine *m);
+/* pager.c: a fault waits for a zero fill in flight to end */
+void fill_wait(struct machine *m);
 
 static inline uint64_t frames_free(const struct machine *m)
 {

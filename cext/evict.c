@@ -216,6 +216,10 @@ int ensure_free(struct machine *m, uint64_t need)
         uint64_t ents[EVICT_BATCH];
         uint64_t want = need - (frames_free(m));
         int n = pick_random(m, ents, want < 8 ? 8 : (want > EVICT_BATCH ? EVICT_BATCH : (int)want));
+        if (n == 0 && m->fill_frames) {
+            fill_wait(m);       /* the free frames are reserved by fills in flight */
+            continue;
+        }
         if (n == 0)
             return -ENOMEM;
         int r = evict_pages(m, ents, n, 0);

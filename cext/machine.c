@@ -187,14 +187,15 @@ static void drain_faults(struct machine *m)
 }
 
 /* takes m->lock for anything but serving a fault: waits until no zero fill is in flight
- * outside the lock (pager.c, serve_zero), so that every page it sees is settled; faults
- * start no new fill outside the lock while a thread waits here, so the wait is short. */
+ * outside the lock (pager.c, serve_zero) and no fault waits for one (it holds a VM), so
+ * that every page it sees is settled and every VM may go; faults start no new fill outside
+ * the lock while a thread waits here, so the wait is short. */
 void machine_lock(struct machine *m)
 {
     pthread_mutex_lock(&m->lock);
-    if (m->filling) {
+    if (m->filling || m->fill_waiters) {
         m->quiet_wanted++;
-        while (m->filling)
+        while (m->filling || m->fill_waiters)
             pthread_cond_wait(&m->fill_cv, &m->lock);
         m->quiet_wanted--;
     }

@@ -145,13 +145,23 @@ static int64_t fill_zero(struct machine *m, struct vm *v, uint64_t lo, uint64_t 
     return n;
 }
 
+/* waits until a zero fill in flight ends (m->lock is released meanwhile). Counted in
+ * fill_waiters, which machine_lock waits for: the waiting fault's VM stays alive. */
+void fill_wait(struct machine *m)
+{
+    m->fill_waiters++;
+    pthread_cond_wait(&m->fill_cv, &m->lock);
+    m->fill_waiters--;
+    pthread_cond_broadcast(&m->fill_cv);        /* machine_lock may be waiting for us */
+}
+
 /* serves a fault on a never-touched (or known-zero) page, filling absent neighbours in the
  * same fault-around block while free frames last; returns 0 or -errno. */
 static int serve_zero(struct machine *m, struct vm *v, uint64_t ppn)
 {
     if (filling(v->pmap[ppn])) {        /* another thread's fill: wait for it */
         while (filling(v->pmap[ppn]))
-            pthread_cond_wait(&m->fill_cv, &m->lock);
+            fill_wait(m);
         return uffd_wake(m, v->guest + ppn * PG, PG);
     }
     int r = ensure_free(m, 1);
@@ -193,12 +203,12 @@ static int serve_zero(struct machine *m, struct vm *v, uint64_t ppn)
  * counts it (the guest broke its promise to leave the page alone). Returns 0 or -errno. */
 static int serve_ballooned(struct machine *m, struct vm *v, uint64_t ppn)
 {
-    int r = serve_zero(m, v, ppn);
-    if (r == 0 && PTE_STATE(v->pmap[ppn]) == PM_RESIDENT) {
-        v->st.ballooned--;
-        v->st.balloon_touched++;
-    }
-    return r;
+    /* counted here, once: the page becomes never-touched, whose fill (with another thread
+     * waiting for it, maybe) serve_zero handles */
+    v->pmap[ppn] = PTE_MAKE(PM_NONE, 0, 0);
+    v->st.ballooned--;
+    v->st.balloon_touched++;
+    return serve_zero(m, v, ppn);
 }
 
 /* records that ppn, swapped as e, is resident again: its slot freed, its frame counted. */

@@ -631,8 +631,7 @@ static int apply_merges(struct machine *m, struct scan *sc)
         i = j;
     }
     for (int i = 0; i < sc->n; i++)         /* frames made for merges that all failed */
-        if ((int64_t)sc->mg[i].s != m->share.zero)
-            sframe_free_unused(m, sc->mg[i].s);
+        sframe_free_unused(m, sc->mg[i].s);
     sc->n = 0;
     return done;
 }
@@ -1015,12 +1014,12 @@ int share_init(struct machine *m)
     while (cap < 2 * m->nframes)
         cap <<= 1;
     sh->tab = tab_alloc(cap);
+    sh->mask = cap - 1;         /* share_fini frees the table by its size */
     sh->sf = calloc(m->nframes, sizeof *sh->sf);
     sh->sf_free = calloc(m->nframes, sizeof *sh->sf_free);
     sh->scan = calloc(1, sizeof *sh->scan);
     if (!sh->tab || !sh->sf || !sh->sf_free || !sh->scan)
         return -ENOMEM;
-    sh->mask = cap - 1;
     sh->sh_base = m->view_pages - m->nframes;
     sh->zero = -1;
     sh->trans = trans_slot_get();
