@@ -207,8 +207,10 @@ static int pick_random(struct machine *m, uint64_t *ents, int n)
     return k;
 }
 
-/* makes at least need frames free, evicting random victims; returns 0 or -errno. A write
- * error is retried with other victims a few times before it is reported. */
+/* makes at least need frames free, evicting random victims; returns 0 or -errno (-EBUSY:
+ * nothing to evict, fills in flight hold the free frames: the fault waits and retries, see
+ * fault_serve). A write error is retried with other victims a few times before it is
+ * reported. */
 int ensure_free(struct machine *m, uint64_t need)
 {
     int failures = 0;
@@ -216,12 +218,8 @@ int ensure_free(struct machine *m, uint64_t need)
         uint64_t ents[EVICT_BATCH];
         uint64_t want = need - (frames_free(m));
         int n = pick_random(m, ents, want < 8 ? 8 : (want > EVICT_BATCH ? EVICT_BATCH : (int)want));
-        if (n == 0 && m->fill_frames) {
-            fill_wait(m);       /* the free frames are reserved by fills in flight */
-            continue;
-        }
-        if (n == 0)
-            return -ENOMEM;
+        if (n == 0)             /* -EBUSY: fills in flight hold the free frames (pager.c) */
+            return m->fill_frames ? -EBUSY : -ENOMEM;
         int r = evict_pages(m, ents, n, 0);
         if (r < 0 && (r != -EIO || ++failures > EVICT_RETRIES))
             return r;

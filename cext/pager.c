@@ -364,6 +364,13 @@ int fault_serve(struct machine *m, struct vm *v, uint64_t addr, uint64_t flags)
         default:
             r = serve_resident(m, v, ppn, flags);
         }
+        if (r == -EBUSY) {
+            /* fills in flight hold every free frame (ensure_free): wait for one to end and
+             * let the access fault again, served from scratch (this fault's view of the page
+             * may be stale by then) */
+            fill_wait(m);
+            r = uffd_wake(m, (char *)addr, PG);
+        }
         if (r < 0)
             vm_stop(v, -r);
     }
