@@ -48,10 +48,6 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def thread_cpu() -> float:
-    return time.thread_time()
-
-
 # -- 1. guest size ---------------------------------------------------------------------------
 
 def size_point(lib: ctypes.CDLL, mib: int, pool_ptr: int, pool_pages: int, swap_dir: str,
@@ -67,9 +63,9 @@ def size_point(lib: ctypes.CDLL, mib: int, pool_ptr: int, pool_pages: int, swap_
             raise RuntimeError(f"{mib} MiB: {vm.stats()} after a first touch of {n} pages")
         # every page now holds its own 8-byte stamp: distinct content, nothing merges
         m.share_now()                   # leaves hints (as many as fit)
-        s0, c0 = m.stats()["scanned"], thread_cpu()
+        s0, c0 = m.stats()["scanned"], time.thread_time()
         merged = m.share_now()
-        cpu, scanned = thread_cpu() - c0, m.stats()["scanned"] - s0
+        cpu, scanned = time.thread_time() - c0, m.stats()["scanned"] - s0
         if merged:
             raise RuntimeError(f"{mib} MiB: {merged} pages of distinct content merged")
         out["share_scan_ns"] = cpu / max(1, scanned) * 1e9
@@ -210,19 +206,19 @@ def vms_section(total_mib: int, counts: list[int], swap_dir: str) -> list[dict[s
             vms = [m.create_vm(f"vm{i}", per) for i in range(k)]
             for vm, data in zip(vms, contents):
                 vm.write(0, data)
-            c0 = thread_cpu()
+            c0 = time.thread_time()
             merged = m.share_now()
-            merge_cpu = thread_cpu() - c0
-            s0, c0 = m.stats()["scanned"], thread_cpu()
+            merge_cpu = time.thread_time() - c0
+            s0, c0 = m.stats()["scanned"], time.thread_time()
             again = m.share_now()
-            scan_cpu, scanned = thread_cpu() - c0, m.stats()["scanned"] - s0
-            c0 = thread_cpu()
+            scan_cpu, scanned = time.thread_time() - c0, m.stats()["scanned"] - s0
+            c0 = time.thread_time()
             watched = 0
             for vm in vms:
                 ppns = vm.watch_random(100)
                 vm.watched(ppns)
                 watched += len(ppns)
-            sample_cpu = thread_cpu() - c0
+            sample_cpu = time.thread_time() - c0
             for vm, data in zip(vms, contents):
                 if vm.read(0, per) != data:
                     raise RuntimeError(f"{k} VMs: {vm.name} read back differs")

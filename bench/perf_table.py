@@ -2,14 +2,15 @@
 """Writes the measured tables of docs/performance.md from the benchmark scripts' JSON
 outputs, so that they are regenerated from what the scripts wrote, never edited by hand:
 
-    python bench/perf_table.py docs/results/perf/*.json                      # print them
-    python bench/perf_table.py --write docs/performance.md --block latest docs/results/perf/*.json
+    python bench/perf_table.py --targets docs/results/perf/*.json            # print them
+    python bench/perf_table.py --write docs/performance.md --block latest --targets docs/results/perf/*.json
 
 Each file is recognized by its content: bench_core.py (sections 6 and 7: fault paths,
 eviction), bench_sharing.py, or bench_scaling.py. Runs of bench_core.py make one table with
 a column per run; every other file makes tables of its own. --write replaces what lies
 between the lines `<!-- perf_table: begin BLOCK -->` and `<!-- perf_table: end BLOCK -->`
-of the file.
+of the file. --targets puts first a table of issue 10's targets, each judged over every run
+given (so give it one set of runs measured alike).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
 
 
 def table(head: Sequence[str], body: Sequence[Sequence[str]], right: bool = True) -> list[str]:
@@ -102,14 +102,6 @@ def sharing_tables(name: str, run: dict[str, Any]) -> list[str]:
     return lines
 
 
-def speedup(t: dict[str, Any]) -> float:
-    """Two threads over one: the median of each repeat's ratio (bench_scaling.paired_speedup),
-    from the rates the file holds."""
-    pairs = sorted(b / a for a, b in zip(t["all"]["1"], t["all"]["2"]))
-    mid = len(pairs) // 2
-    return pairs[mid] if len(pairs) % 2 else (pairs[mid - 1] + pairs[mid]) / 2
-
-
 def scaling_tables(name: str, run: dict[str, Any]) -> list[str]:
     lines = ["**Scaling with guest size** (bench_scaling.py section 1; ns per page, and x the "
              "smallest size):", ""]
@@ -127,7 +119,7 @@ def scaling_tables(name: str, run: dict[str, Any]) -> list[str]:
     lines += table(["", "1 thread pages/s (median)", "2 threads pages/s (median)",
                     "2 / 1 (median of each repeat's ratio)"],
                    [[who, f"{t[who]['one_thread_pages_per_s']:,.0f}", f"{t[who]['two_threads_pages_per_s']:,.0f}",
-                     f"{speedup(t[who]):.2f}x"] for who in ("kernel", "pager", "thread")])
+                     f"{t[who]['speedup']:.2f}x"] for who in ("kernel", "pager", "thread")])
     lines += ["", "**VM count** (section 3: the same memory in more VMs; ns of CPU per page, "
               "and x the fewest VMs):", ""]
     lines += table(["VMs", "merge", "scan merging nothing", "sampling (watch + query)"],
@@ -192,7 +184,7 @@ def targets(core: list[dict[str, Any]], sharing: list[dict[str, Any]],
             add(f"{what} per page flat from {r['sizes'][0]['mib']} MiB to {big['mib']} MiB "
                 f"(within {FLAT}x of the smallest)", [big[f"{key}_x_smallest"]], lambda v: v <= FLAT)
         for who in ("pager", "thread"):
-            add(f"two guest threads >= 1.8x one, {who} path", [speedup(r["threads"][who])],
+            add(f"two guest threads >= 1.8x one, {who} path", [r["threads"][who]["speedup"]],
                 lambda v: v >= 1.8)
         many = r["vm_counts"][-1]
         for key, what in (("merge", "sharing merge"), ("scan", "sharing scan"), ("sample", "sampling")):
@@ -204,7 +196,7 @@ def targets(core: list[dict[str, Any]], sharing: list[dict[str, Any]],
         table(["target", "measured", "met"], rows, right=False)
 
 
-def render(paths: Sequence[str]) -> str:
+def render(paths: Sequence[str], with_targets: bool) -> str:
     core: list[tuple[str, dict[str, Any]]] = []
     sharing: list[dict[str, Any]] = []
     scaling: list[dict[str, Any]] = []
@@ -224,7 +216,7 @@ def render(paths: Sequence[str]) -> str:
             raise SystemExit(f"perf_table: {a}: not a bench_core, bench_sharing or bench_scaling output")
     if core:
         blocks.insert(0, core_table(core))
-    goals = targets([run for _, run in core], sharing, scaling)
+    goals = targets([run for _, run in core], sharing, scaling) if with_targets else []
     if goals:
         blocks.insert(0, goals)
     return "\n\n".join("\n".join(b) for b in blocks) + "\n"
@@ -234,9 +226,11 @@ def main(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", metavar="FILE.md", help="replace the generated part of FILE.md")
     ap.add_argument("--block", default="latest", help="which generated part (default: latest)")
+    ap.add_argument("--targets", action="store_true",
+                    help="begin with issue 10's targets, judged over every run given")
     ap.add_argument("json", nargs="+", help="benchmark outputs (--out FILE.json)")
     a = ap.parse_args(argv)
-    text = render(a.json)
+    text = render(a.json, a.targets)
     if not a.write:
         print(text, end="")
         return 0
@@ -248,7 +242,8 @@ def main(argv: Sequence[str]) -> int:
     head, rest = old.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
     doc.write_text(f"{head}{BEGIN}\n<!-- generated by: python bench/perf_table.py --write {a.write} "
-                   f"--block {a.block} {' '.join(a.json)} -->\n\n{text}\n{END}{tail}")
+                   f"--block {a.block}{' --targets' if a.targets else ''} {' '.join(a.json)} -->\n\n"
+                   f"{text}\n{END}{tail}")
     print(f"wrote {doc}")
     return 0
 

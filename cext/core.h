@@ -32,6 +32,7 @@ typedef uint64_t pte_t;
 #define PTE_LEN(e) ((uint32_t)(((e) >> 3) & 0x1fff))
 #define PTE_VAL(e) ((e) >> 16)
 #define PTE_MAKE(state, len, val) ((pte_t)(state) | ((pte_t)(len) << 3) | ((pte_t)(val) << 16))
+#define PTE_FLAG(f) ((pte_t)(f) << 3)   /* a flag of the len field, in place (see below) */
 /* flags in the len field of a PM_RESIDENT entry (it has no length) */
 #define PTE_PENDING 1           /* a merge onto a shared frame is queued (share.c) */
 #define PTE_WATCH 2             /* idle sampling: unmapped, waiting to see a touch (sample.c) */
@@ -184,12 +185,12 @@ struct machine {
 #define CBUF_CLUSTER(m) ((m)->cbuf + 2 * PG)
 #define CBUF_PAGES (2 + EVICT_BATCH)
 
-/* returns frames the budget still allows (private and shared frames both count). */
 /* machine.c: m->lock for everything but serving a fault (waits out fills in flight) */
 void machine_lock(struct machine *m);
 /* pager.c: a fault waits for a zero fill in flight to end */
 void fill_wait(struct machine *m);
 
+/* returns frames the budget still allows (private and shared frames both count). */
 static inline uint64_t frames_free(const struct machine *m)
 {
     return m->nframes - m->nresident - m->nshared - m->low.used - m->fill_frames;

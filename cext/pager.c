@@ -131,14 +131,14 @@ static int64_t fill_zero(struct machine *m, struct vm *v, uint64_t lo, uint64_t 
     if (m->quiet_wanted)
         return uffd_zero(m, v->guest + lo * PG, hi - lo);
     for (uint64_t p = lo; p < hi; p++)
-        v->pmap[p] |= (pte_t)PTE_FILLING << 3;
+        v->pmap[p] |= PTE_FLAG(PTE_FILLING);
     m->fill_frames += hi - lo;
     m->filling++;
     pthread_mutex_unlock(&m->lock);
     int64_t n = uffd_zero(m, v->guest + lo * PG, hi - lo);
     pthread_mutex_lock(&m->lock);
     for (uint64_t p = lo; p < hi; p++)
-        v->pmap[p] &= ~((pte_t)PTE_FILLING << 3);
+        v->pmap[p] &= ~PTE_FLAG(PTE_FILLING);
     m->fill_frames -= hi - lo;
     m->filling--;
     pthread_cond_broadcast(&m->fill_cv);

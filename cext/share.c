@@ -329,16 +329,20 @@ static int maps_room(struct machine *m)
     return maps_judge(m);
 }
 
-/* records that adding a mapping failed for want of mappings (ENOMEM from mmap, mprotect
- * or a split: the process is at vm.max_map_count, whoever made the mappings): merging stops
- * until a recount finds room again. */
-static void maps_exhausted(struct machine *m)
+/* returns -err for a mapping call that failed with errno err, or -EMFILE when it failed
+ * for want of mappings (ENOMEM from mmap, mprotect or a split: the process is at
+ * vm.max_map_count, whoever made the mappings); then merging stops until a recount finds
+ * room again. */
+static int maps_failed(struct machine *m, int err)
 {
+    if (err != ENOMEM)
+        return -err;
     if (!m->share.stopped)
         m->st.merge_stops++;
     m->share.stopped = 1;
     m->share.since_count = 0;
     m->st.merge_stopped = 1;
+    return -EMFILE;
 }
 
 /* maps n guest pages at a onto memfd pages from mpn, PROT_NONE, replacing what was there;
@@ -348,12 +352,8 @@ static int map_none(struct machine *m, char *a, uint64_t n, uint64_t mpn)
 {
     int r = 0;
     if (mmap(a, n * PG, PROT_NONE, MAP_SHARED | MAP_FIXED, m->memfd, (off_t)(mpn * PG)) == MAP_FAILED)
-        r = -errno;
+        r = maps_failed(m, errno);
     m->share.vma_est += 2;
-    if (r == -ENOMEM) {
-        maps_exhausted(m);
-        r = -EMFILE;
-    }
     return r;
 }
 
@@ -378,9 +378,7 @@ static int remap_open(struct machine *m, char *a, uint64_t n)
     int r = 0;
     struct uffdio_register reg = { .range = { (uint64_t)a, n * PG }, .mode = REG_MODES };
     if (ioctl(m->uffd, UFFDIO_REGISTER, &reg) || mprotect(a, n * PG, PROT_READ | PROT_WRITE))
-        r = errno == ENOMEM ? -EMFILE : -errno;
-    if (r == -EMFILE)
-        maps_exhausted(m);
+        r = maps_failed(m, errno);
     trans_end(m->share.trans);
     return r;
 }
@@ -463,7 +461,7 @@ static void mark_pending(struct vm *v, uint64_t ppn)
 
 static void clear_pending(struct vm *v, uint64_t ppn)
 {
-    v->pmap[ppn] &= ~((pte_t)PTE_PENDING << 3);
+    v->pmap[ppn] &= ~PTE_FLAG(PTE_PENDING);
 }
 
 /* queues (v, ppn) to be merged onto shared frame s. */
@@ -574,7 +572,7 @@ static int apply_run(struct machine *m, struct merge *run, int n)
     char *a = v->guest + run[0].ppn * PG;
     if (!maps_room(m) || remap_freeze(m, a, (uint64_t)n, m->share.sh_base + run[0].s)) {
         /* the old mapping is as it was. Merging is only an optimisation: its failure stops
-         * merging (maps_exhausted), never the VM */
+         * merging (maps_failed), never the VM */
         drop_merges(run, n);
         return 0;
     }
