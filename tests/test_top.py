@@ -366,12 +366,24 @@ def test_fields_from_a_sample() -> None:
     v = line.vms[0]
     assert fields.grant(v) == 300 + 50
     assert fields.target(v) == 200
-    assert fields.touched(v) == pytest.approx(0.5 * 1024)
+    assert fields.touched(v) == pytest.approx(0.5 * 350)
     # swapped 100, above target by 150, the balloon will take 40 more: 110 more to swap
     assert fields.swap_target(v) == 100 + 150 - 40
     assert fields.overhead_bytes(v) == 1024 * 8
     later = line.model_copy(update={"t_s": 3.0, "vms": [v.model_copy(update={"swapins": v.swapins + 512})]})
     assert fields.rates(later, line)["a"].read == pytest.approx(512 * 4096 / 2**20 / 2.0)
+
+
+def test_touched_estimate_never_exceeds_what_the_vm_holds() -> None:
+    """TCHD is f of the memory the VM holds (idle sampling watches random pages of its
+    machine memory, and the tax's P is that memory), not of its configured size: a busy VM
+    squeezed to a third of its size cannot have touched more than it holds."""
+    line = SampleLine.model_validate(json.loads(_SAMPLE))
+    v = line.vms[0]
+    assert v.policy is not None
+    busy = v.model_copy(update={"policy": v.policy.model_copy(update={"active": 1.0})})
+    assert fields.touched(busy) == fields.grant(busy) == 350
+    assert fields.touched(busy) < busy.size_pages
 
 
 def _zeros(model: Any) -> dict[str, Any]:

@@ -40,8 +40,10 @@ def target(v: VMLine) -> int | None:
 
 def touched(v: VMLine) -> float | None:
     """TCHD: the touched (working-set) estimate: the active fraction f from idle sampling
-    times the VM's size (None without a policy: nothing samples)."""
-    return v.policy.active * v.size_pages if v.policy is not None else None
+    times the machine memory the VM holds (None without a policy: nothing samples). f is a
+    fraction of that memory, not of the configured size: the sampler watches random pages
+    in machine memory, and the tax's P is the same pages (policy.allocated_pages)."""
+    return v.policy.active * v.policy.allocated_pages if v.policy is not None else None
 
 
 def swap_target(v: VMLine) -> int | None:
@@ -95,7 +97,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("AMIN", lambda v, r: _size(v.min_pages), "its guaranteed min: min_pages"),
     Column("ASHRS", lambda v, r: str(v.shares), "its shares S: shares"),
     Column("SZTGT", lambda v, r: _size(target(v)), "the policy's target: policy.target_pages"),
-    Column("TCHD", lambda v, r: _size(touched(v)), "touched estimate: policy.active x size_pages"),
+    Column("TCHD", lambda v, r: _size(touched(v)), "touched estimate: policy.active x policy.allocated_pages"),
     Column("%ACTV", lambda v, r: "-" if v.policy is None else f"{100 * v.policy.active:.0f}",
            "active fraction f, percent: policy.active"),
     Column("MCTL?", lambda v, r: "Y" if v.balloon_active else "N", "a balloon driver runs: balloon_active"),
