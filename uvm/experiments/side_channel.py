@@ -22,6 +22,7 @@ within a VM remain."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -102,12 +103,21 @@ def run(trial: Trial) -> None:
     trial.results["saved_mib_lost"] = lost
 
 
+def latency_bins(latencies_us: list[float]) -> list[float]:
+    """Histogram bin edges (us), 20 a decade on a log scale, from the edge at or below the
+    fastest latency to one above the slowest: a private write here takes tens of
+    nanoseconds, so edges from a fixed 0.1 us would leave every private write out of the
+    plot (and the salted one empty)."""
+    lo = math.floor(20 * math.log10(max(min(latencies_us, default=0.01), 1e-3)))
+    hi = math.ceil(20 * math.log10(max(max(latencies_us, default=1.0), 1e-3))) + 1
+    return [10 ** (k / 20) for k in range(lo, max(hi, lo + 1) + 1)]
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     rows, savings = results["rows"], results["savings"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    top = max(max(r["held_ns"] + r["not_held_ns"]) for r in rows) / 1000
-    bins = [10 ** (k / 20) for k in range(-20, 20 * 3 + 1) if 10 ** (k / 20) <= 2 * top] or [0.1, 1]
+    bins = latency_bins([t / 1000 for r in rows for t in r["held_ns"] + r["not_held_ns"]])
     for ax, r in zip(axes, rows):
         ax.hist([t / 1000 for t in r["not_held_ns"]], bins=bins, alpha=0.6, label="victim does not hold")
         ax.hist([t / 1000 for t in r["held_ns"]], bins=bins, alpha=0.6, label="victim holds")
