@@ -293,8 +293,8 @@ def test_side_channel_plot_draws_every_latency() -> None:
 @pytest.mark.slow
 def test_side_channel_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     """The attack reads the victim's pages across VMs and is reduced to chance by salts.
-    Bounds: across VMs only a private write delayed past the threshold (~5 us, against ~1 us
-    private and ~20 us for a COW break) by preemption can be wrong, and 10% of 512 would
+    Bounds: across VMs only a private write delayed past the threshold (~0.7 us, against
+    ~20 ns private and ~20 us for a COW break) by preemption can be wrong, and 10% of 512 would
     need 51 of them; salted nothing merges but the attacker's own calibration pairs, every
     write is private, and leaving [0.4, 0.6] would need 51 delayed writes all on one side."""
     assert main(["experiment", "side-channel", "--quick", "--out", str(tmp_path), "--seed", "5"]) == 0

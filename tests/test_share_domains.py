@@ -243,8 +243,8 @@ def rounds(attempts: int, run: Callable[[int], sidechannel.Probe]) -> list[sidec
 
 def test_the_side_channel_is_open_across_vms_and_closed_by_salts() -> None:
     """The attack itself, 256 candidates per round. Across VMs a COW break (~20 us here: a
-    copy and a re-map) sits far above the threshold (~5 us) and a private write (~1 us) far
-    below, so only a private write delayed by preemption during its microsecond can be
+    copy and a re-map) sits far above the threshold (~0.7 us) and a private write (~20 ns)
+    far below, so only a private write delayed by preemption during its nanoseconds can be
     wrong: 10% of 256 would need 26 such delays in one round. Salted, no candidate merges
     (merged counts only the attacker's own 32 pairs), so every write is private and the
     accuracy is 50% give or take the odd delayed write: the bounds [0.4, 0.6] need 26 of
