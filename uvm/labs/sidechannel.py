@@ -28,6 +28,7 @@ from uvm.labs.base import Check, Feedback, Lab, Outcome, solution_class
 from uvm.sidechannel import CALIBRATION, Classifier
 
 CANDIDATES = 256
+HELD = (0.25, 0.35, 0.65, 0.75)     # fractions of the synthetic candidates the victim holds
 DELAYED = 0.02          # private writes delayed by preemption in the synthetic traces
 PROFILES = {            # (private write, COW break) medians in ns
     "this machine": (20.0, 20_000.0),      # as uvm.sidechannel.probe measures here
@@ -63,7 +64,10 @@ def synthetic(seed: int, profile: str) -> tuple[list[int], list[int], list[int],
     machine profile."""
     rng = random.Random(f"{seed}:{profile}")
     fast, slow = PROFILES[profile]
-    held = [i % 2 == 0 for i in range(CANDIDATES)]
+    # how many candidates the victim holds varies (never about half), as an attacker cannot
+    # know it: splitting the candidates at their median is no classifier
+    holds = round(CANDIDATES * rng.choice(HELD))
+    held = [i < holds for i in range(CANDIDATES)]
     rng.shuffle(held)
     private = [_latency(rng, fast, 0.25, True) for _ in range(CALIBRATION)]
     shared = [_latency(rng, slow, 0.3, False) for _ in range(CALIBRATION)]
