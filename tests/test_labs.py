@@ -206,6 +206,25 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
                           f"{tmp_path} writes the starter)\n")
 
 
+def test_a_reader_that_stops_early_is_no_traceback(tmp_path: Path) -> None:
+    """`uvm lab check estimator | head -1`: the report goes on after the reader left; the
+    command stops quietly (status 128 + SIGPIPE, as a Unix tool killed by it), with no
+    BrokenPipeError traceback."""
+    import signal
+
+    d = write(tmp_path, "estimator", REFERENCE["estimator"])
+    env = dict(os.environ, PYTHONPATH=import_path())
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, uvm.cli; sys.exit(uvm.cli.main())",
+                             "lab", "check", "estimator", str(d)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"lab estimator: grading ")
+    proc.stdout.close()                 # as head does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE, err
+    assert err == ""
+
+
 def test_an_exception_in_the_students_code_is_a_failed_check_with_their_traceback(tmp_path: Path) -> None:
     d = write(tmp_path, "estimator", """
         from uvm.policy import PaperEstimator

@@ -25,6 +25,8 @@ with status 2, without a traceback. Other commands are added as subparsers in `_
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -61,6 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:     # an experiment stopped, or a second Ctrl-C
         print("uvm: interrupted", file=sys.stderr)
         return 128 + e.signum if isinstance(e, Interrupted) else EXIT_INTERRUPTED
+    except BrokenPipeError:             # the reader left (`uvm lab check ... | head`)
+        _quiet_stdout()
+        return 128 + signal.SIGPIPE
+
+
+def _quiet_stdout() -> None:
+    """Points stdout at /dev/null, so that flushing what is left in its buffer at exit does
+    not fail again on the closed pipe (Python's advice for a broken pipe)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
 
 
 def _parser() -> argparse.ArgumentParser:
