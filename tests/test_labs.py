@@ -292,6 +292,25 @@ def test_a_module_that_does_not_import_is_reported_once(tmp_path: Path) -> None:
     assert set(verdicts(out.stdout).values()) == {"FAIL"} and out.returncode == 1
 
 
+def test_a_module_whose_import_hangs_is_reported_once(tmp_path: Path) -> None:
+    """A student's own test loop left at the top level runs when the grader imports the
+    module: one check says the import did not finish (with what to do), the others are not
+    run, instead of every check waiting out its timeout in turn."""
+    d = write(tmp_path, "estimator", """
+        from uvm.policy import PaperEstimator as Estimator
+
+        while True:                     # "let me watch it for a while"
+            pass
+        """)
+    t0 = time.monotonic()
+    out = uvm_cli("lab", "check", "estimator", str(d), "--timeout", "2", cwd=tmp_path)
+    assert time.monotonic() - t0 < 20, out.stdout
+    assert out.stdout.count("import did not finish within 2 s") == 1, out.stdout
+    assert "if __name__ == " in out.stdout
+    assert out.stdout.count("not run: estimator.py does not import") == len(uvm.labs.get("estimator").checks) - 1
+    assert set(verdicts(out.stdout).values()) == {"FAIL"} and out.returncode == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("lab", ["allocation", "victims"])
 def test_grading_is_deterministic_for_a_seed(lab: str, tmp_path: Path) -> None:

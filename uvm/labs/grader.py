@@ -2,9 +2,11 @@
 
 Why a process per check, not a thread: a student's code may raise, loop forever, or touch a
 stopped VM's memory (SIGBUS kills a process, not a thread). A forked child imports the
-student's module, runs one check and sends back its Outcome or the student's error; the
-parent waits at most the check's timeout, then kills it. Nothing the student writes can
-take the grader down, and a check starts from the same state whatever the previous one did.
+student's module, says so, runs one check and sends back its Outcome or the student's
+error; the parent waits at most the check's timeout, then kills it (a child that never
+said it imported hung in the module's top-level code: reported once, as an import that
+failed). Nothing the student writes can take the grader down, and a check starts from the
+same state whatever the previous one did.
 Forking (not spawning) keeps a check cheap: uvm is already imported in the parent, which
 runs no threads of its own while it grades."""
 
@@ -15,6 +17,7 @@ import multiprocessing
 import random
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from uvm.errors import UserfaultfdUnavailable
 from uvm.labs.base import Check, Feedback, Lab, Outcome
 
 KILL_WAIT = 5.0         # seconds to wait for a killed child
+IMPORTED = "imported"   # the child's first message: the student's module imported
 
 
 @dataclass(frozen=True)
@@ -119,15 +123,25 @@ def _run(check: Check, path: Path, lab: Lab, seed: int, timeout: float) -> Resul
                         name=f"uvm-lab-{lab.name}", daemon=True)
     child.start()
     send.close()
+    deadline = time.monotonic() + timeout
+    imported = False
     try:
-        if receive.poll(timeout):
+        while receive.poll(max(0.0, deadline - time.monotonic())):
             try:
-                result: Result = receive.recv()
-                return result
+                answer: Result | str = receive.recv()
             except EOFError:
-                pass                    # the child died before it could answer
+                break                   # the child died before it could answer
+            if isinstance(answer, Result):
+                return answer
+            imported = True             # IMPORTED: the module's own code is done
         else:
             child.kill()
+            if not imported:
+                return Result(check.name, False, f"import did not finish within {timeout:g} s",
+                              f"code at the top level of {lab.module} runs when the grader "
+                              f"imports it: put your own tests under "
+                              f"`if __name__ == \"__main__\":`",
+                              "timed out: the import was stopped", imported=False)
             return Result(check.name, False, f"no answer within {timeout:g} s",
                           "your code may loop forever or wait for something that never comes",
                           "timed out: the check was stopped")
@@ -154,6 +168,7 @@ def _child(check: Check, path: Path, lab: Lab, seed: int, send: Connection) -> N
                          f"fix {lab.module} so that `python {lab.module}` runs",
                          student_error(e, path), imported=False))
         return
+    send.send(IMPORTED)
     try:
         outcome = check.run(module, seed)
     except Feedback as e:
