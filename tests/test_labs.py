@@ -152,6 +152,31 @@ def test_a_wrong_solution_fails(lab: str, tmp_path: Path) -> None:
     assert "hint: " in out.stdout and "Traceback" not in out.stdout + out.stderr
 
 
+def test_a_figure_next_to_its_bound_is_shown_on_its_side_of_it(tmp_path: Path) -> None:
+    """An estimator whose slow average (gain 0.05) is still at 0.203 after 40 quiet periods
+    fails "falls eventually" (want <= 0.20): the report must not say "f = 0.20 (want <=
+    0.20)" beside FAIL, which reads as a grader bug."""
+    d = write(tmp_path, "estimator", """
+        from uvm.policy import ActivityEstimator
+
+        class Estimator(ActivityEstimator):
+            def __init__(self):
+                self.fast = self.slow = None
+
+            def period_done(self, touched, sampled):
+                if sampled:
+                    x = touched / sampled
+                    self.fast = x if self.fast is None else self.fast + 0.5 * (x - self.fast)
+                    self.slow = x if self.slow is None else self.slow + 0.05 * (x - self.slow)
+
+            def estimate(self, touched, sampled):
+                return 1.0 if self.fast is None else max(self.fast, self.slow)
+        """)
+    out = uvm_cli("lab", "check", "estimator", str(d), cwd=tmp_path)
+    line = next(x for x in out.stdout.splitlines() if "falls eventually" in x)
+    assert line.startswith("  FAIL") and "f = 0.203 " in line, out.stdout
+
+
 def test_list_names_every_lab(tmp_path: Path) -> None:
     out = uvm_cli("lab", "list", cwd=tmp_path)
     assert out.returncode == 0

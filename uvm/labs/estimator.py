@@ -62,7 +62,7 @@ def steady(module: ModuleType, seed: int) -> Outcome:
         est.period_done(sum(rng.random() < f for _ in range(N)), N)
     v = _value(est, 0, N)
     ok = f - 0.1 <= v <= f + 0.12
-    return Outcome(ok, f"f = {v:.2f} after {STEADY} noisy periods around {f} (want {f - 0.1:.2f} "
+    return Outcome(ok, f"f = {v:.3f} after {STEADY} noisy periods around {f} (want {f - 0.1:.2f} "
                        f"to {f + 0.12:.2f})",
                    "a steady working set should give an estimate near t / n: average the periods")
 
@@ -72,7 +72,7 @@ def rises_fast(module: ModuleType, seed: int) -> Outcome:
     before = _value(est, 0, N)
     est.period_done(90, N)
     v = _value(est, 0, N)
-    return Outcome(v >= 0.45, f"f = {v:.2f} one period after the working set grew from 0.1 to "
+    return Outcome(v >= 0.45, f"f = {v:.3f} one period after the working set grew from 0.1 to "
                               f"0.9 (was {before:.2f}; want >= 0.45)",
                    "a slow average alone lags a growing working set: keep a fast one too "
                    "and take the larger")
@@ -83,7 +83,7 @@ def within_period(module: ModuleType, seed: int) -> Outcome:
     start = _value(est, 0, N)
     v = _value(est, 60, N)
     ok = v >= 0.3 and v > start
-    return Outcome(ok, f"f = {v:.2f} with 60 of {N} pages already touched in the running "
+    return Outcome(ok, f"f = {v:.3f} with 60 of {N} pages already touched in the running "
                        f"period (was {start:.2f} at its start; want >= 0.30)",
                    "use the running period's counts: touched / sampled so far is the least this "
                    "period's observation will be; fold it into the fast average (the max rule)")
@@ -93,7 +93,7 @@ def falls_slowly(module: ModuleType, seed: int) -> Outcome:
     est = _settled(module, 0.9)
     est.period_done(10, N)
     v = _value(est, 0, N)
-    return Outcome(v >= 0.7, f"f = {v:.2f} one period after the working set shrank from 0.9 to "
+    return Outcome(v >= 0.7, f"f = {v:.3f} one period after the working set shrank from 0.9 to "
                              f"0.1 (want >= 0.70)",
                    "a fast average drops at once: keep a slow one too and take the larger, so a "
                    "VM is not taxed for one quiet period")
@@ -105,7 +105,7 @@ def falls_eventually(module: ModuleType, seed: int) -> Outcome:
         _value(est, 0, N)
         est.period_done(10, N)
     v = _value(est, 0, N)
-    return Outcome(v <= 0.2, f"f = {v:.2f} after 40 periods at 0.1 following 0.9 (want <= 0.20)",
+    return Outcome(v <= 0.2, f"f = {v:.3f} after 40 periods at 0.1 following 0.9 (want <= 0.20)",
                    "the slow average must still converge to what the guest touches now")
 
 
