@@ -256,6 +256,20 @@ def test_socket_directory_of_another_mode_is_refused(env: dict[str, str]) -> Non
     assert r.returncode == 2 and "closed to others (mode 0700)" in r.stderr, r.stderr
 
 
+def test_another_users_socket_is_refused_saying_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`uvm top /tmp/uvm-0/run-N.sock` as another user: the 0700 directory refuses it, and
+    the message says so, not that the socket is no run's (it is one)."""
+    from uvm.top import client
+
+    def denied(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(client.os, "stat", denied)
+    with pytest.raises(ValueError, match=r"^PATH: '/tmp/uvm-0/run-1\.sock': permission denied "
+                                         r"\(a run's socket is open to the user who started it only\)$"):
+        client.find("/tmp/uvm-0/run-1.sock")
+
+
 # -- the page map's bytes ------------------------------------------------------------------
 
 PM = {"none": lib.PM_NONE, "resident": lib.PM_RESIDENT, "swapped": lib.PM_SWAPPED,

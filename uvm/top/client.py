@@ -59,6 +59,13 @@ def find(target: str | None) -> Path:
             raise ValueError(f"PID: no uvm run with pid {target} is serving (no socket {str(path)!r})")
         return path
     if target is not None:
+        try:
+            os.stat(target)
+        except PermissionError:
+            raise ValueError(f"PATH: {target!r}: permission denied (a run's socket is open to "
+                             f"the user who started it only)") from None
+        except OSError:
+            pass
         if not _is_socket(Path(target)):
             raise ValueError(f"PATH: {target!r} is not a socket of a running uvm run")
         return Path(target)
