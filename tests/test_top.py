@@ -213,6 +213,30 @@ def test_top_follows_a_timeline_as_it_grows(env: dict[str, str], tmp_path: Path)
     assert re.search(r"^a\s+4\.00\s+\d+\.\d\d\s+0\.00\s+1000\s+-\s+-\s+-\s+N\s", out, re.M), out
 
 
+def test_a_narrow_terminal_and_a_log_show_every_column(env: dict[str, str], tmp_path: Path) -> None:
+    """On an 80 x 24 terminal the columns wrap into blocks (NAME first in each) instead of
+    being cropped after MCTL? (which hid swap and sharing), and the panel fits the screen;
+    piped (a log, 160 columns) nothing is cropped either (SHRDSVD, COWH, OVHD were)."""
+    timeline = _small_timeline(tmp_path)
+    names = [c.name for c in fields.COLUMNS]
+    top = Terminal(uvm_cmd("top", "--json", str(timeline), "--once"), env, rows=24, cols=80)
+    try:
+        assert top.wait(60) == 0, top.text
+        screen = top.text.strip("\n").splitlines()
+    finally:
+        top.close()
+    assert len(screen) <= 24 and max(map(len, screen)) <= 80, screen
+    shown = {w for line in screen for w in line.split()}
+    assert set(names) <= shown, set(names) - shown
+    rows = [line for line in screen if line.startswith("a ")]
+    assert len(rows) >= 2 and sum(line.startswith("NAME ") for line in screen) == len(rows)
+    r = subprocess.run(uvm_cmd("top", "--json", str(timeline), "--once"), capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    logged = {w for line in r.stdout.splitlines() for w in line.split()}
+    assert set(names) <= logged, set(names) - logged
+
+
 def _small_timeline(tmp_path: Path) -> Path:
     """A real timeline of a tiny scenario (two VMs, a second)."""
     scenario = tmp_path / "tiny.toml"
