@@ -177,6 +177,28 @@ def test_a_figure_next_to_its_bound_is_shown_on_its_side_of_it(tmp_path: Path) -
     assert line.startswith("  FAIL") and "f = 0.203 " in line, out.stdout
 
 
+def test_the_course_page_gives_commands_that_exist() -> None:
+    """docs/labs.md is the course's entry page: every `uvm ...` command it shows (in a code
+    block or in backticks) parses with uvm's own command line, and its setup installs this
+    project, not the unrelated `uvm` on PyPI (a Unity version manager)."""
+    import shlex
+
+    import uvm.cli
+
+    page = (Path(__file__).parent.parent / "docs" / "labs.md").read_text()
+    commands = re.findall(r"^    (uvm [^#\n]*)", page, re.M) + re.findall(r"`(uvm [^`]*)`", page)
+    assert len(commands) >= 8, commands
+    parser = uvm.cli._parser()
+    for command in commands:
+        try:
+            parser.parse_args(shlex.split(command)[1:])
+        except SystemExit:
+            pytest.fail(f"docs/labs.md shows a command uvm does not accept: {command}")
+    setup = page.split("## Setup", 1)[1].split("\n## ", 1)[0]
+    assert not re.search(r"^\s+pip install uvm\b", setup, re.M), setup
+    assert "Linux 6.6" in setup
+
+
 def test_list_names_every_lab(tmp_path: Path) -> None:
     out = uvm_cli("lab", "list", cwd=tmp_path)
     assert out.returncode == 0

@@ -175,7 +175,7 @@ def _child(check: Check, path: Path, lab: Lab, seed: int, send: Connection) -> N
         outcome = Outcome(False, str(e))
     except UserfaultfdUnavailable as e:     # this machine, not the student's code
         outcome = Outcome(False, f"cannot run a VM here: {e}",
-                          "labs need Linux 5.11 or later (user-mode userfaultfd)")
+                          "labs need Linux 6.6 or later (userfaultfd on shmem; docs/labs.md, Setup)")
     except BaseException as e:
         theirs = any(Path(f.filename).resolve() == path for f in traceback.extract_tb(e.__traceback__))
         send.send(Result(check.name, False,
