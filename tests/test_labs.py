@@ -251,6 +251,12 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr == (f"uvm: error: DIR: no victims.py in {tmp_path} (uvm lab start victims "
                           f"{tmp_path} writes the starter)\n")
+    # a DIR uvm may not look into (as a student, another user's; here, a name too long)
+    unreadable = str(tmp_path / ("x" * 300))
+    for verb in ("start", "check"):
+        out = uvm_cli("lab", verb, "estimator", unreadable, cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr == f"uvm: error: DIR: cannot look into {unreadable}: File name too long\n"
 
 
 def test_a_reader_that_stops_early_is_no_traceback(tmp_path: Path) -> None:

@@ -38,9 +38,12 @@ def start(lab: Lab, directory: Path) -> list[Path]:
     their paths. ValueError, writing nothing, if either exists: a student's work is never
     overwritten."""
     files = {directory / HANDOUT: lab.handout(), directory / lab.module: lab.starter}
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"DIR: {directory} exists and is not a directory")
-    taken = [str(p) for p in files if p.exists()]
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise ValueError(f"DIR: {directory} exists and is not a directory")
+        taken = [str(p) for p in files if p.exists()]
+    except OSError as e:            # e.g. a directory of another user's, or a name too long
+        raise ValueError(f"DIR: cannot look into {directory}: {e.strerror}") from e
     if taken:
         raise ValueError(f"DIR: {' and '.join(taken)} already {'exists' if len(taken) == 1 else 'exist'}; "
                          f"uvm lab start never overwrites (pick another directory, or move it away)")

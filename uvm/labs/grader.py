@@ -93,8 +93,12 @@ def grade(lab: Lab, directory: Path, seed: int = 1, log: Callable[[str], None] |
     """Grades DIRECTORY/lab.module on every check of lab; `log` gets the report's lines as
     they come; `timeout` (seconds) replaces each check's own. ValueError if the module is
     not there."""
-    path = (directory / lab.module).resolve()
-    if not path.is_file():
+    try:
+        path = (directory / lab.module).resolve()
+        found = path.is_file()
+    except OSError as e:            # e.g. a directory of another user's, or a name too long
+        raise ValueError(f"DIR: cannot look into {directory}: {e.strerror}") from e
+    if not found:
         raise ValueError(f"DIR: no {lab.module} in {directory} (uvm lab start {lab.name} "
                          f"{directory} writes the starter)")
     report = Report(lab.name, seed, path)
