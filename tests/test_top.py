@@ -237,6 +237,26 @@ def test_a_narrow_terminal_and_a_log_show_every_column(env: dict[str, str], tmp_
     assert set(names) <= logged, set(names) - logged
 
 
+def test_a_run_killed_while_top_is_attached_is_reported(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The socket of a run killed by SIGKILL closes without the end line: uvm top says so
+    and exits 1, where it used to exit 0 as if the run had ended normally."""
+    import io
+
+    from rich.console import Console
+
+    from uvm.top import client
+
+    lines = _small_timeline(tmp_path).read_text().splitlines(keepends=True)
+    assert '"type":"end"' in lines[-1]
+    console = Console(file=io.StringIO(), width=200)
+    assert client.watch(iter(lines), "pid 1", console) == 0
+    assert capsys.readouterr().err == ""
+    assert client.watch(iter(lines[:-1]), "pid 1", console) == 1
+    err = capsys.readouterr().err
+    assert err == "uvm top: tiny (pid 1) stopped before its end line (killed or crashed?)\n", err
+
+
 def _small_timeline(tmp_path: Path) -> Path:
     """A real timeline of a tiny scenario (two VMs, a second)."""
     scenario = tmp_path / "tiny.toml"

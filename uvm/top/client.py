@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -113,7 +114,9 @@ def follow(path: Path) -> Iterator[str]:
 def watch(lines: Iterator[str], source: str, console: Console, once: bool = False) -> int:
     """Shows each sample of `lines` as the panel (live on a terminal, one panel per sample
     otherwise) until the end line, or only the first sample if `once`; returns the exit
-    status (0). ValueError naming `source` and the line if a line is not a timeline line."""
+    status: 0, or 1 if the lines stopped before the end line (a run killed or crashed: its
+    socket closed without one), which it says on stderr. ValueError naming `source` and
+    the line if a line is not a timeline line."""
     title, before = source, None
     with _display(console, once) as show:
         for n, text in enumerate(lines, 1):
@@ -121,13 +124,14 @@ def watch(lines: Iterator[str], source: str, console: Console, once: bool = Fals
             if isinstance(line, HeaderLine):
                 title = f"{line.name} ({source})"
             elif isinstance(line, EndLine):
-                break
+                return 0
             else:
                 show(panel(line, before, title))
                 before = line
                 if once:
-                    break
-    return 0
+                    return 0
+    print(f"uvm top: {title} stopped before its end line (killed or crashed?)", file=sys.stderr)
+    return 1
 
 
 @contextmanager
