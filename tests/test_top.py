@@ -237,6 +237,22 @@ def test_a_narrow_terminal_and_a_log_show_every_column(env: dict[str, str], tmp_
     assert set(names) <= logged, set(names) - logged
 
 
+def test_wide_map_on_an_80x24_terminal_leaves_rows_to_the_grids(env: dict[str, str]) -> None:
+    """`uvm run --wide --map`: the panel above the maps keeps to one block (cropped), so the
+    grids still get rows on 80 x 24; wrapped, the panel alone filled the screen."""
+    run = Terminal(uvm_cmd("run", "--duration", "2", "--wide", "--map"), env, rows=24, cols=80)
+    try:
+        assert run.wait(60) == 0, run.text
+        screen = run.text
+    finally:
+        run.close()
+    panels = screen.count("MEMSZ")
+    assert panels >= 2, screen[-3000:]
+    # every frame drawn holds the first VM's grid under the panel
+    assert len(re.findall(r"^busy: \d+ pages, a cell = ", screen, re.M)) == panels, screen[-3000:]
+    assert re.search(r"^[.#wsz0~bx]{60,}$", screen, re.M), screen[-3000:]
+
+
 def test_a_run_killed_while_top_is_attached_is_reported(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """The socket of a run killed by SIGKILL closes without the end line: uvm top says so

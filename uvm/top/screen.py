@@ -30,21 +30,24 @@ class Panel:
     """The panel of one sample, drawn at whatever width it is given."""
     head: tuple[Text, ...]
     rows: tuple[tuple[str, ...], ...]       # one per VM, one cell per COLUMNS entry
+    wrap: bool = True                       # False: one block, cropped to the width
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[RenderableType]:
         yield from self.head
-        blocks = _blocks(self.rows, console, options)
+        blocks = _blocks(self.rows, console, options) if self.wrap else [list(range(len(COLUMNS)))]
         for block in blocks:
             yield _table(block, self.rows, ruled=len(blocks) == 1)
 
 
-def panel(now: SampleLine, before: SampleLine | None, title: str) -> Panel:
-    """The panel for sample `now` (`before`, the previous sample, gives the rates)."""
+def panel(now: SampleLine, before: SampleLine | None, title: str, wrap: bool = True) -> Panel:
+    """The panel for sample `now` (`before`, the previous sample, gives the rates); `wrap`
+    False keeps the columns in one block, cropped to the width (above the page maps, which
+    need the screen's rows more)."""
     per_vm = rates(now, before)
     rows = tuple(tuple(c.value(v, per_vm[v.name]) for c in COLUMNS) for v in now.vms)
     head = [Text(f"uvm top: {title}", style="bold", no_wrap=True)]
     head += [Text(line, no_wrap=True, overflow="ellipsis") for line in summary_lines(now)]
-    return Panel((*head, Text(UNITS)), rows)
+    return Panel((*head, Text(UNITS)), rows, wrap)
 
 
 def _table(columns: Sequence[int], rows: Sequence[Sequence[str]], ruled: bool) -> Table:

@@ -15,13 +15,14 @@ from uvm.top.screen import panel
 class Wide:
     """`uvm run --wide`: draws each sample as the panel (the previous one gives rates)."""
 
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, wrap: bool = True) -> None:
         self.title = title
+        self.wrap = wrap
         self.before: SampleLine | None = None
 
     def __call__(self, sample: Sample) -> RenderableType:
         line = sample.line()
-        view = panel(line, self.before, self.title)
+        view = panel(line, self.before, self.title, self.wrap)
         self.before = line
         return view
 
@@ -29,7 +30,7 @@ class Wide:
 def run_view(machine: Machine, console: Console, title: str, wide: bool, maps: bool) -> View | None:
     """The view `uvm run` shows: the panel, the page maps sized to the rest of the
     terminal, both, or None (the live table)."""
-    draw_panel = Wide(title) if wide else None
+    draw_panel = Wide(title, wrap=not maps) if wide else None
     if not maps:
         return draw_panel
 
