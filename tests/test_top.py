@@ -286,6 +286,23 @@ def _small_timeline(tmp_path: Path) -> Path:
     return timeline
 
 
+def test_an_unwritable_map_or_results_directory_is_a_one_line_error(env: dict[str, str],
+                                                                     tmp_path: Path) -> None:
+    """--map-out / --out where no directory can be made (as a student: another user's
+    directory; here: under a file, or a name too long) is `uvm: error: ...`, exit 2, where
+    both were tracebacks of uvm's own."""
+    under_a_file = tmp_path / "file"
+    under_a_file.write_text("")
+    for args, message in (
+            (["run", "--duration", "1", "--map-every", "1", "--map-out", str(under_a_file / "maps")],
+             f"uvm: error: --map-out: cannot create the directory '{under_a_file / 'maps'}': Not a directory\n"),
+            (["experiment", "side-channel", "--quick", "--out", str(tmp_path / ("x" * 300))],
+             f"uvm: error: --out: cannot create the directory '{tmp_path / ('x' * 300)}': File name too long\n")):
+        r = subprocess.run(uvm_cmd(*args), capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 2 and r.stderr.endswith(message), r.stderr
+        assert "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["top"], "no running `uvm run` found"),
     (["top", "999999999"], "PID: no uvm run with pid 999999999"),

@@ -233,7 +233,11 @@ class MapRecorder:
     def __init__(self, machine: Machine, out: Path, every: float) -> None:
         self.every = check_period(every, "map_every")
         _pillow()
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--map-out: cannot create the directory {str(out)!r}: "
+                             f"{e.strerror}") from e
         self.machine = machine
         self.out = out
         self.frames: list[Path] = []

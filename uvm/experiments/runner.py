@@ -188,12 +188,12 @@ def _finish(exp: Experiment, head: record.Header, first: dict[str, Any],
 
 def _make_dir(out: Path) -> None:
     """Creates the results directory; ValueError naming --out if it cannot be one."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {str(out)!r} is not a directory (--out names the directory "
-                         f"for results.json and the plot)")
     try:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out: {str(out)!r} is not a directory (--out names the directory "
+                             f"for results.json and the plot)")
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
+    except OSError as e:            # e.g. inside another user's directory (EACCES)
         raise ValueError(f"--out: cannot create the directory {str(out)!r}: {e.strerror}") from e
 
 
