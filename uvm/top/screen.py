@@ -22,6 +22,7 @@ from rich.text import Text
 from uvm.timeline import SampleLine
 from uvm.top.fields import COLUMNS, Column, rates, summary_lines
 
+EVERY_COLUMN = list(range(len(COLUMNS)))      # indices of COLUMNS (0: NAME)
 UNITS = "sizes in MiB (esxtop's /MB); rates in MiB/s; - : needs a memory policy"
 
 
@@ -34,7 +35,7 @@ class Panel:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[RenderableType]:
         yield from self.head
-        blocks = _blocks(self.rows, console, options) if self.wrap else [list(range(len(COLUMNS)))]
+        blocks = _blocks(self.rows, console, options) if self.wrap else [EVERY_COLUMN]
         for block in blocks:
             yield _table(block, self.rows, ruled=len(blocks) == 1)
 
@@ -73,7 +74,7 @@ def _blocks(rows: Sequence[Sequence[str]], console: Console, options: ConsoleOpt
         return width <= options.max_width
 
     blocks: list[list[int]] = [[0]]
-    for i in range(1, len(COLUMNS)):
+    for i in EVERY_COLUMN[1:]:
         if len(blocks[-1]) > 1 and not fits([*blocks[-1], i]):
             blocks.append([0])
         blocks[-1].append(i)
