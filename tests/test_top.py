@@ -333,6 +333,35 @@ def test_socket_directory_of_another_mode_is_refused(env: dict[str, str]) -> Non
     assert r.returncode == 2 and "closed to others (mode 0700)" in r.stderr, r.stderr
 
 
+def test_a_killed_runs_socket_is_named_as_such_and_removed_by_the_next_run(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL leaves a run's socket behind. `uvm top PID` says that run is not running
+    (it said 'PATH: cannot attach ... Connection refused'), and the next run removes the
+    sockets of dead pids in the user's directory, and only those."""
+    import socket as sockets
+
+    from uvm.top import server
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                 # a pid that no longer exists
+    d = Path(env["XDG_RUNTIME_DIR"]) / "uvm"
+    d.mkdir(mode=0o700)
+    stale, live = d / f"run-{gone.pid}.sock", d / "run-1.sock"      # pid 1 is alive
+    for path in (stale, live):
+        s = sockets.socket(sockets.AF_UNIX)
+        s.bind(str(path))
+        s.close()                               # closed, never unlinked: as SIGKILL leaves it
+    r = subprocess.run(uvm_cmd("top", str(gone.pid)), capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 2 and r.stderr == (
+        f"uvm: error: PID: run {gone.pid} is not running (its socket '{stale}' is left from a run "
+        f"that was killed; the next uvm run removes it)\n"), r.stderr
+    monkeypatch.setenv("XDG_RUNTIME_DIR", env["XDG_RUNTIME_DIR"])
+    with server.serving(lambda why: pytest.fail(why)) as serving:
+        assert serving is not None
+        assert sorted(d.iterdir()) == sorted([live, server.socket_path(os.getpid())])
+    assert list(d.iterdir()) == [live]
+
+
 def test_another_users_socket_is_refused_saying_why(monkeypatch: pytest.MonkeyPatch) -> None:
     """`uvm top /tmp/uvm-0/run-N.sock` as another user: the 0700 directory refuses it, and
     the message says so, not that the socket is no run's (it is one)."""

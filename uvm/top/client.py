@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
-import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,34 +19,14 @@ from rich.live import Live
 from uvm.schema import validate_timeline_line
 from uvm.timeline import EndLine, HeaderLine, SampleLine
 from uvm.top.screen import panel
-from uvm.top.server import PREFIX, SUFFIX, pid_of, private_dir, socket_path
+from uvm.top.server import alive, is_socket, pid_of, private_dir, socket_path, sockets
 
 POLL = 0.2                  # seconds between looks at a followed file that has not grown
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError as e:
-        return e.errno == errno.EPERM
-    return True
-
-
-def _is_socket(path: Path) -> bool:
-    try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
 def running() -> list[Path]:
     """The sockets of the runs alive now (stale ones, of dead pids, left out)."""
-    d = private_dir(create=False)
-    if not d.is_dir():
-        return []
-    return [p for p in sorted(d.glob(f"{PREFIX}*{SUFFIX}")) if _is_socket(p) and _alive(pid_of(p))]
+    return [p for p in sockets() if alive(pid_of(p))]
 
 
 def find(target: str | None) -> Path:
@@ -56,8 +34,11 @@ def find(target: str | None) -> Path:
     alive. ValueError naming the argument if there is none (or more than one)."""
     if target is not None and target.isdigit():
         path = socket_path(int(target))
-        if not _is_socket(path):
+        if not is_socket(path):
             raise ValueError(f"PID: no uvm run with pid {target} is serving (no socket {str(path)!r})")
+        if not alive(int(target)):
+            raise ValueError(f"PID: run {target} is not running (its socket {str(path)!r} is left "
+                             f"from a run that was killed; the next uvm run removes it)")
         return path
     if target is not None:
         try:
@@ -67,7 +48,7 @@ def find(target: str | None) -> Path:
                              f"the user who started it only)") from None
         except OSError:
             pass
-        if not _is_socket(Path(target)):
+        if not is_socket(Path(target)):
             raise ValueError(f"PATH: {target!r} is not a socket of a running uvm run")
         return Path(target)
     runs = running()

@@ -12,6 +12,7 @@ so no reader can slow the run down by more than that."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -65,6 +66,41 @@ def pid_of(path: Path) -> int | None:
         return None
     digits = name[len(PREFIX):-len(SUFFIX)]
     return int(digits) if digits.isdigit() else None
+
+
+def alive(pid: int | None) -> bool:
+    """Whether process pid exists (one of another user's counts)."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError as e:
+        return e.errno == errno.EPERM
+    return True
+
+
+def is_socket(path: Path) -> bool:
+    """Whether path is a Unix socket (False for a path that is not there or not visible)."""
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def sockets() -> list[Path]:
+    """The run sockets in this user's directory, of live runs and of killed ones."""
+    d = private_dir(create=False)
+    if not d.is_dir():
+        return []
+    return [p for p in sorted(d.glob(f"{PREFIX}*{SUFFIX}")) if is_socket(p)]
+
+
+def remove_stale() -> None:
+    """Removes the sockets of runs that were killed (SIGKILL leaves no chance to): sockets in
+    this user's private directory named after a pid that no longer exists."""
+    for path in sockets():
+        if not alive(pid_of(path)):
+            path.unlink(missing_ok=True)
 
 
 class TimelineServer:
@@ -152,6 +188,7 @@ def serving(warn: Callable[[str], None]) -> Iterator[TimelineServer | None]:
     socket cannot be made, says why through `warn` and yields None: the run goes on."""
     try:
         private_dir(create=True)
+        remove_stale()
         server = TimelineServer(socket_path(os.getpid()))
     except ValueError as e:
         warn(f"not serving uvm top: {e}")
