@@ -179,6 +179,14 @@ def test_resume_runs_only_what_is_missing(tmp_path: Path) -> None:
     ('metrics = ["x"]\nscenario = "bad.toml"', "scenario: .*bad.toml: invalid TOML"),
     ('metrics = ["x"]\nexperiment = "nope"', "experiment: must be one of"),
     ("metrics = [", "invalid TOML"),
+    # a metric that names nothing a trial records: refused before any trial runs, not an
+    # empty column in every row
+    ('metrics = ["vm.zipf.ops_per_s"]', "metrics: 'vm.zipf.ops_per_s': the scenario has no VM 'zipf'"),
+    ('metrics = ["machine.swapin"]\nscenario = "tiny.toml"', "metrics: 'machine.swapin': no field 'swapin'"),
+    ('metrics = ["vm.a.resident"]\nscenario = "tiny.toml"', "metrics: 'vm.a.resident': no field 'resident'"),
+    ('metrics = ["vm.a.policy.target"]\nscenario = "tiny.toml"', "no field 'target' in a sample"),
+    ('metrics = ["vm.a"]\nscenario = "tiny.toml"', "metrics: 'vm.a': expected t_s, machine.FIELD"),
+    ('metrics = ["swapins"]\nscenario = "tiny.toml"', "metrics: 'swapins': expected t_s, machine.FIELD"),
 ])
 def test_bad_grid_names_the_field(tmp_path: Path, grid: str, message: str) -> None:
     path = write_grid(tmp_path, grid)
@@ -353,3 +361,36 @@ def test_an_experiment_sweeps_over_seeds(tmp_path: Path) -> None:
         assert r["status"] == "ok", r
         assert r["record"]["kind"] == "experiment" and r["record"]["seed"] == r["seed"]
         assert 0 < r["metrics"]["figures.saved_pct"] <= r["metrics"]["figures.shared_pct"] < 100
+
+
+def test_readme_grid_plans(tmp_path: Path) -> None:
+    """The README's grid, as pasted: every metric names a field of the built-in scenario's
+    samples (its VMs are busy, idle, web1, web2), so planning it raises nothing."""
+    from uvm.sweep import grid, trial
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("`uvm sweep GRID.toml")[1].split("```toml\n")[1].split("```")[0]
+    spec, folder = grid.load(write_grid(tmp_path, block))
+    assert spec.scenario is None and len(trial.plan(spec, folder)) == 9 * 2
+
+
+def test_loopback_ray_address_means_a_single_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--ray 127.0.0.1:PORT: Ray is imported in single-host mode, else its client swaps
+    127.0.0.1 for the host's address and never reaches a head bound to localhost."""
+    from uvm.experiments.base import MissingExtra
+    from uvm.sweep import cluster, trial
+
+    seen: list[str | None] = []
+
+    def no_ray(name: str) -> None:
+        seen.append(os.environ.get(cluster.SINGLE_HOST_ENV))
+        raise ImportError(name)
+
+    monkeypatch.setattr(cluster.importlib, "import_module", no_ray)
+    todo = [trial.Trial({}, 1, 0, ["t_s"])]
+    for address, mode in (("10.0.0.5:6379", None), ("127.0.0.1:6379", "0"), ("[::1]:6379", "0"),
+                          ("localhost:6379", "0")):
+        monkeypatch.delenv(cluster.SINGLE_HOST_ENV, raising=False)
+        with pytest.raises(MissingExtra):
+            list(cluster.execute(todo, address, lambda line: None))
+        assert seen[-1] == mode, address

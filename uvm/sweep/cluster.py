@@ -13,6 +13,7 @@ grows, and --resume works, as on one host.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import logging
 import os
 import socket
@@ -27,11 +28,18 @@ from uvm.sweep import trial as trials
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the head's port before giving up
 MAX_RETRIES = 3         # a trial whose node or worker dies runs again, up to this many times
+SINGLE_HOST_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"   # "0": Ray's nodes are this host
 
 
 def execute(todo: list[trials.Trial], address: str,
             log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
     """Runs the trials on the cluster at `address`; yields each row as its trial finishes."""
+    if _loopback(address):
+        # Ray's client replaces a loopback address by the host's own (to reach a cluster
+        # of several machines) unless told the cluster is this host alone; a head bound
+        # to 127.0.0.1, as docs/harness.md starts it, is then never reached and ray.init
+        # retries for ever. Ray reads this when it is first imported.
+        os.environ.setdefault(SINGLE_HOST_ENV, "0")
     try:
         ray: Any = importlib.import_module("ray")     # untyped in parts: used as Any
     except ImportError as e:
@@ -73,6 +81,15 @@ def _empty_cwd() -> Iterator[None]:
             yield
         finally:
             os.chdir(back)
+
+
+def _loopback(address: str) -> bool:
+    """True if `address` (HOST:PORT) names this host by a loopback address."""
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_reachable(address: str) -> None:

@@ -20,7 +20,8 @@ A metric is a path into the last sample of a trial, in the timeline's fields (do
 units in the names, which are deterministic): `machine.FIELD` (`machine.swapins`,
 `machine.saved_pages`...), `vm.NAME.FIELD` (`vm.zipf.ops_per_s`, `vm.idle.resident_pages`,
 `vm.web1.policy.target_pages`...), `t_s`; for an experiment, a path into its results.json,
-or `figures.NAME` for one of its key figures. Experiments take no parameters (the grid is
+or `figures.NAME` for one of its key figures. A scenario's metrics are checked against
+its VMs and the sample's fields (uvm/sweep/trial.py: check_metric). Experiments take no parameters (the grid is
 empty; seeds and repeats run it again).
 
 The trial's seed seeds the scenario (`uvm run --seed`): the same seed, the same guest

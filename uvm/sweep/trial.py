@@ -20,7 +20,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from uvm import scenario as scenarios
+from uvm import timeline
 from uvm.sizes import parse_size
 from uvm.sweep.grid import Grid, Point, Value
 
@@ -74,6 +77,8 @@ def plan(grid: Grid, folder: Path) -> list[Trial]:
         spec = configure(text, source, base, point)
         memory = (parse_size(grid.trial_memory, "trial_memory") if grid.trial_memory is not None
                   else footprint(spec))
+        for metric in grid.metrics:
+            check_metric(metric, spec)
         duration = grid.duration or spec.run.duration
         trials += [Trial(point, seed, r, grid.metrics, text, source, base, duration, memory=memory,
                          argv=tuple(sys.argv))
@@ -135,6 +140,42 @@ def _entry(entries: list[Any], part: str, where: str) -> Any:
         return entries[int(part)]
     names = [e.get("name") for e in entries if isinstance(e, dict)]
     raise ValueError(f"{where} has no entry {part!r} (names: {names})")
+
+
+def check_metric(path: str, spec: scenarios.Scenario) -> None:
+    """ValueError "metrics: ..." unless `path` names a field of a trial's last sample (the
+    timeline's, uvm/timeline.py): t_s, machine.FIELD, vm.NAME.FIELD, vm.NAME.policy.FIELD or
+    vm.NAME.guest.FIELD, NAME a VM of the scenario. A misspelt metric would otherwise be an
+    empty column in every row, found only after the whole sweep ran."""
+    vms = [v.name for v in spec.vms]
+    tables: dict[str, type[BaseModel]] = {"policy": timeline.PolicyLine,
+                                                    "guest": timeline.GuestLine}
+    parts = path.split(".")
+    if parts == ["t_s"]:
+        return
+    if parts[0] == "machine" and len(parts) == 2:
+        _check_field(path, parts[1], timeline.MachineLine)
+    elif parts[0] == "vm" and len(parts) >= 3:
+        if parts[1] not in vms:
+            raise ValueError(f"metrics: {path!r}: the scenario has no VM {parts[1]!r} "
+                             f"(its VMs: {vms})")
+        if len(parts) == 3 and parts[2] not in tables:
+            _check_field(path, parts[2], timeline.VMLine)
+        elif len(parts) == 4 and parts[2] in tables:
+            _check_field(path, parts[3], tables[parts[2]])
+        else:
+            raise ValueError(f"metrics: {path!r}: expected vm.NAME.FIELD, vm.NAME.policy.FIELD "
+                             f"or vm.NAME.guest.FIELD")
+    else:
+        raise ValueError(f"metrics: {path!r}: expected t_s, machine.FIELD or vm.NAME.FIELD "
+                         f"(the timeline's fields: docs/record.md)")
+
+
+def _check_field(path: str, name: str, model: type[BaseModel]) -> None:
+    fields = [f for f in model.model_fields if f not in ("policy", "guest", "type")]
+    if name not in fields:
+        raise ValueError(f"metrics: {path!r}: no field {name!r} in a sample "
+                         f"(one of {sorted(fields)})")
 
 
 def footprint(spec: scenarios.Scenario) -> int:
