@@ -394,3 +394,16 @@ def test_loopback_ray_address_means_a_single_host(monkeypatch: pytest.MonkeyPatc
         with pytest.raises(MissingExtra):
             list(cluster.execute(todo, address, lambda line: None))
         assert seen[-1] == mode, address
+
+
+def test_lookup_finds_keys_with_dots() -> None:
+    """An experiment's figure may hold a dot (idle-tax's busy_mib_tau_0.75): a metric
+    figures.busy_mib_tau_0.75 reads it, rather than an empty cell."""
+    from uvm.sweep.trial import lookup
+
+    outcome = {"figures": {"busy_mib_tau_0.75": 38.1, "busy_mib_tau_0": 30.9},
+               "rows": [{"a": 1}, {"a": 2}], "t_s": 1.5}
+    assert lookup(outcome, "figures.busy_mib_tau_0.75") == 38.1
+    assert lookup(outcome, "figures.busy_mib_tau_0") == 30.9
+    assert lookup(outcome, "rows.1.a") == 2 and lookup(outcome, "t_s") == 1.5
+    assert lookup(outcome, "rows.2.a") is None and lookup(outcome, "figures.nope") is None

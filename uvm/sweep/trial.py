@@ -271,13 +271,21 @@ def _run_experiment(trial: Trial) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def lookup(outcome: Any, path: str) -> Any:
-    """outcome[path] (dots between keys; a list by index); None where there is nothing."""
+    """outcome[path] (dots between keys; a list by index); None where there is nothing. A
+    key may hold dots itself (idle-tax's figure busy_mib_tau_0.75): at each table the
+    longest run of the path's parts that is one of its keys is taken."""
     node = outcome
-    for part in path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
+    parts = path.split(".")
+    while parts:
+        for n in range(len(parts), 0, -1):
+            key = ".".join(parts[:n])
+            if isinstance(node, dict) and key in node:
+                node = node[key]
+                break
+            if isinstance(node, list) and n == 1 and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+                break
         else:
             return None
+        parts = parts[n:]
     return node
