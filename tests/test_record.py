@@ -165,6 +165,7 @@ def test_a_real_run_writes_a_timeline_and_summary_that_validate(tmp_path: Path) 
         assert "time" not in s and "elapsed" not in s
         for v in s["vms"]:
             assert "stats" not in v and "resident" not in v and v["stopped"] is None
+            assert v["balloon_error"] is None       # null, as documented: "" was a second "none"
     assert samples[-1]["vms"][1]["guest"]["cache_misses"] > 0
 
     got = json.loads(summary.read_text())

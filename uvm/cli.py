@@ -211,7 +211,7 @@ def _add_experiment(commands: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--seed", type=_seed, metavar="N",
                    help="seed of every machine and workload (default: drawn, and recorded)")
     p.add_argument("--repeat", type=_repeat, default=1, metavar="N",
-                   help="run it N times (seeds N, N+1, ...): median and spread of its figures")
+                   help="run it N times (seeds S, S+1, ..., S = --seed): median and spread of its figures")
     p.add_argument("--map-every", type=_seconds(check_period), metavar="SECONDS",
                    help="draw the page maps of its machines every SECONDS: PNG frames and an "
                         "animated GIF in DIR/pagemap/")

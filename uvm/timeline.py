@@ -248,6 +248,7 @@ def sample_line(t_s: float, snap: Snapshot, workloads: dict[str, str],
 def _vm_line(v: VMSample, workload: str, status: str) -> VMLine:
     st = v.stats
     fields: dict[str, Any] = {new: st[old] for old, new in VM_FIELDS.items()}
+    fields["balloon_error"] = fields["balloon_error"] or None     # stats' "" is the record's null
     policy: dict[str, Any] | None = ({new: st[old] for old, new in POLICY_FIELDS.items()}
               if "target" in st else None)
     guest: dict[str, Any] | None = ({new: st[old] for old, new in GUEST_FIELDS.items()}
