@@ -90,3 +90,17 @@ def test_compare_fail_catches_a_slowed_build(tmp_path: Path) -> None:
     assert slow.returncode != 0
     assert "Performance has regressed" in slow.stdout + slow.stderr
     assert "test_swap_round_trip" in slow.stdout + slow.stderr
+
+
+def test_compare_with_a_saved_run_of_the_same_host_warns_nothing(tmp_path: Path) -> None:
+    """pytest-benchmark compares the saved run's machine_info with one it builds before any
+    test runs: uvm's part must be there then too, or every compare warns that the machine
+    differs (and with a storage outside the working directory, crashes)."""
+    (tmp_path / "test_tiny.py").write_text(BENCH)
+    storage = tmp_path.parent / f"{tmp_path.name}-store"       # outside the working directory
+    saved = pytest_run(tmp_path, f"--benchmark-storage={storage}", "--benchmark-save=base")
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    same = pytest_run(tmp_path, f"--benchmark-storage={storage}", "--benchmark-compare")
+    out = same.stdout + same.stderr
+    assert same.returncode == 0 and "INTERNALERROR" not in out, out
+    assert "machine_info is different" not in out, out

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from uvm.machine import Machine
 
 SWAP_LATENCY_OPTION = "--uvm-swap-latency"
-USED = pytest.StashKey[bool]()          # set once a test of the session used a fixture here
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -129,19 +128,21 @@ class UvmBench:
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     """pytest-benchmark's machine_info (in --benchmark-json and saved runs) gets uvm's build
     and host from the run record (uvm/record.py: version, commit, kernel, CPUs, memory,
-    userfaultfd mode), when this session used uvm's fixtures."""
-    if config.stash.get(USED, False):
-        from uvm import record
+    userfaultfd mode). Always, not only once a test used uvm's fixtures: pytest-benchmark
+    builds the machine_info it compares a saved run with before any test has run, and one
+    that differed from the saved one by this key warned "machine_info is different" on every
+    --benchmark-compare (and, with a --benchmark-storage outside the working directory,
+    pytest-benchmark's warning itself raised an INTERNALERROR)."""
+    from uvm import record
 
-        machine_info["uvm"] = {"build": record.build().model_dump(mode="json"),
-                               "host": record.host().model_dump(mode="json")}
+    machine_info["uvm"] = {"build": record.build().model_dump(mode="json"),
+                           "host": record.host().model_dump(mode="json")}
 
 
 @pytest.fixture
 def uvm_machine(request: pytest.FixtureRequest) -> Iterator[UvmMachines]:
     """A factory of uvm.Machine: `uvm_machine("64MiB", fault_around=16)`; every machine it
     made is closed after the test."""
-    request.config.stash[USED] = True
     machines = UvmMachines(request.config.getoption(SWAP_LATENCY_OPTION))
     try:
         yield machines
