@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from rich.console import Console
 
@@ -26,3 +27,15 @@ def test_drawn_on_a_terminal() -> None:
         console.file.flush()
     text = out.getvalue()
     assert "work: trial 3/4" in text and "50%" in text
+
+
+def test_left_labels_the_time_remaining() -> None:
+    """"left" follows the estimate of the time remaining, not the time elapsed (which read
+    "0:00:01 left -:--:--": one second left, while nothing was known)."""
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    with progress.bar("work", total=4, console=console) as bar:
+        bar.update(1, "trial 2/4")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())      # colours off
+    assert re.search(r"(-:--:--|\d+:\d\d:\d\d) left", text), text
+    assert not re.search(r"left +(-:--:--|\d+:\d\d:\d\d)", text), text

@@ -50,7 +50,7 @@ def bar(title: str, total: float, console: Console | None = None) -> Iterator[Ba
         yield Bar(None, None, title)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("left"))
     with Progress(*columns, console=console, transient=True,
                   redirect_stdout=sys.stdout.isatty(), redirect_stderr=False) as progress:
         task = progress.add_task(title, total=total)
