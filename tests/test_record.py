@@ -171,6 +171,7 @@ def test_a_real_run_writes_a_timeline_and_summary_that_validate(tmp_path: Path) 
     got = json.loads(summary.read_text())
     validator("summary").validate(got)
     assert got["record"]["seed"] == 11 and got["record"]["partial"] is False
+    assert "interrupted" not in got             # the record's partial says it, once
     assert got["record"]["duration_s"] >= 1.0 and got["final"]["vms"][0]["name"] == "busy"
     assert sum(got["states_seen"].values()) == len(samples)
 

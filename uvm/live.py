@@ -85,7 +85,7 @@ class Result:
 
 def summary_record(result: Result, header: Header, failed: list[BaseException]) -> Summary:
     """The run's summary as a record (`uvm run --summary-json`); `header` finished."""
-    return Summary(record=header, interrupted=result.interrupted,
+    return Summary(record=header,
                    failed=[f"{type(e).__name__}: {e}" for e in failed],
                    states_seen=dict(result.states), final=result.last.line())
 

@@ -225,9 +225,9 @@ class EndLine(_Strict):
 
 
 class Summary(_Strict):
-    """`uvm run --summary-json FILE`: the record and the run's final counters."""
+    """`uvm run --summary-json FILE`: the record and the run's final counters. Whether the
+    run was cut short is the record's `partial`, once."""
     record: Header
-    interrupted: bool = described("true if Ctrl-C ended the run")
     failed: list[str] = described("errors workloads raised (other than their VM being stopped)")
     states_seen: dict[str, int] = described("samples that found the machine in each "
                                             "reclamation state (empty without a policy)")
