@@ -407,3 +407,17 @@ def test_lookup_finds_keys_with_dots() -> None:
     assert lookup(outcome, "figures.busy_mib_tau_0") == 30.9
     assert lookup(outcome, "rows.1.a") == 2 and lookup(outcome, "t_s") == 1.5
     assert lookup(outcome, "rows.2.a") is None and lookup(outcome, "figures.nope") is None
+
+
+def test_cli_out_that_cannot_be_a_directory_exits_2(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--out onto a file, or where no directory can be made: one line naming --out, exit 2,
+    before any trial runs (it was a FileExistsError traceback)."""
+    path = write_grid(tmp_path)
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for out, message in ((afile, "is not a directory"), (afile / "sub", "cannot create the directory")):
+        assert main(["sweep", str(path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("uvm: error: --out: ") and message in err and "Traceback" not in err
+    assert afile.read_text() == "mine"

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from uvm import progress, record
 from uvm.experiments.base import Experiment, MapSpec, Trial, plotting
+from uvm.outdir import make_dir
 from uvm.seeds import check_seed, new_seed
 
 
@@ -106,7 +107,7 @@ def run(exp: Experiment, quick: bool, out: Path, log: Callable[[str], None],
     seed = new_seed() if seed is None else check_seed(seed)
     check_repeat(repeat)
     check_seed(seed + repeat - 1, "seed")
-    _make_dir(out)
+    make_dir(out, "--out")
     missing = plotting()        # said before a long run, not after it
     if missing is not None:
         log(f"no plot this time: {missing}; the numbers are printed and saved")
@@ -184,17 +185,6 @@ def _finish(exp: Experiment, head: record.Header, first: dict[str, Any],
             log(f"{name}: median {f['median']:.4g} (min {f['min']:.4g}, max {f['max']:.4g}) "
                 f"over {len(f['values'])} trials")
     return results
-
-
-def _make_dir(out: Path) -> None:
-    """Creates the results directory; ValueError naming --out if it cannot be one."""
-    try:
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out: {str(out)!r} is not a directory (--out names the directory "
-                             f"for results.json and the plot)")
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:            # e.g. inside another user's directory (EACCES)
-        raise ValueError(f"--out: cannot create the directory {str(out)!r}: {e.strerror}") from e
 
 
 def _save(results: dict[str, Any], out: Path) -> Path:

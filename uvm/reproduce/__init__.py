@@ -30,6 +30,7 @@ from typing import Any
 
 from uvm import experiments, progress, record
 from uvm.experiments.runner import check_repeat
+from uvm.outdir import make_dir
 from uvm.reproduce import report
 from uvm.seeds import check_seed, new_seed
 
@@ -74,9 +75,9 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, only: str | Iterable[str] 
     names = select(only)
     repeat = check_repeat(repeat if repeat is not None else QUICK_REPEAT if quick else FULL_REPEAT)
     seed = new_seed() if seed is None else check_seed(seed)
-    _make_dir(out, "--out")
+    make_dir(out, "--out")
     if page is not None:
-        _make_dir(page.parent, "--page")
+        make_dir(page.parent, "--page")
     head = record.header(kind="reproduce", name="paper", seed=seed,
                          config={"quick": quick, "repeat": repeat, "experiments": names},
                          seeds={name: seed for name in names})
@@ -132,16 +133,6 @@ def _write(outcome: Outcome, head: record.Header, page: Path | None,
         outcome.files.append(page)
     log(f"{'interrupted: wrote what finished' if head.partial else 'wrote'} "
         f"{', '.join(map(str, outcome.files))}")
-
-
-def _make_dir(path: Path, option: str) -> None:
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{option}: {str(path)!r} is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"{option}: cannot create the directory {str(path)!r}: "
-                         f"{e.strerror}") from e
 
 
 def _save(path: Path, text: str, option: str) -> None:

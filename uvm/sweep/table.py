@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from uvm.experiments.base import MissingExtra, pyplot
+from uvm.outdir import make_dir
 
 JSONL = "results.jsonl"
 CSV = "results.csv"
@@ -35,7 +36,7 @@ class Table:
         if path.exists() and not resume:
             raise ValueError(f"--out: {str(self.out)!r} already holds a sweep's results ({JSONL}); "
                              f"pass --resume to continue it, or another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_dir(self.out, "--out")
         if resume and path.exists():
             lines = path.read_text(encoding="utf-8").splitlines()
             for n, line in enumerate(lines, 1):
