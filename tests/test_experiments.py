@@ -16,7 +16,7 @@ import pytest
 from helpers import uvm_cmd
 from uvm import experiments, schema
 from uvm.cli import main
-from uvm.experiments import Experiment
+from uvm.experiments import Experiment, runner
 from uvm.experiments.base import Trial, pyplot
 
 
@@ -26,7 +26,10 @@ def read_results(path: Path) -> dict[str, Any]:
     jsonschema.validate(results, schema.shipped("results"))
     assert results["record"]["kind"] == "experiment" and results["record"]["partial"] is False
     assert results["figures"] and len(results["repeats"]) == 1
-    return results
+    # no figure twice: what the record says (name, quick, params) and the key figures are
+    # not repeated among the trial's own fields
+    assert not set(results) & (set(runner.IN_RECORD) | set(results["figures"])), sorted(results)
+    return runner.trial_results(results)
 
 
 @pytest.mark.slow
@@ -34,7 +37,7 @@ def test_sharing_experiment_quick(tmp_path: Path, capsys) -> None:  # type: igno
     assert main(["experiment", "sharing", "--quick", "--out", str(tmp_path), "--seed", "3"]) == 0
     results = read_results(tmp_path)
     assert results["record"]["seed"] == 3 and results["repeats"][0]["seed"] == 3
-    assert results["record"]["config"]["params"] == results["params"]
+    assert results["record"]["config"]["params"] == experiments.REGISTRY["sharing"].params(True)
     png = (tmp_path / "sharing.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     rows = results["rows"]
@@ -95,7 +98,7 @@ def test_io_remap_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ign
     # remapping reduces copies (throughput is timing: reported, not asserted)
     assert on["remapped"] > 0 and on["direct"] > 0 and on["copies_per_op"] < off["copies_per_op"]
     assert on["low_pages_used"] == on["remapped"]
-    assert results["copies_reduction_pct"] > 0
+    assert results["figures"]["copies_reduction_pct"]["median"] > 0
     assert "fewer copies per op" in capsys.readouterr().out
 
 
@@ -130,7 +133,7 @@ def test_idle_tax_experiment_quick(tmp_path: Path, capsys) -> None:  # type: ign
     assert taxed["busy_target_mib"] >= 1.3 * taxed["idle_target_mib"]
     assert taxed["busy_mib"] > untaxed["busy_mib"] + 4 and taxed["idle_mib"] < untaxed["idle_mib"] - 4
     assert taxed["idle_active"] < 0.1 < 0.3 < taxed["busy_active"]
-    assert results["speedup"] > 1
+    assert results["figures"]["speedup"]["median"] > 1
     assert all({"busy", "idle", "state"} <= set(row) for row in results["timeline"])
     assert "throughput at tau = 0.75" in capsys.readouterr().out
 
@@ -199,10 +202,13 @@ def _fake(stop_after: int | None) -> Experiment:
 
 
 def _own(results: dict[str, Any]) -> dict[str, Any]:
-    """results.json without the parts the runner adds (record, figures, repeats), after
-    checking it against the shipped schema."""
+    """A trial's results as results.json gives them back (runner.trial_results) without the
+    parts the runner adds (record, figures, repeats), after checking it against the shipped
+    schema and that the record's fields are not repeated."""
     jsonschema.validate(results, schema.shipped("results"))
-    return {k: v for k, v in results.items() if k not in ("record", "figures", "repeats")}
+    assert not set(results) & set(runner.IN_RECORD)
+    return {k: v for k, v in runner.trial_results(results).items()
+            if k not in ("record", "figures", "repeats")}
 
 
 def test_without_matplotlib_numbers_are_saved_and_printed(tmp_path: Path, capsys: Any,

@@ -4,7 +4,10 @@ and spread of its key figures, and results.json.
 Trial i of a run seeded with S has seed S + i, so that any one trial can be run again alone
 with `--seed S+i`. results.json holds the record (uvm/record.py), the first trial's full
 results (what the plot draws), every trial's seed and key figures, and for each key figure
-the median, min, max and standard deviation over the trials.
+the median, min, max and standard deviation over the trials. What the record already says
+(the experiment's name, quick or full, its parameters) is in the record only; a trial's
+results in memory carry them too, for the experiment's own code, and `trial_results` gives
+a saved results.json that shape again (the report of `uvm reproduce` reads it so).
 
 A trial fills its results as it measures (Trial.results), so a signal between or during
 trials (KeyboardInterrupt: uvm/interrupts.py) loses nothing measured: the runner writes
@@ -76,9 +79,6 @@ class Results(BaseModel):
     (rows, phases, timeline...: each experiment's module documents them)."""
     model_config = ConfigDict(extra="allow")
     record: record.Header
-    experiment: str
-    quick: bool
-    params: dict[str, Any]
     paper: PaperSide | None = Field(None, description="the paper's figure, setup and numbers "
                                                       "this experiment is compared with")
     figures: dict[str, Figure] = Field(description="median and spread of each key figure over "
@@ -100,10 +100,10 @@ def run(exp: Experiment, quick: bool, out: Path, log: Callable[[str], None],
         step: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """Runs `exp` `repeat` times (seeds seed, seed+1, ...; seed default: drawn), writes
     out/results.json and (with matplotlib) the plot of the first trial, and with `maps` its
-    machines' page maps; returns the results. Interrupted, writes what was measured inside
-    `shield()` and re-raises (see the module). Progress goes to a bar of its own, or, given
-    `step`, to step(trials done, what) (a caller drawing one bar over several runs: only one
-    bar can show at a time)."""
+    machines' page maps; returns the results as `trial_results` gives them. Interrupted,
+    writes what was measured inside `shield()` and re-raises (see the module). Progress goes
+    to a bar of its own, or, given `step`, to step(trials done, what) (a caller drawing one
+    bar over several runs: only one bar can show at a time)."""
     seed = new_seed() if seed is None else check_seed(seed)
     check_repeat(repeat)
     check_seed(seed + repeat - 1, "seed")
@@ -154,6 +154,18 @@ def new_trial(exp: Experiment, quick: bool, seed: int, log: Callable[[str], None
     return Trial(quick, seed, log, step, results=results, maps=maps)
 
 
+IN_RECORD = ("experiment", "quick", "params")    # a trial's fields results.json keeps in the record
+
+
+def trial_results(saved: dict[str, Any]) -> dict[str, Any]:
+    """A results.json as read, given back the fields its record holds ("experiment",
+    "quick", "params"), as a trial's results have them: what an experiment's plot and
+    figures take."""
+    config = saved["record"]["config"]
+    return {"experiment": saved["record"]["name"], "quick": config["quick"],
+            "params": config["params"], **saved}
+
+
 def _start(exp: Experiment, quick: bool, params: dict[str, Any]) -> dict[str, Any]:
     """What a trial's results start with."""
     results = {"experiment": exp.name, "quick": quick, "params": params}
@@ -184,7 +196,7 @@ def _finish(exp: Experiment, head: record.Header, first: dict[str, Any],
         for name, f in results["figures"].items():
             log(f"{name}: median {f['median']:.4g} (min {f['min']:.4g}, max {f['max']:.4g}) "
                 f"over {len(f['values'])} trials")
-    return results
+    return trial_results(results)
 
 
 def _save(results: dict[str, Any], out: Path) -> Path:
@@ -204,8 +216,9 @@ def _results(exp: Experiment, head: record.Header, first: dict[str, Any],
     and their median and spread; checked against the Results model."""
     repeats = [Repeat(seed=s, figures=exp.figures(t)) for s, t in zip(seeds, finished)]
     results = Results(record=head, figures=spread(repeats), repeats=repeats,
-                      **{k: v for k, v in first.items() if k not in ("record", "figures",
-                                                                     "repeats")})
+                      **{k: v for k, v in first.items() if k not in IN_RECORD + ("record",
+                                                                              "figures",
+                                                                              "repeats")})
     out = results.model_dump(mode="json")
     if out["paper"] is None:            # not one of the paper's experiments: no key at all
         del out["paper"]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from uvm import experiments
-from uvm.experiments import Experiment
+from uvm.experiments import Experiment, runner
 
 Block = tuple[Any, ...]       # ("h1"|"h2"|"p"|"note", text) | ("table", head, rows) | ("img", alt, path)
 NO_FIGURE = 99
@@ -66,7 +66,7 @@ def _this_runs(path: Path, started: str) -> dict[str, Any] | None:
     """The results at path if they were written by a run started at `started` or later,
     in this uvm's format; else None."""
     try:
-        res = json.loads(path.read_text(encoding="utf-8"))
+        res = runner.trial_results(json.loads(path.read_text(encoding="utf-8")))
         written = datetime.fromisoformat(res["record"]["started"])
         ok = written >= datetime.fromisoformat(started) and isinstance(res["figures"], dict)
     except (OSError, ValueError, KeyError, TypeError):
