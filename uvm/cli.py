@@ -35,12 +35,12 @@ from typing import TextIO
 
 from rich.console import Console
 
-from uvm import (experiments, labs, live, pagemap, record, reproduce, resolved, scenario,
+from uvm import (again, experiments, labs, live, pagemap, record, reproduce, resolved, scenario,
                  schema, sweep, top)
 from uvm.errors import UserfaultfdUnavailable
 from uvm.experiments.runner import check_repeat
 from uvm.interrupts import Interrupted, Interrupts
-from uvm.machine import Machine
+from uvm.machine import Machine, resolve_fault_path
 from uvm.periods import check_period, check_seconds
 from uvm.seeds import check_seed
 from uvm.sizes import format_size
@@ -271,6 +271,13 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "memory policy, showing ballooning, page sharing, the idle memory tax and the "
                     "reclamation states within its 20 s.")
     p.add_argument("file", nargs="?", metavar="FILE.toml", help="scenario file (default: built in)")
+    p.add_argument("--again", metavar="FILE",
+                   help="run again the run recorded in FILE (a --summary-json, a --json "
+                        "timeline, or a row of a sweep's results.jsonl: see --line): the same "
+                        "scenario, every default as it was, and the same seed")
+    p.add_argument("--line", type=_positive, metavar="N",
+                   help="with --again: the line of a JSON-lines FILE whose record to run (a "
+                        "sweep's results.jsonl has one per trial)")
     p.add_argument("--duration", type=_seconds(check_seconds), metavar="SECONDS",
                    help="how long to run (overrides the file's run.duration; default 20)")
     p.add_argument("--every", type=_seconds(check_period), metavar="SECONDS",
@@ -303,6 +310,17 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    """argparse type: a line number."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a line number from 1, got {text!r}")
+    return value
+
+
 def _repeat(text: str) -> int:
     """argparse type: a number of trials."""
     try:
@@ -330,7 +348,7 @@ def _run(args: argparse.Namespace) -> int:
     signal (Ctrl-C, SIGTERM, SIGHUP) ends the watching at the next poll; the rest, closing,
     the summary record and the summary included, always runs (uvm/interrupts.py)."""
     with Interrupts("flag") as interrupts:
-        spec = scenario.load(args.file) if args.file else scenario.default()
+        spec = _scenario(args)
         duration: float = args.duration or spec.run.duration
         every: float = args.every or spec.run.every
         seed: int = scenario.run_seed(spec) if args.seed is None else args.seed
@@ -364,6 +382,22 @@ def _run(args: argparse.Namespace) -> int:
             console.print(live.summary(result, spec.name))
         status = EXIT_FAILED if failed else 0
         return interrupts.exit_status(EXIT_INTERRUPTED if result.interrupted else status)
+
+
+def _scenario(args: argparse.Namespace) -> scenario.Scenario:
+    """The scenario `uvm run` runs: FILE.toml's, a recorded run's (--again), or the built-in."""
+    if args.line is not None and args.again is None:
+        raise ValueError("--line: only with --again FILE")
+    if args.again is None:
+        return scenario.load(args.file) if args.file else scenario.default()
+    if args.file:
+        raise ValueError(f"--again: runs the scenario its record holds; give it or "
+                         f"{args.file!r}, not both")
+    recorded = again.load(args.again, args.line)
+    if recorded.record.fault_path != resolve_fault_path(None):
+        _warn(f"{args.again} ran on the {recorded.record.fault_path} fault path; this run takes "
+              f"the {resolve_fault_path(None)} path ($UVM_FAULT_PATH)")
+    return recorded.spec
 
 
 def _warn(message: str) -> None:
