@@ -20,6 +20,7 @@ from uvm.cli import main
 POLICY = """
 [machine]
 memory = "24MiB"
+pagers = 1                  # recorded as given, not as this host's CPUs: runs anywhere
 sharing = true
 share_domains = "vm"
 [policy]
@@ -92,6 +93,12 @@ def test_a_summary_runs_again_with_the_same_config_and_seeds(tmp_path: Path, tex
     if text is POLICY:        # the fill wrote the whole VM both times: the same operations
         ops = [{v["name"]: v["ops"] for v in s["final"]["vms"]}["fill"] for s in (first, second)]
         assert ops[0] == ops[1] == 8 * 1024 * 1024 // 4096
+    # --seed still overrides: every derived seed follows it, as in a fresh run of the file
+    toml.write_text(text)
+    fresh = run_summary([str(toml), "--seed", "12"], tmp_path / "fresh.json")
+    third = run_summary(["--again", str(tmp_path / "first.json"), "--seed", "12"],
+                        tmp_path / "third.json")
+    assert third["record"]["seeds"] == fresh["record"]["seeds"] != a["seeds"]
 
 
 def test_a_timeline_and_a_sweep_row_run_again(tmp_path: Path) -> None:
@@ -110,6 +117,11 @@ def test_a_timeline_and_a_sweep_row_run_again(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"2 records .*--line N \(lines 1, 2\)"):
         again.load(str(rows))
     assert again.load(str(rows), line=2).record.seed == 2
+    # an interrupted sweep leaves a torn last line: the rows before it still run again
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(rows.read_text().splitlines()[0] + '\n{"trial": "2", "rec')
+    assert again.load(str(torn)).record.seed == 1
+    assert again.load(str(torn), line=1).record.seed == 1
 
 
 def test_what_cannot_run_again_is_one_clear_line(tmp_path: Path,
@@ -123,15 +135,37 @@ def test_what_cannot_run_again_is_one_clear_line(tmp_path: Path,
     rec = {**summary["record"], "kind": "experiment", "name": "sharing",
            "config": {"quick": True, "repeat": 2, "params": {}}}
     experiment.write_text(json.dumps({"record": rec, "figures": {}}))
+    reproduce = tmp_path / "reproduce.json"
+    reproduce.write_text(json.dumps({"record": {
+        **summary["record"], "kind": "reproduce", "name": "paper",
+        "config": {"quick": False, "repeat": 3, "experiments": ["sharing", "balloon"]}}}))
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"record": {**summary["record"], "config": {"vms": []}}}))
+    config = summary["record"]["config"]
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps({"record": {**summary["record"],
+                                             "config": {**config, "machine": [1]}}}))
+    vms = tmp_path / "vms.json"
+    vms.write_text(json.dumps({"record": {**summary["record"], "config": {**config, "vms": ["a"]}}}))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)
+    indented = tmp_path / "indented.json"
+    indented.write_text(json.dumps(summary, indent=2))
     cases = [
         (["--again", str(experiment)],
-         "the record of an experiment ('sharing'), not of a run: run it again with "
-         "`uvm experiment sharing --seed 3 --quick --repeat 2`"),
+         "the record of an experiment: run it again with "
+         "`uvm experiment sharing --seed 3 --quick --repeat 2`, not of `uvm run`"),
         (["--again", str(tmp_path / "none.json")], "none.json: cannot read"),
         (["--again", str(toml)], "s.toml:2: not JSON"),      # line 1 is empty
+        (["--again", str(reproduce)],
+         "the record of `uvm reproduce`: run it again with `uvm reproduce --seed 3 --repeat 3 "
+         "--only sharing,balloon`, not of `uvm run`"),
         (["--again", str(broken)], "broken.json: record.config: 'machine' is missing"),
+        (["--again", str(shapes)], "shapes.json: record.config: not a run's configuration"),
+        (["--again", str(vms)], "vms.json: record.config: not a run's configuration"),
+        (["--again", str(deep)], "deep.json: no run record in it"),
+        (["--again", str(indented), "--line", "1"], "indented.json:1 is not a JSON line"),
+        (["--again", str(indented), "--line", "999999"], "has no JSON on line 999999"),
         (["--line", "2"], "--line: only with --again FILE"),
         ([str(toml), "--again", str(experiment)], "not both"),
     ]

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from uvm.record import Header
-from uvm.scenario import MachineSpec, Scenario, parse
+from uvm.scenario import MAX_TEXT, MachineSpec, Scenario, parse
+from uvm.seeds import derive
+
+MAX_FILE = 256 * MAX_TEXT       # a sweep's results.jsonl: some KiB per row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,16 +40,13 @@ def load(path: str, line: int | None = None) -> Again:
     ValueError naming the file and what is wrong."""
     head = _header(path, _document(path, line))
     if head.kind != "run":
-        raise ValueError(f"{path}: the record of an experiment ({head.name!r}), not of a run: "
-                         f"run it again with `uvm experiment {head.name} --seed {head.seed}"
-                         f"{' --quick' if head.config.get('quick') else ''}"
-                         f"{_repeat(head.config)}`")
+        raise ValueError(f"{path}: the record of {_command(head)}, not of `uvm run`")
     try:
         return Again(parse(scenario_doc(head.config), source=str(head.config["source"])), head)
     except KeyError as e:
         raise ValueError(f"{path}: record.config: {e.args[0]!r} is missing") from None
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: record.config: {e}") from None
+    except (AttributeError, TypeError, ValueError) as e:    # a record edited into bad shapes
+        raise ValueError(f"{path}: record.config: not a run's configuration ({e})") from None
 
 
 def scenario_doc(config: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +59,7 @@ def scenario_doc(config: dict[str, Any]) -> dict[str, Any]:
                            "run": {"duration": config["run"]["duration_s"],
                                    "every": config["run"]["every_s"],
                                    "seed": config["run"]["seed"]},
-                           "vm": [_vm(v) for v in config["vms"]]}
+                           "vm": [_vm(v, config["run"]["seed"]) for v in config["vms"]]}
     policy = config.get("policy")
     if policy is not None:
         doc["policy"] = {k: v for k, v in policy.items() if v is not None}
@@ -69,14 +68,16 @@ def scenario_doc(config: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _vm(vm: dict[str, Any]) -> dict[str, Any]:
-    """A [[vm]] table from a recorded VM."""
+def _vm(vm: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A [[vm]] table from a recorded VM of a run seeded with `seed`."""
     out = {k: vm[k] for k in ("name", "memory", "shares", "share_rate", "share_salt")
            if vm.get(k) is not None}
     if vm.get("min"):
         out["min"] = vm["min"]
     if vm.get("workload") is not None:
         out["workload"] = {k: v for k, v in vm["workload"].items() if v is not None}
+        if out["workload"].get("seed") == derive(seed, "vm", vm["name"]):
+            del out["workload"]["seed"]     # derived, not given: --seed derives it again
     if vm.get("os") is not None:
         out["os"] = {k: v for k, v in vm["os"].items() if v is not None}
         out["balloon"] = [{"at": s["at_s"], "target": s["target_pages"]}
@@ -84,48 +85,81 @@ def _vm(vm: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _repeat(config: dict[str, Any]) -> str:
+def _command(head: Header) -> str:
+    """What produced a record that is not a run's, and the command that runs it again."""
+    config, options = head.config, f" --seed {head.seed}"
+    if config.get("quick"):
+        options += " --quick"
     repeat = config.get("repeat", 1)
-    return f" --repeat {repeat}" if isinstance(repeat, int) and repeat > 1 else ""
+    if isinstance(repeat, int) and repeat > 1:
+        options += f" --repeat {repeat}"
+    if head.kind == "experiment":
+        return f"an experiment: run it again with `uvm experiment {head.name}{options}`"
+    if head.kind == "reproduce":
+        names = config.get("experiments")
+        only = f" --only {','.join(map(str, names))}" if isinstance(names, list) and names else ""
+        return f"`uvm reproduce`: run it again with `uvm reproduce{options}{only}`"
+    return f"a {head.kind!r} run"
 
 
 def _document(path: str, line: int | None) -> dict[str, Any]:
     """The JSON object in `path` that holds a record: the file's one object, or one line of
-    a JSON-lines file (the given one, or the only record-bearing one)."""
+    a JSON-lines file (the given one, or the only record-bearing one; a last line torn by an
+    interrupted sweep is left out, as `uvm sweep --resume` leaves it)."""
+    text = _read(path)
+    if line is None:
+        whole = _json(text)
+        if isinstance(whole, dict):
+            return whole
+    lines = text.splitlines()
+    if line is not None:
+        if line > len(lines) or not lines[line - 1].strip():
+            raise ValueError(f"--line: {path} has no JSON on line {line}")
+        found = _json(lines[line - 1])
+        if found is _TORN:
+            raise ValueError(f"--line: {path}:{line} is not a JSON line (--line is for a "
+                             f"JSON-lines file: a timeline or a sweep's results.jsonl)")
+        return _object(path, line, found)
+    rows = []
+    for number, raw in enumerate(lines, 1):
+        obj = _json(raw) if raw.strip() else None
+        if obj is _TORN and number < len(lines):
+            raise ValueError(f"{path}:{number}: not JSON; give a summary, a timeline or a "
+                             f"sweep's results.jsonl")
+        if isinstance(obj, dict) and (obj.get("type") == "header" or "record" in obj):
+            rows.append((number, obj))
+    if len(rows) != 1:
+        raise ValueError(f"{path}: {len(rows)} records (a sweep's rows?): say which with "
+                         f"--line N (lines {', '.join(str(n) for n, _ in rows[:8])}"
+                         f"{', ...' if len(rows) > 8 else ''})" if rows else
+                         f"{path}: no run record in it")
+    return rows[0][1]
+
+
+_TORN = object()        # what _json gives for text that is not JSON
+
+
+def _json(text: str) -> Any:
+    """The JSON value of `text`, or _TORN."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return _TORN
+
+
+def _read(path: str) -> str:
+    """The text of `path`, at most MAX_FILE bytes of it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE + 1)
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file") from None
+    if len(data) > MAX_FILE:
+        raise ValueError(f"{path}: too long for a record (at most {MAX_FILE >> 20} MiB)")
     try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
-        whole = None
-    if isinstance(whole, dict) and line is None:
-        return whole
-    rows = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            rows.append((number, json.loads(raw)))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not JSON ({e.msg}); give a summary, a "
-                             f"timeline or a sweep's results.jsonl") from None
-    if line is not None:
-        found = [obj for number, obj in rows if number == line]
-        if not found:
-            raise ValueError(f"--line: {path} has no line {line}")
-        return _object(path, line, found[0])
-    holding = [(n, obj) for n, obj in rows if isinstance(obj, dict) and
-               (obj.get("type") == "header" or "record" in obj)]
-    if len(holding) != 1:
-        raise ValueError(f"{path}: {len(holding)} records (a sweep's rows?): say which with "
-                         f"--line N (lines {', '.join(str(n) for n, _ in holding[:8])}"
-                         f"{', ...' if len(holding) > 8 else ''})" if holding else
-                         f"{path}: no run record in it")
-    return _object(path, *holding[0])
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
 
 
 def _object(path: str, line: int, obj: Any) -> dict[str, Any]:

@@ -63,10 +63,13 @@ def _machine(spec: Scenario, machine: Machine) -> dict[str, Any]:
     given = spec.machine.kwargs()
     out = {k: v for k, v in _defaults(Machine).items() if k not in NOT_RECORDED | {"policy"}}
     out.update(given)
+    # pagers and swap_dir as the scenario gave them (null: the default, one pager per CPU,
+    # a swap file in $TMPDIR or /var/tmp), so that uvm/again.py can run the record on
+    # another host; what this host made of them beside, under names no scenario takes
     out.update(memory=machine.memory, swap_size=machine.swap_capacity, seed=machine.seed,
                fault_around=machine.fault_around, swap_readahead=machine.swap_readahead,
-               swap_latency=machine.swap_latency,
-               pagers=machine.pager_cpus, swap_dir=machine.swap_dir)
+               swap_latency=machine.swap_latency, pager_cpus=machine.pager_cpus,
+               swap_dir_used=machine.swap_dir)
     return out
 
 

@@ -344,7 +344,7 @@ def load(path: str | Path) -> Scenario:
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else "not a UTF-8 text file"
         raise ScenarioError(f"{path}: cannot read the scenario: {reason}") from e
-    return loads(text, source=str(path), base=path.parent)
+    return loads(text, source=str(path), base=path.resolve().parent)   # recorded paths absolute
 
 
 def default() -> Scenario:
