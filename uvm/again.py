@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from uvm.record import Header
-from uvm.scenario import MAX_TEXT, MachineSpec, Scenario, parse
+from uvm.scenario import MAX_TEXT, MachineSpec, Scenario, parse, read_text
 from uvm.seeds import derive
 
 MAX_FILE = 256 * MAX_TEXT       # a sweep's results.jsonl: some KiB per row
@@ -54,7 +54,7 @@ def scenario_doc(config: dict[str, Any]) -> dict[str, Any]:
     resolved.scenario_config's inverse. Unset values (null) are left to their defaults;
     the machine's seed is derived from the run's again, as it was."""
     fields = {f.name for f in dataclasses.fields(MachineSpec)}
-    machine = {k: v for k, v in config["machine"].items() if k in fields and v is not None}
+    machine = {k: v for k, v in _given(config["machine"]).items() if k in fields}
     doc: dict[str, Any] = {"machine": machine,
                            "run": {"duration": config["run"]["duration_s"],
                                    "every": config["run"]["every_s"],
@@ -62,7 +62,7 @@ def scenario_doc(config: dict[str, Any]) -> dict[str, Any]:
                            "vm": [_vm(v, config["run"]["seed"]) for v in config["vms"]]}
     policy = config.get("policy")
     if policy is not None:
-        doc["policy"] = {k: v for k, v in policy.items() if v is not None}
+        doc["policy"] = _given(policy)
         if policy["allocation"] != "idle-tax":      # only idle-tax has a rate to set
             doc["policy"].pop("tax_rate", None)
     return doc
@@ -75,14 +75,19 @@ def _vm(vm: dict[str, Any], seed: int) -> dict[str, Any]:
     if vm.get("min"):
         out["min"] = vm["min"]
     if vm.get("workload") is not None:
-        out["workload"] = {k: v for k, v in vm["workload"].items() if v is not None}
+        out["workload"] = _given(vm["workload"])
         if out["workload"].get("seed") == derive(seed, "vm", vm["name"]):
             del out["workload"]["seed"]     # derived, not given: --seed derives it again
     if vm.get("os") is not None:
-        out["os"] = {k: v for k, v in vm["os"].items() if v is not None}
+        out["os"] = _given(vm["os"])
         out["balloon"] = [{"at": s["at_s"], "target": s["target_pages"]}
                           for s in vm.get("balloon", [])]
     return out
+
+
+def _given(table: dict[str, Any]) -> dict[str, Any]:
+    """A recorded table without its unset (null) values: a scenario leaves those out."""
+    return {k: v for k, v in table.items() if v is not None}
 
 
 def _command(head: Header) -> str:
@@ -106,7 +111,7 @@ def _document(path: str, line: int | None) -> dict[str, Any]:
     """The JSON object in `path` that holds a record: the file's one object, or one line of
     a JSON-lines file (the given one, or the only record-bearing one; a last line torn by an
     interrupted sweep is left out, as `uvm sweep --resume` leaves it)."""
-    text = _read(path)
+    text = read_text(path, MAX_FILE, "record")
     if line is None:
         whole = _json(text)
         if isinstance(whole, dict):
@@ -145,21 +150,6 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         return _TORN
-
-
-def _read(path: str) -> str:
-    """The text of `path`, at most MAX_FILE bytes of it."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE + 1)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read: {e.strerror}") from None
-    if len(data) > MAX_FILE:
-        raise ValueError(f"{path}: too long for a record (at most {MAX_FILE >> 20} MiB)")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a UTF-8 text file") from None
 
 
 def _object(path: str, line: int, obj: Any) -> dict[str, Any]:

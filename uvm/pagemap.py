@@ -29,6 +29,7 @@ from rich.text import Text
 
 from uvm._binding import lib
 from uvm.errors import MissingExtra, UvmError, VMStopped
+from uvm.outdir import make_dir
 from uvm.periods import check_period
 
 if TYPE_CHECKING:
@@ -233,11 +234,7 @@ class MapRecorder:
     def __init__(self, machine: Machine, out: Path, every: float) -> None:
         self.every = check_period(every, "map_every")
         _pillow()
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"--map-out: cannot create the directory {str(out)!r}: "
-                             f"{e.strerror}") from e
+        make_dir(out, "--map-out")
         self.machine = machine
         self.out = out
         self.frames: list[Path] = []

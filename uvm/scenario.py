@@ -335,16 +335,25 @@ def load(path: str | Path) -> Scenario:
     """Reads and checks a scenario file; raises ScenarioError naming the file and field."""
     path = Path(path)
     try:
+        text = read_text(path, MAX_TEXT, "scenario")
+    except ValueError as e:
+        raise ScenarioError(str(e)) from e
+    return loads(text, source=str(path), base=path.resolve().parent)   # recorded paths absolute
+
+
+def read_text(path: str | Path, limit: int, what: str) -> str:
+    """The UTF-8 text of the file at `path`, reading at most `limit` bytes (never all of a
+    huge file, or of /dev/zero); ValueError "PATH: ..." naming `what` it should hold if it
+    cannot be read, is longer, or is not text."""
+    try:
         with open(path, "rb") as f:
-            data = f.read(MAX_TEXT + 1)         # never all of a huge file (or of /dev/zero)
-        if len(data) > MAX_TEXT:
-            raise ScenarioError(f"{path}: the file is too long for a scenario (at most "
-                                f"{MAX_TEXT} bytes)")
-        text = data.decode("utf-8")
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise ValueError(f"{path}: the file is too long for a {what} (at most {limit} bytes)")
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else "not a UTF-8 text file"
-        raise ScenarioError(f"{path}: cannot read the scenario: {reason}") from e
-    return loads(text, source=str(path), base=path.resolve().parent)   # recorded paths absolute
+        raise ValueError(f"{path}: cannot read the {what}: {reason}") from e
 
 
 def default() -> Scenario:

@@ -21,8 +21,8 @@ units in the names, which are deterministic): `machine.FIELD` (`machine.swapins`
 `machine.saved_pages`...), `vm.NAME.FIELD` (`vm.zipf.ops_per_s`, `vm.idle.resident_pages`,
 `vm.web1.policy.target_pages`...), `t_s`; for an experiment, a path into its results.json,
 or `figures.NAME` for one of its key figures. A scenario's metrics are checked against
-its VMs and the sample's fields (uvm/sweep/trial.py: check_metric). Experiments take no parameters (the grid is
-empty; seeds and repeats run it again).
+its VMs and the sample's fields (uvm/sweep/trial.py: check_metric). Experiments take no
+parameters (the grid is empty; seeds and repeats run it again).
 
 The trial's seed seeds the scenario (`uvm run --seed`): the same seed, the same guest
 operations. Repeats run the same seed again (timings vary).

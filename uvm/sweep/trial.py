@@ -149,7 +149,7 @@ def check_metric(path: str, spec: scenarios.Scenario) -> None:
     empty column in every row, found only after the whole sweep ran."""
     vms = [v.name for v in spec.vms]
     tables: dict[str, type[BaseModel]] = {"policy": timeline.PolicyLine,
-                                                    "guest": timeline.GuestLine}
+                                          "guest": timeline.GuestLine}
     parts = path.split(".")
     if parts == ["t_s"]:
         return
